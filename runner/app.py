@@ -1,0 +1,128 @@
+"""The runner as plain functions: tests call these; __main__ only adds Hydra around them."""
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .context import Context
+from .errors import StageFailed, UserError
+from .manifest import Manifest, write_atomic
+from .registry import selected
+from .spec import digest, dump_yaml, get_path, redacted
+from .validate import validate
+
+
+def inputs_hash(stage, spec, manifest) -> str:
+    parts = {p: get_path(spec, p) for p in stage.depends_on}
+    parts["upstream"] = {u: manifest.outputs(u) for u in stage.upstream}
+    return digest(parts)
+
+
+def stage_is_current(stage, module, spec, ctx, h) -> bool:
+    entry = ctx.manifest.entry(stage.name)
+    if stage.always or entry.get("status") != "done" or entry.get("inputs_hash") != h:
+        return False
+    check = getattr(module, "is_current", None)
+    return check(entry["outputs"], spec, ctx) if check else True
+
+
+def plan(spec, run_dir: Path, env_paths=None, out=print) -> list[str]:
+    """Print the spec and what each selected stage would do; write spec.yaml and plan.txt only."""
+    ctx = Context(Path(run_dir), Manifest(run_dir))
+    lines = [f"run directory: {run_dir}", "stages:"]
+    for stage in selected(spec["stages"]):
+        module = stage.load()
+        h = inputs_hash(stage, spec, ctx.manifest)
+        if stage.always:
+            state = "runs every time"
+        elif spec["force"]:
+            state = "would run (force=true)"
+        elif stage_is_current(stage, module, spec, ctx, h):
+            state = "would be skipped (inputs unchanged)"
+        elif ctx.manifest.entry(stage.name):
+            state = "would run (inputs changed or outputs missing)"
+        else:
+            state = "would run (never ran here)"
+        lines += [f"  {stage.name}: {state}", f"      reads:  {stage.reads}", f"      writes: {stage.writes}"]
+        if hasattr(module, "plan"):
+            lines += [f"      {x}" for x in module.plan(spec, ctx)]
+    text = "\n".join(lines) + "\n"
+    write_atomic(Path(run_dir) / "plan.txt", text)
+    out(dump_yaml(redacted(spec, env_paths or {})).rstrip())
+    out("---")
+    out(text.rstrip())
+    return lines
+
+
+def execute(spec, run_dir: Path, out=print) -> dict:
+    """Run the selected stages in order, skipping those whose inputs are unchanged."""
+    ctx = Context(Path(run_dir), Manifest(run_dir), log=out)
+    for stage in selected(spec["stages"]):
+        module = stage.load()
+        h = inputs_hash(stage, spec, ctx.manifest)
+        if not spec["force"] and stage_is_current(stage, module, spec, ctx, h):
+            out(f"[{stage.name}] skipped: inputs unchanged since the last run (force=true redoes it)")
+            continue
+        out(f"[{stage.name}] running")
+        ctx.manifest.record(stage.name, "running", h)
+        t0 = time.time()
+        try:
+            outputs = module.run(spec, ctx)
+        except BaseException as exc:
+            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            ctx.manifest.record(stage.name, "failed", h, error=reason)
+            raise
+        # a stage's effect may change what it depends on (register adds a version): hash after
+        ctx.manifest.record(stage.name, "done", h, outputs, seconds=round(time.time() - t0, 1))
+        out(f"[{stage.name}] done in {time.time() - t0:.1f}s")
+    return ctx.manifest.data
+
+
+def write_spec(spec, run_dir: Path, env_paths=None):
+    write_atomic(Path(run_dir) / "spec.yaml", dump_yaml(redacted(spec, env_paths or {})))
+
+
+def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print) -> int:
+    """Validate, then plan or execute. Returns the exit status."""
+    run_dir = Path(run_dir)
+    try:
+        validate(spec)
+    except UserError as exc:
+        _remove_if_fresh(run_dir, fresh_dir)
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_spec(spec, run_dir, env_paths)
+    try:
+        if spec["plan"]:
+            plan(spec, run_dir, env_paths, out)
+        else:
+            execute(spec, run_dir, out)
+    except (UserError, StageFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; the manifest marks the stage failed, re-run the same command to continue", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("error: a stage crashed (traceback above); the manifest marks it failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _remove_if_fresh(run_dir: Path, fresh: bool):
+    """Hydra creates the run directory before we validate; take it back when it was ours and empty."""
+    if not fresh or not run_dir.exists():
+        return
+    if any(run_dir.iterdir()):
+        return
+    shutil.rmtree(run_dir, ignore_errors=True)
+    parent = run_dir.parent
+    for _ in range(2):  # outputs/<run.name>/ when we created it too
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+        parent = parent.parent

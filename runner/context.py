@@ -1,0 +1,28 @@
+"""What a stage gets besides the spec: its run directory, the manifest and a printer."""
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .manifest import Manifest
+
+
+def _print(msg: str):
+    print(msg, flush=True)
+
+
+@dataclass
+class Context:
+    run_dir: Path
+    manifest: Manifest
+    log: callable = field(default=_print)
+
+    def upstream(self, stage: str) -> dict:
+        entry = self.manifest.entry(stage)
+        if entry.get("status") != "done":
+            raise UserError(f"the {stage} stage has not finished in {self.run_dir}: run it first, "
+                            f"e.g. python -m runner stages=[{stage}] (same config overrides)")
+        return entry["outputs"]
+
+    def warn(self, msg: str):
+        print(f"warning: {msg}", file=sys.stderr, flush=True)

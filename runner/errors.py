@@ -1,0 +1,17 @@
+"""Errors the runner reports without a traceback."""
+
+
+class UserError(Exception):
+    """Bad input: a clear message, exit status 2, nothing half-written."""
+
+    exit_code = 2
+
+    def __init__(self, problems):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class StageFailed(Exception):
+    """A stage could not finish for a reason outside the user's input (a crash, a dead server)."""
+
+    exit_code = 1

@@ -1,0 +1,90 @@
+"""Cross-field rules of the run spec: each one a small function returning problems (path, message)."""
+import math
+
+AZURE_ENV = {
+    "subscription_id": "AZURE_SUBSCRIPTION_ID",
+    "resource_group": "AZURE_RESOURCE_GROUP",
+    "workspace_name": "AZURE_ML_WORKSPACE_NAME",
+    "managed_identity_resource_id": "AZURE_MANAGED_IDENTITY_RESOURCE_ID",
+    "managed_identity_client_id": "AZURE_MANAGED_IDENTITY_CLIENT_ID",
+}
+
+
+def bf16_needs_a_gpu(spec):
+    c = spec["compute"]
+    if c["precision"] in ("bf16", "fp16") and c["device"] == "cpu":
+        yield "compute.precision", (f"{c['precision']!r} needs a GPU but compute.device is 'cpu'; "
+                                    "use compute.precision=fp32 or a GPU compute such as compute=a100")
+
+
+def one_slice(spec):
+    d = spec["data"]
+    if (d["rows"] is None) == (d["percent"] is None):
+        got = "both are set" if d["rows"] is not None else "neither is set"
+        yield "data.rows", (f"set exactly one of data.rows or data.percent ({got}: rows={d['rows']}, "
+                            f"percent={d['percent']}); e.g. data.rows=null data.percent=2")
+
+
+def test_size_range(spec):
+    t = spec["data"]["test_size"]
+    if not 0 < t < 1:
+        yield "data.test_size", f"{t} is outside (0, 1); use a fraction such as 0.2"
+
+
+def split_not_empty(spec):
+    d = spec["data"]
+    n, t = d["rows"], d["test_size"]
+    if n is None or not 0 < t < 1:
+        return
+    n_test = math.ceil(n * t)  # datasets rounds the test share up
+    if n_test < 1 or n - n_test < 1:
+        yield "data.rows", (f"{n} rows with test_size={t} leaves {n - n_test} train and {n_test} test rows; "
+                            "both need at least one: raise data.rows or change data.test_size")
+
+
+def source_fields(spec):
+    d = spec["data"]
+    if d["source"] == "file" and not d["path"]:
+        yield "data.path", "data.source=file needs data.path (a JSONL file)"
+    if d["source"] == "hub" and not d["dataset"]:
+        yield "data.dataset", "data.source=hub needs data.dataset (a hub id such as HuggingFaceH4/ultrachat_200k)"
+    m = spec["model"]
+    if m["source"] == "hub" and not m["id"]:
+        yield "model.id", "model.source=hub needs model.id (a hub id or a local folder)"
+    if m["source"] == "tiny" and not m["tiny"]:
+        yield "model.tiny", "model.source=tiny needs the model.tiny shape settings"
+    if m["source"] == "tiny" and m["tiny"]:
+        h, heads = m["tiny"]["hidden_size"], m["tiny"]["num_attention_heads"]
+        if h % heads:
+            yield "model.tiny.num_attention_heads", f"{heads} does not divide hidden_size {h}"
+
+
+def azure_workspace_set(spec):
+    if spec["compute"]["kind"] != "azureml" or spec["plan"]:
+        return  # plan mode makes no cloud call, so it needs no workspace
+    missing = [env for key, env in AZURE_ENV.items() if not spec["azure"].get(key)]
+    if missing:
+        yield "azure", ("an Azure compute needs these environment variables: " + ", ".join(missing)
+                        + " (export them in your shell; see README 'Azure')")
+
+
+def cluster_size(spec):
+    c = spec["compute"]
+    if c["kind"] == "azureml" and c.get("instance_count", 1) > c.get("max_instances", 1):
+        yield "compute.instance_count", (f"{c['instance_count']} nodes but the cluster grows to at most "
+                                         f"compute.max_instances={c['max_instances']}")
+
+
+def max_length_fits_model(spec):
+    if spec["train"]["max_length"] > _context_of(spec):
+        yield "train.max_length", (f"{spec['train']['max_length']} exceeds the model's context "
+                                   f"({_context_of(spec)}); lower train.max_length")
+
+
+def _context_of(spec):
+    tiny = spec["model"]["tiny"]
+    return tiny["max_position_embeddings"] if spec["model"]["source"] == "tiny" and tiny else 1 << 30
+
+
+RULES = [bf16_needs_a_gpu, one_slice, test_size_range, split_not_empty, source_fields,
+         azure_workspace_set, cluster_size, max_length_fits_model]

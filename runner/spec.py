@@ -1,0 +1,73 @@
+"""The run spec: the composed Hydra config resolved into a plain dict, and its redacted file form."""
+import hashlib
+import json
+import re
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .errors import UserError
+
+_ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
+_SECRET_KEY = re.compile(r"(key|secret|token|password|credential)", re.I)
+
+
+def to_spec(cfg: DictConfig) -> dict:
+    """Resolve every interpolation; a broken one is bad input, not a crash."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or "(config)"
+        raise UserError(f"cannot resolve {key}: {exc.msg if hasattr(exc, 'msg') else exc}") from None
+
+
+def env_sourced_paths(cfg: DictConfig) -> dict:
+    """{'azure.subscription_id': 'AZURE_SUBSCRIPTION_ID', ...}: values that come from the environment."""
+    found = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        elif isinstance(node, str) and (m := _ENV_REF.search(node)):
+            found[prefix[:-1]] = m.group(1)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return found
+
+
+def redacted(spec: dict, env_paths: dict) -> dict:
+    """A copy safe to write and review: environment values and secret-looking keys are replaced."""
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            out = {}
+            for k, v in node.items():
+                path = f"{prefix}{k}"
+                if path in env_paths:
+                    out[k] = None if v is None else f"<from ${env_paths[path]}>"
+                elif _SECRET_KEY.search(str(k)) and isinstance(v, str) and v:
+                    out[k] = "<redacted>"
+                else:
+                    out[k] = walk(v, path + ".")
+            return out
+        if isinstance(node, list):
+            return [walk(v, prefix) for v in node]
+        return node
+
+    return walk(spec, "")
+
+
+def get_path(spec: dict, dotted: str):
+    node = spec
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dump_yaml(obj) -> str:
+    import yaml
+    return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)

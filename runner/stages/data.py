@@ -1,0 +1,149 @@
+"""data: take a slice of a chat dataset, check every row, split train/test, write JSONL atomically."""
+import hashlib
+import json
+import math
+from pathlib import Path
+
+from .. import REPO_ROOT
+from ..errors import UserError
+from ..manifest import write_atomic
+
+ROLES = {"system", "user", "assistant"}
+MAX_REPORTED = 10
+
+
+def split_string(d) -> str:
+    """The datasets split expression, e.g. train_sft[:10] or train_sft[:1%]."""
+    if d["rows"] is not None:
+        return f"{d['split']}[:{d['rows']}]"
+    pct = d["percent"]
+    return d["split"] if pct == 100 else f"{d['split']}[:{pct:g}%]"
+
+
+def row_problem(row) -> str | None:
+    """Why a row cannot be trained on, or None when it is fine."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return "'messages' must be a non-empty list"
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or set(m) < {"role", "content"}:
+            return f"messages[{i}] must be an object with 'role' and 'content'"
+        if m["role"] not in ROLES:
+            return f"messages[{i}].role is {m['role']!r}; expected system, user or assistant"
+        if not isinstance(m["content"], str):
+            return f"messages[{i}].content must be a string, got {type(m['content']).__name__}"
+    if not any(m["role"] == "assistant" for m in msgs):
+        return "no assistant turn: nothing to learn from"
+    return None
+
+
+def resolve_path(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def read_jsonl(path: Path) -> list:
+    if not path.is_file():
+        raise UserError(f"data.path: {path} does not exist; point data.path at a JSONL file of chats")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                rows.append(_Unparsable(f"line {lineno} is not JSON ({exc.msg})"))
+    return rows
+
+
+class _Unparsable(str):
+    """A line that did not parse; carried along so it is reported with the other bad rows."""
+
+
+def take_slice(rows: list, d) -> list:
+    if d["rows"] is not None:
+        return rows[: d["rows"]]
+    return rows[: int(round(len(rows) * d["percent"] / 100))]
+
+
+def load_hub_rows(d) -> list:
+    from trainer.hub import go_offline_unless_reachable
+    online = go_offline_unless_reachable()
+    import datasets
+    datasets.logging.set_verbosity_error()
+    split = split_string(d)
+    try:
+        ds = datasets.load_dataset(d["dataset"], d["config_name"], split=split)
+    except Exception as exc:  # the hub and the cache raise many different types
+        if online:
+            raise UserError(f"could not load {d['dataset']} ({d['config_name']}, {split}): {exc}") from None
+        raise UserError(
+            f"{d['dataset']} ({d['config_name']}, {split}) is not in the local Hugging Face cache and the hub "
+            "cannot be reached from this machine. Either run once on a machine with access "
+            "(the cache under ~/.cache/huggingface is reused), or export the chats to JSONL and use "
+            "data.source=file data.path=/path/to/chats.jsonl") from None
+    return ds.to_list()
+
+
+def check_rows(rows, source, on_bad_row):
+    good, bad = [], []
+    for i, row in enumerate(rows):
+        problem = str(row) if isinstance(row, _Unparsable) else row_problem(row)
+        (bad if problem else good).append((i, problem) if problem else row)
+    if bad and on_bad_row == "error":
+        shown = [f"  {source}: row {i}: {p}" for i, p in bad[:MAX_REPORTED]]
+        more = [f"  ... and {len(bad) - MAX_REPORTED} more"] if len(bad) > MAX_REPORTED else []
+        raise UserError([f"{len(bad)} bad row(s) in {source} (data.on_bad_row=skip drops them instead):", *shown, *more])
+    return good, len(bad)
+
+
+def split_rows(rows, test_size, seed):
+    n_test = math.ceil(len(rows) * test_size)
+    if n_test < 1 or len(rows) - n_test < 1:
+        raise UserError(f"{len(rows)} usable rows with test_size={test_size} leave an empty train or test set; "
+                        "use more data (data.rows / data.percent) or change data.test_size")
+    import datasets
+    parts = datasets.Dataset.from_list(rows).train_test_split(test_size=test_size, seed=seed)
+    return parts["train"].to_list(), parts["test"].to_list()
+
+
+def _jsonl(rows) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+
+def run(spec, ctx):
+    d = spec["data"]
+    if d["source"] == "file":
+        path = resolve_path(d["path"])
+        source = str(path)
+        rows = take_slice(read_jsonl(path), d)
+    else:
+        source = f"{d['dataset']}:{split_string(d)}"
+        rows = load_hub_rows(d)
+    good, skipped = check_rows(rows, source, d["on_bad_row"])
+    if skipped:
+        ctx.warn(f"skipped {skipped} bad row(s) of {source}")
+    train, test = split_rows(good, d["test_size"], d["seed"])
+    out_dir = ctx.run_dir / "data"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    texts = {"train.jsonl": _jsonl(train), "test.jsonl": _jsonl(test)}
+    for name, text in texts.items():
+        write_atomic(out_dir / name, text)
+    ctx.log(f"[data] {source}: {len(train)} train / {len(test)} test rows"
+            + (f", {skipped} skipped" if skipped else "") + f" -> {out_dir}")
+    return {
+        "train_file": str(out_dir / "train.jsonl"), "test_file": str(out_dir / "test.jsonl"),
+        "train_rows": len(train), "test_rows": len(test), "skipped_rows": skipped, "source": source,
+        "sha256": {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()},
+    }
+
+
+def is_current(outputs, spec, ctx) -> bool:
+    for key, name in (("train_file", "train.jsonl"), ("test_file", "test.jsonl")):
+        p = Path(outputs.get(key, ""))
+        if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != outputs["sha256"][name]:
+            return False
+    return True

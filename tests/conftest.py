@@ -1,0 +1,29 @@
+"""Shared test set-up: offline hub, no telemetry, configs composed with Hydra's compose API."""
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["PF_DISABLE_TRACING"] = "true"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+for var in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZURE_ML_WORKSPACE_NAME",
+            "AZURE_MANAGED_IDENTITY_RESOURCE_ID", "AZURE_MANAGED_IDENTITY_CLIENT_ID", "MLFLOW_TRACKING_URI"):
+    os.environ.pop(var, None)
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+
+from runner import CONF_DIR  # noqa: E402
+from runner.spec import to_spec  # noqa: E402
+
+
+@pytest.fixture
+def compose_spec(tmp_path):
+    """compose_spec('compute=a100', ...) -> the resolved run spec, outputs under tmp_path."""
+    def _compose(*overrides):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[f"run.output_root={tmp_path / 'outputs'}", *overrides])
+        return to_spec(cfg)
+    yield _compose
+    GlobalHydra.instance().clear()
