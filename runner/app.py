@@ -65,6 +65,7 @@ def execute(spec, run_dir: Path, out=print) -> dict:
             out(f"[{stage.name}] skipped: inputs unchanged since the last run (force=true redoes it)")
             continue
         out(f"[{stage.name}] running")
+        ctx.inputs_hash = h
         ctx.manifest.record(stage.name, "running", h)
         t0 = time.time()
         try:

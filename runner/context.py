@@ -16,6 +16,7 @@ class Context:
     run_dir: Path
     manifest: Manifest
     log: callable = field(default=_print)
+    inputs_hash: str = ""  # of the stage being run: names folders whose content depends on its inputs
 
     def upstream(self, stage: str) -> dict:
         entry = self.manifest.entry(stage)

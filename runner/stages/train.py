@@ -1,0 +1,47 @@
+"""train: fine-tune on the data stage's JSONL with `trainer` (in this process, or as an Azure ML job)."""
+from pathlib import Path
+
+from ..errors import UserError
+from ._backend import azure, is_azure
+
+KEEP = ("run_id", "model_uri", "tracking_uri", "experiment", "mlflow_model_dir", "loss_plot", "steps",
+        "train_loss", "eval_loss", "eval_loss_before", "tokens_per_s", "rows_truncated", "train_runtime_s", "device")
+
+
+def output_root(spec) -> Path:
+    return Path(spec["run"]["output_root"]).resolve()
+
+
+def run(spec, ctx):
+    if is_azure(spec):
+        return azure().train(spec, ctx)
+    from trainer.errors import TrainerInputError
+    from trainer.fit import train
+    data = ctx.upstream("data")
+    root = output_root(spec)
+    root.mkdir(parents=True, exist_ok=True)
+    # one folder per set of inputs: a re-run after a crash resumes from its checkpoints, a changed recipe starts fresh
+    out = ctx.run_dir / "train" / ctx.inputs_hash
+    try:
+        summary = train(spec, ctx.run_dir / "spec.yaml", Path(data["train_file"]), Path(data["test_file"]), out,
+                        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="finetune-phi",
+                        cache_dir=root / "cache", log=ctx.log)
+    except TrainerInputError as exc:
+        raise UserError(str(exc)) from None
+    return {"output_dir": str(out), **{k: summary.get(k) for k in KEEP}}
+
+
+def is_current(outputs, spec, ctx) -> bool:
+    if is_azure(spec):
+        return bool(outputs.get("job_name"))
+    return (Path(outputs.get("mlflow_model_dir", "")) / "MLmodel").is_file()
+
+
+def plan(spec, ctx):
+    if is_azure(spec):
+        return azure().plan("train", spec, ctx)
+    m = spec["model"]
+    base = "a tiny Phi-3 built locally (no download)" if m["source"] == "tiny" else m["id"]
+    return [f"model:  {base}; {spec['train']['epochs']} epochs, lr {spec['train']['learning_rate']}, "
+            f"{spec['compute']['precision']} on {spec['compute']['device']}",
+            f"mlflow: sqlite:///{output_root(spec) / 'mlflow.db'} (MLFLOW_TRACKING_URI wins)"]

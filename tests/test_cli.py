@@ -1,0 +1,86 @@
+"""python -m runner as a user runs it: plan output, exit statuses, nothing written on bad input."""
+import json
+
+import yaml
+
+from .helpers import runner_cli
+
+
+def files_under(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) if path.exists() else []
+
+
+def test_plan_prints_spec_and_stages_and_writes_only_spec_and_plan(tmp_path):
+    r = runner_cli("compute=local", "plan=true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "model:" in r.stdout and "stages:" in r.stdout
+    for stage in ("data", "train", "register", "deploy", "chat"):
+        assert f"  {stage}: would run (never ran here)" in r.stdout or f"  {stage}: runs every time" in r.stdout
+    run_dir = tmp_path / "outputs/default/local_tiny_sample"
+    assert files_under(run_dir) == ["plan.txt", "spec.yaml"]
+    spec = yaml.safe_load((run_dir / "spec.yaml").read_text())
+    assert spec["data"]["percent"] == 100 and spec["plan"] is True
+
+
+def test_bad_override_value_exits_2_and_leaves_nothing(tmp_path):
+    r = runner_cli("+data.percnet=3", "data.test_size=3", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "data.percnet: unknown key" in r.stderr and "did you mean 'percent'" in r.stderr
+    assert "data.test_size" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_unknown_key_without_plus_and_unknown_option_exit_2(tmp_path):
+    r = runner_cli("data.percnet=3", cwd=tmp_path)
+    assert r.returncode == 2 and "percnet" in r.stderr and "Traceback" not in r.stderr
+    r = runner_cli("compute=a10", cwd=tmp_path)
+    assert r.returncode == 2 and "a10" in r.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_azure_compute_without_variables_exits_2_naming_them(tmp_path):
+    r = runner_cli("compute=cpu_e16s", "model=phi3", "data=10rows", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "AZURE_SUBSCRIPTION_ID" in r.stderr and "AZURE_MANAGED_IDENTITY_CLIENT_ID" in r.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_hydra_cfg_job_print(tmp_path):
+    r = runner_cli("--cfg", "job", "compute=cpu_e16s", "model=phi3", "data=10rows", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["compute"]["instance_type"] == "Standard_E16s_v3" and cfg["data"]["rows"] == 10
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_multirun_sweep_gives_each_point_its_own_run_directory(tmp_path):
+    r = runner_cli("-m", "data=1pct", "data.percent=1,2,5", "plan=true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    base = tmp_path / "outputs/default/local_tiny_1pct"
+    specs = sorted(base.glob("*/spec.yaml"))
+    assert [p.parent.name for p in specs] == ["data.percent=1", "data.percent=2", "data.percent=5"]
+    assert [yaml.safe_load(p.read_text())["data"]["percent"] for p in specs] == [1, 2, 5]
+
+
+def test_data_stage_runs_then_is_skipped_then_forced(tmp_path):
+    r = runner_cli("stages=[data]", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run_dir = tmp_path / "outputs/default/local_tiny_sample"
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["data"]["status"] == "done"
+    assert set(manifest["stages"]) == {"data"}
+    r = runner_cli("stages=[data]", cwd=tmp_path)
+    assert "[data] skipped: inputs unchanged" in r.stdout
+    r = runner_cli("stages=[data]", "force=true", cwd=tmp_path)
+    assert "[data] done" in r.stdout
+    r = runner_cli("stages=[data]", "data.seed=1", cwd=tmp_path)  # changed input: runs again
+    assert "[data] done" in r.stdout
+    r = runner_cli("stages=[data]", "data.seed=1", "plan=true", cwd=tmp_path)
+    assert "data: would be skipped (inputs unchanged)" in r.stdout
+
+
+def test_hydra_run_dir_override(tmp_path):
+    r = runner_cli("stages=[data]", "hydra.run.dir=elsewhere", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "elsewhere/data/train.jsonl").is_file()

@@ -1,0 +1,118 @@
+"""The data stage on the shipped sample and on files with bad rows."""
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.app import execute
+from runner.errors import UserError
+from runner.stages.data import ROLES, resolve_path
+
+SAMPLE = resolve_path("runner/samples/chat_sample.jsonl")
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def run_data(spec, tmp_path):
+    spec["stages"] = ["data"]
+    return execute(spec, tmp_path / "run", out=lambda *_: None)
+
+
+def write_rows(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def good_row(i):
+    return {"prompt": f"q{i}", "prompt_id": str(i), "messages": [{"role": "user", "content": f"q{i}"},
+                                                                  {"role": "assistant", "content": f"a{i}"}]}
+
+
+def test_shipped_sample_is_a_real_chat_dataset():
+    rows = read_jsonl(SAMPLE)
+    assert len(rows) >= 40
+    assert all(set(r) == {"prompt", "prompt_id", "messages"} for r in rows)
+    assert all(m["role"] in ROLES for r in rows for m in r["messages"])
+    assert sum(sum(m["role"] == "user" for m in r["messages"]) > 1 for r in rows) >= 5  # multi-turn
+    assert any(any(ord(c) > 127 for m in r["messages"] for c in m["content"]) for r in rows)  # non-ASCII
+
+
+def test_sample_split_is_80_20_reproducible_and_keeps_the_schema(compose_spec, tmp_path):
+    manifest = run_data(compose_spec(), tmp_path)
+    out = manifest["stages"]["data"]["outputs"]
+    train, test = read_jsonl(out["train_file"]), read_jsonl(out["test_file"])
+    n = len(read_jsonl(SAMPLE))
+    assert len(train) + len(test) == n and len(test) == -(-n * 2 // 10)
+    assert {r["prompt_id"] for r in train}.isdisjoint(r["prompt_id"] for r in test)
+    assert set(train[0]) == {"prompt", "prompt_id", "messages"}
+    assert any(ord(c) > 127 for r in train + test for c in json.dumps(r, ensure_ascii=False))
+    again = run_data(compose_spec("force=true"), tmp_path / "again")["stages"]["data"]["outputs"]
+    assert read_jsonl(again["train_file"]) == train  # same seed, same split
+    other = run_data(compose_spec("data.seed=7"), tmp_path / "other")["stages"]["data"]["outputs"]
+    assert read_jsonl(other["train_file"]) != train
+
+
+def test_rows_and_percent_slices(compose_spec, tmp_path):
+    out = run_data(compose_spec("data.percent=null", "data.rows=20"), tmp_path)["stages"]["data"]["outputs"]
+    assert (out["train_rows"], out["test_rows"]) == (16, 4)
+    out = run_data(compose_spec("data.percent=50"), tmp_path / "b")["stages"]["data"]["outputs"]
+    assert out["train_rows"] + out["test_rows"] == round(len(read_jsonl(SAMPLE)) / 2)
+
+
+BAD_ROWS = [
+    ("not json at all", "is not JSON"),
+    ({"messages": []}, "non-empty list"),
+    ({"messages": "hello"}, "non-empty list"),
+    ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
+    ({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}, "expected system, user or assistant"),
+    ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}, "content must be a string"),
+    ({"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, "'role' and 'content'"),
+]
+
+
+@pytest.mark.parametrize("bad,problem", BAD_ROWS)
+def test_a_bad_row_is_named_by_file_row_and_problem(compose_spec, tmp_path, bad, problem):
+    path = write_rows(tmp_path / "chats.jsonl", [good_row(0), good_row(1), bad] + [good_row(i) for i in range(2, 10)])
+    with pytest.raises(UserError) as err:
+        run_data(compose_spec(f"data.path={path}"), tmp_path)
+    text = str(err.value)
+    assert str(path) in text and "row 2" in text and problem in text
+    assert not (tmp_path / "run" / "data" / "train.jsonl").exists()  # nothing half-written
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["stages"]["data"]["status"] == "failed"
+
+
+def test_bad_rows_skipped_and_counted_when_asked(compose_spec, tmp_path):
+    path = write_rows(tmp_path / "chats.jsonl", [good_row(i) for i in range(10)] + [b for b, _ in BAD_ROWS])
+    out = run_data(compose_spec(f"data.path={path}", "data.on_bad_row=skip"), tmp_path)["stages"]["data"]["outputs"]
+    assert out["skipped_rows"] == len(BAD_ROWS)
+    assert out["train_rows"] + out["test_rows"] == 10
+
+
+def test_missing_file_is_a_clear_error(compose_spec, tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        run_data(compose_spec(f"data.path={tmp_path / 'nope.jsonl'}"), tmp_path)
+
+
+def test_hub_dataset_offline_and_not_cached_says_how_to_provide_it(compose_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf-home"))
+    t0 = time.time()
+    with pytest.raises(UserError) as err:
+        run_data(compose_spec("data=10rows"), tmp_path)
+    assert time.time() - t0 < 30  # no stack of network retries
+    text = str(err.value)
+    assert "not in the local Hugging Face cache" in text and "data.source=file data.path=" in text
+
+
+def test_output_changed_on_disk_is_redone(compose_spec, tmp_path):
+    spec = compose_spec()
+    out = run_data(spec, tmp_path)["stages"]["data"]["outputs"]
+    Path(out["train_file"]).write_text("tampered\n")
+    lines = []
+    spec["stages"] = ["data"]
+    execute(spec, tmp_path / "run", out=lines.append)
+    assert "[data] done" in "\n".join(lines)
+    assert read_jsonl(out["train_file"])[0]["messages"]

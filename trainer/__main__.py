@@ -1,0 +1,38 @@
+"""python -m trainer --spec spec.yaml --train-file train.jsonl --eval-file test.jsonl --output-dir out/"""
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import TrainerInputError
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(prog="python -m trainer", description="Fine-tune a Phi-3 model on JSONL chats.")
+    p.add_argument("--spec", required=True, type=Path, help="run spec YAML (model, train and compute sections)")
+    p.add_argument("--train-file", required=True, type=Path, help="JSONL chats to train on")
+    p.add_argument("--eval-file", required=True, type=Path, help="JSONL chats to evaluate on")
+    p.add_argument("--output-dir", required=True, type=Path, help="checkpoints, MLflow model copy, summary.json")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (MLFLOW_TRACKING_URI wins; default: SQLite in output-dir)")
+    p.add_argument("--experiment", default="finetune-phi", help="MLflow experiment name")
+    p.add_argument("--cache-dir", type=Path, help="where the tiny model is built and cached")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse(argv)
+    import yaml
+    try:
+        if not args.spec.is_file():
+            raise TrainerInputError(f"--spec {args.spec}: no such file")
+        spec = yaml.safe_load(args.spec.read_text())
+        from .fit import train
+        train(spec, args.spec, args.train_file, args.eval_file, args.output_dir, args.tracking_uri,
+              args.experiment, args.cache_dir)
+    except TrainerInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

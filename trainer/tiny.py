@@ -1,0 +1,87 @@
+"""A tiny Phi-3: Phi3ForCausalLM with a small config and a BPE tokenizer trained on the chats.
+
+No weights come from anywhere: the model is built from a seed, so tests and the offline default
+run need no download. Built in a few seconds, cached by content, saved with save_pretrained so
+every later step loads it exactly like a hub model.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+# Phi-3's chat format: each turn is "<|role|>\n{content}<|end|>\n"; a generation prompt opens the assistant turn.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ '<|endoftext|>' }}{% endif %}"
+)
+
+
+def chat_texts(rows) -> list[str]:
+    return [m["content"] for r in rows for m in r["messages"]]
+
+
+def cache_key(shape: dict, texts: list[str]) -> str:
+    h = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
+    for t in texts:
+        h.update(t.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def build_tokenizer(texts: list[str], vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    # byte level: any text (Japanese, emoji) encodes, unseen characters included
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", pad_token="<|endoftext|>",
+                                   additional_special_tokens=SPECIAL_TOKENS[1:4])
+    fast.chat_template = CHAT_TEMPLATE
+    fast.model_max_length = 1 << 20
+    return fast
+
+
+def build_model(tokenizer, shape: dict):
+    import torch
+    from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(shape["seed"])
+    end_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>")]
+    config = Phi3Config(
+        vocab_size=len(tokenizer), hidden_size=shape["hidden_size"], num_hidden_layers=shape["num_hidden_layers"],
+        num_attention_heads=shape["num_attention_heads"], num_key_value_heads=shape["num_attention_heads"],
+        intermediate_size=shape["intermediate_size"], max_position_embeddings=shape["max_position_embeddings"],
+        original_max_position_embeddings=shape["max_position_embeddings"],
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=end_ids[1], eos_token_id=end_ids,
+        tie_word_embeddings=False, use_cache=True,
+        # dropout keeps the memorising tiny model from growing over-confident on unseen chats
+        embd_pdrop=shape.get("dropout", 0.0), resid_pdrop=shape.get("dropout", 0.0),
+        attention_dropout=shape.get("dropout", 0.0),
+    )
+    model = Phi3ForCausalLM(config)
+    model.generation_config = GenerationConfig(eos_token_id=end_ids, pad_token_id=tokenizer.pad_token_id)
+    return model
+
+
+def build_or_load(rows, shape: dict, cache_dir: Path) -> Path:
+    """Folder of the tiny model for these chats and this shape; built once, then reused."""
+    texts = chat_texts(rows)
+    target = Path(cache_dir) / f"tiny-phi3-{cache_key(shape, texts)}"
+    if (target / "config.json").exists():
+        return target
+    tokenizer = build_tokenizer(texts, shape["vocab_size"])
+    model = build_model(tokenizer, shape)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(target) if not target.exists() else None
+    return target

@@ -1,0 +1,107 @@
+"""MLflow: where runs go, what they record, and how the model is logged for serving."""
+import json
+import os
+from pathlib import Path
+
+REQUIREMENTS = Path(__file__).with_name("requirements.txt")
+# Generation settings a caller may send with each request; declared in the signature so serving honours them.
+SERVING_PARAMS = [("max_new_tokens", "long", 64), ("temperature", "double", 1.0),
+                  ("do_sample", "boolean", False), ("top_p", "double", 1.0)]
+
+
+def tracking_uri(cli_value: str | None, output_dir: Path) -> str:
+    """MLFLOW_TRACKING_URI set by the user (or Azure ML) wins; else the given one; else SQLite beside the output."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or cli_value or f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
+
+
+def start(uri: str, experiment: str, resume_file: Path):
+    """Start (or, after a crash, resume) the MLflow run of this training."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    if os.environ.get("MLFLOW_RUN_ID"):  # inside an Azure ML job the run already exists
+        return mlflow.start_run()
+    if uri.startswith("sqlite:///"):
+        # a SQLite store would put artifacts in ./mlruns of whatever directory we run in: pin them beside the db
+        artifacts = Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
+        if mlflow.get_experiment_by_name(experiment) is None:
+            mlflow.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri())
+    mlflow.set_experiment(experiment)
+    if resume_file.exists():
+        prev = json.loads(resume_file.read_text())
+        if prev.get("tracking_uri") == uri:
+            return mlflow.start_run(run_id=prev["run_id"])
+    run = mlflow.start_run()
+    resume_file.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}))
+    return run
+
+
+def flatten(d: dict, prefix="") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if not isinstance(v, list) else json.dumps(v, ensure_ascii=False)
+    return out
+
+
+def log_spec(spec: dict, spec_path: Path):
+    import mlflow
+    params = {k: v for k, v in flatten(spec).items() if not k.startswith("azure.")}  # no workspace ids in params
+    mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+    mlflow.log_artifact(str(spec_path))
+
+
+def loss_plot(log_history: list, path: Path) -> Path | None:
+    train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    if not train and not evals:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if train:
+        ax.plot(*zip(*train), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="eval loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def signature():
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
+                          params=ParamSchema([ParamSpec(n, t, d) for n, t, d in SERVING_PARAMS]))
+
+
+def pip_requirements() -> list[str]:
+    # explicit: mlflow would otherwise import torchvision and more to infer them
+    return [ln.strip() for ln in REQUIREMENTS.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+
+
+def log_model(model, tokenizer, local_copy: Path) -> str:
+    """Log a text-generation model; keep a copy of the MLflow model folder in local_copy. Returns its URI."""
+    import mlflow
+
+    info = mlflow.transformers.log_model(
+        transformers_model={"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
+        signature=signature(), pip_requirements=pip_requirements(),
+    )
+    if local_copy.exists():
+        import shutil
+        shutil.rmtree(local_copy)
+    mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(local_copy))
+    return info.model_uri
