@@ -27,3 +27,27 @@ def compose_spec(tmp_path):
         return to_spec(cfg)
     yield _compose
     GlobalHydra.instance().clear()
+
+
+def compose_once(output_root, *overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"run.output_root={output_root}", *overrides])
+    GlobalHydra.instance().clear()
+    return to_spec(cfg)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """The default tiny fine-tune on the shipped sample (data + train stages), done once per session.
+
+    Returns (spec, run_dir, manifest dict). About 30 s on 2 cores.
+    """
+    from runner.app import execute, write_spec
+    root = tmp_path_factory.mktemp("trained")
+    spec = compose_once(root / "outputs", "stages=[data,train]")
+    run_dir = root / "outputs" / "default" / "local_tiny_sample"
+    run_dir.mkdir(parents=True)
+    write_spec(spec, run_dir)
+    manifest = execute(spec, run_dir, out=lambda *_: None)
+    return spec, run_dir, manifest

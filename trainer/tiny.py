@@ -63,9 +63,6 @@ def build_model(tokenizer, shape: dict):
         original_max_position_embeddings=shape["max_position_embeddings"],
         pad_token_id=tokenizer.pad_token_id, bos_token_id=end_ids[1], eos_token_id=end_ids,
         tie_word_embeddings=False, use_cache=True,
-        # dropout keeps the memorising tiny model from growing over-confident on unseen chats
-        embd_pdrop=shape.get("dropout", 0.0), resid_pdrop=shape.get("dropout", 0.0),
-        attention_dropout=shape.get("dropout", 0.0),
     )
     model = Phi3ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=end_ids, pad_token_id=tokenizer.pad_token_id)

@@ -1,0 +1,43 @@
+"""How much does validating and planning add to composing? Target: plan <= 1.5x a bare Hydra app.
+
+Both run as fresh processes, taken alternately so machine noise hits both alike.
+Usage: .venv/bin/python bench/plan_overhead.py [repeats]
+"""
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OVERRIDES = ["compute=a100", "model=phi35", "data=1pct"]
+
+
+def timed(cmd, cwd) -> float:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def main(repeats: int = 10):
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = [sys.executable, "-m", "runner", *OVERRIDES, "plan=true"]
+        bare = [sys.executable, str(ROOT / "bench" / "bare_hydra_app.py"), *OVERRIDES, "hydra.run.dir=bare"]
+        timed(plan, tmp), timed(bare, tmp)  # warm the file cache
+        runs = {"plan": [], "bare": []}
+        for _ in range(repeats):
+            runs["plan"].append(timed(plan, tmp))
+            runs["bare"].append(timed(bare, tmp))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    ratio = med["plan"] / med["bare"]
+    print(f"python -m runner {' '.join(OVERRIDES)} plan=true: median {med['plan']:.3f}s over {repeats} runs")
+    print(f"bare Hydra app composing the same conf/:          median {med['bare']:.3f}s")
+    print(f"ratio plan/bare: {ratio:.2f}x (target <= 1.5x) -> {'OK' if ratio <= 1.5 else 'OVER TARGET'}")
+    return ratio
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10)

@@ -1,0 +1,207 @@
+"""The fine-tuning stage: tiny Phi-3, TRL SFT, MLflow tracking and model logging, resume after a crash."""
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner import REPO_ROOT
+from trainer.errors import TrainerInputError
+
+from .helpers import runner_cli
+
+SHAPE = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+             vocab_size=300, max_position_embeddings=128, seed=0)
+CHATS = [{"messages": [{"role": "user", "content": f"question {i} ü"}, {"role": "assistant", "content": f"answer {i}"}]}
+         for i in range(12)]
+
+
+def first_answer(row):
+    msgs = row["messages"]
+    k = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return msgs[:k], msgs[k]["content"]
+
+
+def weights_digest(folder):
+    return hashlib.sha256((Path(folder) / "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_tiny_model_is_phi3_built_deterministically_and_cached(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.tiny import build_or_load
+    a = build_or_load(CHATS, SHAPE, tmp_path / "a")
+    b = build_or_load(CHATS, SHAPE, tmp_path / "b")
+    assert weights_digest(a) == weights_digest(b)
+    assert build_or_load(CHATS, SHAPE, tmp_path / "a") == a  # cached by content
+    assert build_or_load(CHATS, {**SHAPE, "seed": 1}, tmp_path / "a") != a
+    model, tok = AutoModelForCausalLM.from_pretrained(a), AutoTokenizer.from_pretrained(a)
+    assert type(model).__name__ == "Phi3ForCausalLM"
+    for t in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"):
+        assert len(tok(t, add_special_tokens=False)["input_ids"]) == 1, t
+    text = tok.apply_chat_template(CHATS[0]["messages"], tokenize=False)
+    assert text == "<|user|>\nquestion 0 ü<|end|>\n<|assistant|>\nanswer 0<|end|>\n<|endoftext|>"
+    prompt = tok.apply_chat_template(CHATS[0]["messages"][:1], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("<|assistant|>\n")
+    assert tok.decode(tok("日本一高い山は？ 🥞")["input_ids"]) == "日本一高い山は？ 🥞"  # byte-level: nothing is lost
+
+
+def test_default_fine_tune_reproduces_training_answers(trained_run):
+    import mlflow
+    _, run_dir, manifest = trained_run
+    out = manifest["stages"]["train"]["outputs"]
+    parts = mlflow.transformers.load_model(out["mlflow_model_dir"], return_type="components")
+    model, tok = parts["model"], parts["tokenizer"]
+    train_rows = [json.loads(x) for x in Path(manifest["stages"]["data"]["outputs"]["train_file"]).read_text().splitlines()]
+    for row in random.Random(0).sample(train_rows, 6):
+        prompt, want = first_answer(row)
+        ids = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        got = model.generate(**ids, max_new_tokens=96, do_sample=False)[0][ids["input_ids"].shape[1]:]
+        assert tok.decode(got, skip_special_tokens=True).strip() == want
+
+
+def test_eval_loss_falls_well_below_its_value_before_training(trained_run):
+    out = trained_run[2]["stages"]["train"]["outputs"]
+    assert out["eval_loss"] < 0.8 * out["eval_loss_before"]
+    assert out["train_loss"] < out["eval_loss_before"]
+
+
+def test_mlflow_run_records_params_metrics_artifacts_and_a_servable_model(trained_run):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    spec, run_dir, manifest = trained_run
+    out = manifest["stages"]["train"]["outputs"]
+    assert out["tracking_uri"].startswith("sqlite:///") and Path(out["tracking_uri"][10:]).is_file()
+    client = MlflowClient(out["tracking_uri"])
+    run = client.get_run(out["run_id"])
+    assert run.data.params["train.learning_rate"] == str(spec["train"]["learning_rate"])
+    assert run.data.params["model.source"] == "tiny"
+    assert not any(k.startswith("azure.") for k in run.data.params)
+    assert {"loss", "eval_loss_before", "final_eval_loss", "final_tokens_per_s"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(out["run_id"], "loss")) >= 5  # per logging step
+    names = {a.path for a in client.list_artifacts(out["run_id"])}
+    assert {"spec.yaml", "loss.png"} <= names
+    assert Path(out["loss_plot"]).read_bytes()[:4] == b"\x89PNG"
+    mlflow.set_tracking_uri(out["tracking_uri"])
+    info = mlflow.models.get_model_info(out["model_uri"])
+    assert "transformers" in info.flavors
+    assert {p.name for p in info.signature.params.params} == {"max_new_tokens", "temperature", "do_sample", "top_p"}
+    reqs = (Path(out["mlflow_model_dir"]) / "requirements.txt").read_text()
+    assert "torch==2.13.0" in reqs and "torchvision" not in reqs
+    # the params schema is what makes serving honour per-request settings
+    model = mlflow.pyfunc.load_model(out["model_uri"])
+    question = "Tell me about the sky."
+    short = model.predict([question], params={"max_new_tokens": 2, "do_sample": False})
+    long = model.predict([question], params={"max_new_tokens": 12, "do_sample": False})
+    assert len(short[0]) < len(long[0])
+
+
+def small_spec(trained_spec, **train):
+    spec = json.loads(json.dumps(trained_spec))
+    spec["model"]["tiny"] = dict(SHAPE)
+    spec["train"].update({"epochs": 2, "logging_steps": 1, "save_steps": 1000, **train})
+    return spec
+
+
+def fit(spec, tmp_path, train_rows, eval_rows=None):
+    from trainer.fit import train
+    for name, rows in (("train.jsonl", train_rows), ("eval.jsonl", eval_rows or CHATS[:3])):
+        (tmp_path / name).write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return train(spec, tmp_path / "spec.yaml", tmp_path / "train.jsonl", tmp_path / "eval.jsonl", tmp_path / "out",
+                 tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", cache_dir=tmp_path / "cache", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("packing,strategy", [(True, "bfd"), (True, "wrapped"), (False, "bfd")])
+def test_packed_and_unpacked_paths_train_and_count_truncation(trained_run, tmp_path, packing, strategy):
+    long_chat = {"messages": [{"role": "user", "content": "tell me everything " * 40},
+                              {"role": "assistant", "content": "that is a long story " * 20}]}
+    spec = small_spec(trained_run[0], packing=packing, packing_strategy=strategy, max_length=48)
+    summary = fit(spec, tmp_path, CHATS + [long_chat])
+    assert summary["rows_truncated"] == 1
+    assert summary["steps"] > 0 and (Path(summary["mlflow_model_dir"]) / "MLmodel").is_file()
+
+
+def test_lora_adapters_are_merged_before_logging(trained_run, tmp_path):
+    lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0, "target_modules": "all-linear"}
+    summary = fit(small_spec(trained_run[0], lora=lora), tmp_path, CHATS)
+    files = {p.name for p in Path(summary["mlflow_model_dir"]).rglob("*")}
+    assert "adapter_config.json" not in files and "model.safetensors" in files
+
+
+def no_model_logged(tmp_path):
+    db = tmp_path / "mlflow.db"
+    if not db.exists():
+        return True
+    from mlflow.tracking import MlflowClient
+    return not MlflowClient(f"sqlite:///{db}").search_logged_models(experiment_ids=["0", "1"])
+
+
+@pytest.mark.parametrize("rows,message", [
+    ([], "no chats in the file"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}] * 3, "no assistant turn"),
+])
+def test_bad_training_files_fail_clearly_and_log_nothing(trained_run, tmp_path, rows, message):
+    with pytest.raises(TrainerInputError, match=message):
+        fit(small_spec(trained_run[0]), tmp_path, rows)
+    assert no_model_logged(tmp_path) and not (tmp_path / "out").exists()
+
+
+def test_model_path_that_does_not_exist(trained_run, tmp_path):
+    spec = small_spec(trained_run[0])
+    spec["model"].update(source="hub", id=str(tmp_path / "no-such-model"), tiny=None)
+    with pytest.raises(TrainerInputError, match="is not a model folder"):
+        fit(spec, tmp_path, CHATS)
+    assert no_model_logged(tmp_path)
+
+
+def test_hub_model_without_local_weights_is_one_clear_line(trained_run, tmp_path):
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(REPO_ROOT)}
+    spec = small_spec(trained_run[0])
+    spec["model"].update(source="hub", id="microsoft/Phi-3-mini-4k-instruct", tiny=None)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CHATS))
+    r = subprocess.run([sys.executable, "-m", "trainer", "--spec", str(tmp_path / "spec.yaml"), "--train-file",
+                        str(tmp_path / "t.jsonl"), "--eval-file", str(tmp_path / "t.jsonl"), "--output-dir",
+                        str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "not available locally" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_trainer_entry_point_imports_nothing_from_runner_hydra_or_azure():
+    code = ("import sys, trainer.__main__, trainer.fit, trainer.tiny, trainer.tracking; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('runner', 'hydra', 'azure', 'promptflow')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
+    args = ["stages=[data,train]", "train.save_steps=40", "train.epochs=30"]
+    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "outputs/default/local_tiny_sample"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(run_dir.glob("train/*/checkpoints/checkpoint-80")):
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["status"] == "running"  # killed: never marked done
+    r = runner_cli(*args, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming from" in r.stdout and "checkpoint-" in r.stdout
+    assert "[data] skipped" in r.stdout
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["train"]["status"] == "done"
+    assert manifest["stages"]["train"]["outputs"]["steps"] > 80
