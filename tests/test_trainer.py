@@ -97,7 +97,8 @@ def test_mlflow_run_records_params_metrics_artifacts_and_a_servable_model(traine
     assert "torch==2.13.0" in reqs and "torchvision" not in reqs
     # the params schema is what makes serving honour per-request settings
     model = mlflow.pyfunc.load_model(out["model_uri"])
-    question = "Tell me about the sky."
+    row = json.loads(Path(manifest["stages"]["data"]["outputs"]["train_file"]).read_text().splitlines()[0])
+    question = f"<|user|>\n{first_answer(row)[0][-1]['content']}<|end|>\n<|assistant|>\n"
     short = model.predict([question], params={"max_new_tokens": 2, "do_sample": False})
     long = model.predict([question], params={"max_new_tokens": 12, "do_sample": False})
     assert len(short[0]) < len(long[0])
