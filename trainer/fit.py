@@ -1,6 +1,5 @@
 """Fine-tune with TRL's SFTTrainer, checkpointing as it goes, then log the model to MLflow."""
 import json
-import math
 import time
 from pathlib import Path
 
@@ -68,17 +67,19 @@ def progress_callback():
     return LossLines()
 
 
-def sft_config(spec: dict, out: Path, precision: str, device: str, n_rows: int):
+def sft_config(spec: dict, out: Path, precision: str, device: str):
     from trl import SFTConfig
 
     t = spec["train"]
+    # transformers 5.2x renamed gradient_checkpointing; older releases (e.g. in GPU images) only know the old name
+    ckpt = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ else "gradient_checkpointing"
     return SFTConfig(
         output_dir=str(out / "checkpoints"), learning_rate=t["learning_rate"], num_train_epochs=t["epochs"],
         per_device_train_batch_size=t["per_device_train_batch_size"],
         per_device_eval_batch_size=t["per_device_eval_batch_size"],
         gradient_accumulation_steps=t["gradient_accumulation_steps"], warmup_steps=t["warmup"],
         lr_scheduler_type=t["lr_scheduler"], max_length=t["max_length"], packing=t["packing"],
-        packing_strategy=t["packing_strategy"], gradient_checkpointing=t["gradient_checkpointing"],
+        packing_strategy=t["packing_strategy"], **{ckpt: t["gradient_checkpointing"]},
         logging_steps=t["logging_steps"], save_strategy="steps", save_steps=t["save_steps"],
         save_total_limit=t["save_total_limit"], eval_strategy=t["eval_strategy"], seed=t["seed"], data_seed=t["seed"],
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu", report_to="none",
@@ -89,7 +90,7 @@ def sft_config(spec: dict, out: Path, precision: str, device: str, n_rows: int):
 def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output_dir: Path,
           tracking_uri: str | None = None, experiment: str = "finetune-phi", cache_dir: Path | None = None,
           log=print) -> dict:
-    online = go_offline_unless_reachable()  # before any huggingface import: offline means no retry loops
+    go_offline_unless_reachable()  # before any huggingface import: offline means no retry loops
     output_dir = Path(output_dir)
     train_rows, eval_rows = chats.load(train_file), chats.load(eval_file)
     device = resolve_device(spec["compute"])
@@ -118,7 +119,7 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
     if truncated:
         log(f"[train] {truncated} of {len(lengths)} training rows exceed max_length={max_len} tokens and are truncated")
 
-    args = sft_config(spec, output_dir, precision, device, len(train_rows))
+    args = sft_config(spec, output_dir, precision, device)
     peft_config = None
     if spec["train"]["lora"]["enabled"]:
         from peft import LoraConfig
