@@ -84,3 +84,23 @@ def test_hydra_run_dir_override(tmp_path):
     r = runner_cli("stages=[data]", "hydra.run.dir=elsewhere", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "elsewhere/data/train.jsonl").is_file()
+
+
+def test_compose_validate_and_plan_import_no_heavy_library(tmp_path):
+    code = (
+        "import sys\n"
+        "sys.argv = ['runner', 'compute=a100', 'model=phi35', 'data=1pct', 'plan=true']\n"
+        "from runner.__main__ import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'torch', 'transformers', 'datasets', 'mlflow', 'azure', 'promptflow', 'trl'})\n"
+        "print('HEAVY', heavy)\n"
+    )
+    import subprocess
+    import sys
+
+    from runner import REPO_ROOT
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                       env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY []" in r.stdout
