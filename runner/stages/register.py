@@ -1,0 +1,41 @@
+"""register: add the train stage's model to the MLflow Model Registry of the same tracking store."""
+from pathlib import Path
+
+from ._backend import azure, is_azure
+
+
+def run(spec, ctx):
+    if is_azure(spec):
+        return azure().register(spec, ctx)
+    train = ctx.upstream("train")
+    name = spec["register"]["model_name"]
+    import mlflow
+
+    # the registry lives in the store the model was logged to, whatever MLFLOW_TRACKING_URI says now
+    mlflow.set_tracking_uri(train["tracking_uri"])
+    mlflow.set_registry_uri(train["tracking_uri"])
+    version = mlflow.register_model(train["model_uri"], name, tags={"run_dir": str(ctx.run_dir)})
+    ctx.log(f"[register] {name} version {version.version} <- {train['model_uri']} in {train['tracking_uri']}")
+    return {"model_name": name, "model_version": str(version.version),
+            "model_uri": f"models:/{name}/{version.version}", "tracking_uri": train["tracking_uri"],
+            "source_model_uri": train["model_uri"], "mlflow_model_dir": train.get("mlflow_model_dir")}
+
+
+def is_current(outputs, spec, ctx) -> bool:
+    if is_azure(spec):
+        return bool(outputs.get("model_version"))
+    uri = outputs["tracking_uri"]
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return False  # asking would create an empty store
+    from mlflow import MlflowClient
+    try:  # the store may have been replaced since
+        MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(outputs["model_name"], outputs["model_version"])
+    except Exception:
+        return False
+    return True
+
+
+def plan(spec, ctx):
+    if is_azure(spec):
+        return azure().plan("register", spec, ctx)
+    return [f"registry: a new version of {spec['register']['model_name']} in the train stage's MLflow store"]

@@ -1,0 +1,89 @@
+"""Helpers for the endpoint and flow tests: a real server on loopback, training pairs, a private Prompt flow home.
+
+Importing this module points Prompt flow (and the file keyring that holds its encryption key) at temporary
+folders, so tests never touch ~/.promptflow or ~/.local/share. It must be imported before promptflow is.
+"""
+import atexit
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from runner import REPO_ROOT
+
+_HOME = Path(tempfile.mkdtemp(prefix="phi3-tests-pf-"))
+atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
+os.environ["PF_HOME_DIRECTORY"] = str(_HOME / "promptflow")
+os.environ["XDG_DATA_HOME"] = str(_HOME / "data")  # keyrings.alt keeps Prompt flow's encryption key here
+os.environ["PF_DISABLE_TRACING"] = "true"
+os.environ["APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED"] = "true"  # for `pf` run as a subprocess (see chat stage)
+
+
+def training_rows(manifest) -> list[dict]:
+    path = Path(manifest["stages"]["data"]["outputs"]["train_file"])
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def first_turn(row) -> tuple[list, str]:
+    """The messages up to the first assistant turn, and that turn's text: the tiny model learned these by heart."""
+    msgs = row["messages"]
+    k = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return msgs[:k], msgs[k]["content"]
+
+
+def single_turn_pairs(manifest, n: int) -> list[tuple[str, str]]:
+    """n (question, answer) pairs of plain one-question training chats."""
+    rows = [r for r in training_rows(manifest) if [m["role"] for m in r["messages"]] == ["user", "assistant"]]
+    picked = random.Random(0).sample(rows, min(n, len(rows)))
+    return [(r["messages"][0]["content"], r["messages"][1]["content"]) for r in picked]
+
+
+def post(url: str, body, key: str | None, timeout: float = 60) -> tuple[int, object]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    req = urllib.request.Request(url, data=data, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+class Server:
+    """python -m trainer.serve on a free loopback port, as the deploy stage starts it."""
+
+    def __init__(self, model_dir, workdir: Path, limit: int = 128):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.key = secrets.token_urlsafe(32)
+        key_file = workdir / "endpoint.key"
+        key_file.touch(mode=0o600)
+        key_file.write_text(self.key)
+        self.ready = workdir / "server.json"
+        self.log = workdir / "server.log"
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "trainer.serve", "--model-dir", str(model_dir), "--key-file", str(key_file),
+                 "--port", "0", "--max-new-tokens-limit", str(limit), "--ready-file", str(self.ready)],
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not self.ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"trainer.serve did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        self.base = f"http://127.0.0.1:{json.loads(self.ready.read_text())['port']}"
+        self.url = f"{self.base}/score"
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)

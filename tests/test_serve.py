@@ -1,0 +1,174 @@
+"""The scoring module and the local endpoint server, on the session's fine-tuned tiny model."""
+import json
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from . import _endpoint as ep
+
+
+@pytest.fixture(scope="module")
+def model_dir(trained_run):
+    return trained_run[2]["stages"]["train"]["outputs"]["mlflow_model_dir"]
+
+
+@pytest.fixture(scope="module")
+def scoring(model_dir):
+    from trainer import scoring
+    scoring.load(model_dir, max_new_tokens_limit=128)
+    return scoring
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    s = ep.Server(model_dir, tmp_path_factory.mktemp("serve"), limit=128)
+    yield s
+    s.stop()
+
+
+def score(scoring, *inputs, **params):
+    return scoring.run(json.dumps({"input_data": list(inputs), "params": {"max_new_tokens": 96, **params}}))
+
+
+# ---- scoring -------------------------------------------------------------------------------------------
+
+def test_greedy_answers_to_training_prompts_are_the_training_answers(scoring, trained_run):
+    pairs = ep.single_turn_pairs(trained_run[2], 4)
+    assert score(scoring, *[q for q, _ in pairs], temperature=0.0) == [a for _, a in pairs]
+
+
+def test_chat_message_input_gets_the_chat_template(scoring, trained_run):
+    with_system = next(r for r in ep.training_rows(trained_run[2]) if r["messages"][0]["role"] == "system")
+    prompt, answer = ep.first_turn(with_system)
+    assert score(scoring, prompt, do_sample=False) == [answer]
+    question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
+    # a plain string is the same as one user message
+    assert score(scoring, question) == score(scoring, [{"role": "user", "content": question}]) == [answer]
+
+
+def test_full_text_and_sampling_options(scoring, trained_run):
+    question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
+    full = score(scoring, question, return_full_text=True)[0]
+    assert full.startswith("<|user|>\n" + question) and full.endswith(answer)
+    sampled = score(scoring, question, do_sample=True, temperature=0.7, top_p=0.9, max_new_tokens=8)
+    assert isinstance(sampled[0], str)
+    # temperature 0 is greedy even when do_sample is true
+    assert score(scoring, question, do_sample=True, temperature=0) == [answer]
+
+
+def test_short_max_new_tokens_cuts_the_answer(scoring, trained_run):
+    question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
+    short = score(scoring, question, max_new_tokens=2)[0]
+    assert answer.startswith(short) and len(short) < len(answer)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", 'JSON object with "input_data"'),
+    ('{"input_data": "hi"}', "non-empty list"),
+    ('{"input_data": []}', "non-empty list"),
+    ('{"input_data": [""]}', "empty prompt"),
+    ('{"input_data": [[{"role": "robot", "content": "hi"}]]}', r"input_data\[0\]\[0\]"),
+    ('{"input_data": [42]}', r"input_data\[0\] must be a prompt string"),
+    ('{"input_data": ["hi"], "params": {"max_new_tokens": 129}}', "over this endpoint's limit of 128"),
+    ('{"input_data": ["hi"], "params": {"max_new_tokens": 0}}', "at least 1"),
+    ('{"input_data": ["hi"], "params": {"temperature": -1}}', "temperature"),
+    ('{"input_data": ["hi"], "params": {"do_sample": "yes"}}', "do_sample must be true or false"),
+    ('{"input_data": ["hi"], "params": {"max_new_tokens": true}}', "max_new_tokens must be a number"),
+    ('{"input_data": ["hi"], "params": {"beam": 4}}', "unknown params"),
+    ('{"input_data": ["hi"], "extra": 1}', "unknown keys"),
+])
+def test_bad_bodies_are_refused_with_a_message(scoring, body, message):
+    with pytest.raises(scoring.BadRequest, match=message):
+        scoring.run(body)
+    assert issubclass(scoring.BadRequest, ValueError)
+
+
+def test_model_folder_is_found_below_the_azure_model_dir(model_dir, tmp_path):
+    import shutil
+
+    from trainer.scoring import find_mlflow_model
+    nested = tmp_path / "phi3-chat" / "1" / "mlflow_model"
+    shutil.copytree(model_dir, nested)
+    assert find_mlflow_model(tmp_path) == nested
+    with pytest.raises(FileNotFoundError, match="no MLmodel"):
+        find_mlflow_model(tmp_path / "phi3-chat" / "1" / "mlflow_model" / "model")
+
+
+# ---- the HTTP server -----------------------------------------------------------------------------------
+
+def test_health_route_and_unknown_routes(server):
+    with urllib.request.urlopen(f"{server.base}/health", timeout=10) as resp:
+        assert resp.status == 200 and json.loads(resp.read()) == {"status": "ok"}
+    status, body = ep.post(f"{server.base}/predict", {"input_data": ["hi"]}, server.key)
+    assert status == 404 and "POST /score" in body["error"]
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key", "Basic abc"])
+def test_missing_or_wrong_key_is_401(server, key):
+    status, body = ep.post(server.url, {"input_data": ["hi"]}, key)
+    assert status == 401 and "Bearer" in body["error"]
+
+
+def test_the_tutorials_payload_is_answered(server, trained_run):
+    question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
+    body = {"input_data": [question],
+            "params": {"temperature": 0.7, "max_new_tokens": 128, "do_sample": True, "return_full_text": True}}
+    status, result = ep.post(server.url, body, server.key)
+    assert status == 200 and isinstance(result, list) and result[0].startswith("<|user|>\n" + question)
+    status, result = ep.post(server.url, {"input_data": [question], "params": {"temperature": 0}}, server.key)
+    assert (status, result) == (200, [answer])
+
+
+@pytest.mark.parametrize("body,message", [
+    (b"{broken", "not valid JSON"),
+    ({"input_data": ["hi"], "params": {"max_new_tokens": 500}}, "limit of 128"),
+    ({"inputs": ["hi"]}, "input_data"),
+])
+def test_malformed_bodies_are_400_with_a_message(server, body, message):
+    status, result = ep.post(server.url, body, server.key)
+    assert status == 400 and message in result["error"]
+
+
+def test_sixteen_concurrent_requests_all_get_their_own_answer(server, trained_run):
+    pairs = ep.single_turn_pairs(trained_run[2], 16)
+    assert len(pairs) == 16
+
+    def ask(pair):
+        return ep.post(server.url, {"input_data": [pair[0]], "params": {"max_new_tokens": 96}}, server.key)
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(ask, pairs))
+    assert results == [(200, [a]) for _, a in pairs]
+
+
+def test_the_key_is_not_in_the_command_line_or_the_log(server):
+    cmdline = open(f"/proc/{server.proc.pid}/cmdline", "rb").read().decode()
+    assert server.key not in cmdline and server.key not in server.log.read_text()
+
+
+def test_a_key_file_readable_by_others_is_refused(model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    from runner import REPO_ROOT
+    key = tmp_path / "key"
+    key.write_text("x" * 40)
+    key.chmod(0o644)
+    r = subprocess.run([sys.executable, "-m", "trainer.serve", "--model-dir", str(model_dir), "--key-file", str(key)],
+                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "chmod 600" in r.stderr
+
+
+def test_scoring_and_server_import_nothing_from_runner_hydra_azure_or_promptflow(scoring):
+    import subprocess
+    import sys
+
+    from runner import REPO_ROOT
+    code = ("import sys, trainer.serve, trainer.scoring as s; s.load(sys.argv[1]); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('runner', 'hydra', 'azure', 'promptflow')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code, str(scoring._scorer.model_dir)], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr[-2000:]
