@@ -63,7 +63,7 @@ def main(n: int = 50):
         fig.savefig(ROOT / "bench" / "latency.png", dpi=100)
     except ImportError:
         pass
-    if "[chat]" not in out:
+    if "[chat]" not in out.stdout:
         print("warning: the chat stage printed nothing")
 
 
