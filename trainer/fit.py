@@ -56,7 +56,7 @@ def progress_callback():
         def on_log(self, args, state, control, logs=None, **kw):
             logs = logs or {}
             bits = [f"{k} {logs[k]:.4g}" for k in ("loss", "eval_loss", "learning_rate") if k in logs]
-            if bits and state.is_world_process_zero:
+            if bits and state.is_world_process_zero and state.max_steps:
                 line = f"[train] step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.1f}: " + ", ".join(bits)
                 (self.training_bar.write if self.training_bar is not None else print)(line)
             numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
@@ -100,12 +100,14 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
     base = base_model_dir(spec, train_rows, Path(cache_dir or output_dir / "cache"))
     output_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be usable
 
+    import datasets
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
+    datasets.disable_progress_bars()  # TRL's map passes would print four bars per split
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token

@@ -94,8 +94,12 @@ def pip_requirements() -> list[str]:
 
 def log_model(model, tokenizer, local_copy: Path) -> str:
     """Log a text-generation model; keep a copy of the MLflow model folder in local_copy. Returns its URI."""
+    import logging
+
     import mlflow
 
+    # offline, mlflow warns that it cannot fetch a model card or license for a local model: expected here
+    logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
         signature=signature(), pip_requirements=pip_requirements(),
