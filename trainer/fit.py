@@ -162,7 +162,7 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
         if peft_config is not None:
             final = final.merge_and_unload()  # serve one plain model, no adapter plumbing
         final.config.use_cache = True
-        plot = tracking.loss_plot(trainer.state.log_history, output_dir / "loss.png")
+        plot = tracking.loss_plot(trainer.state.log_history, output_dir / "loss.png", before)
         if plot:
             mlflow.log_artifact(str(plot))
         model_uri = tracking.log_model(final, tokenizer, output_dir / "mlflow_model")

@@ -54,9 +54,11 @@ def log_spec(spec: dict, spec_path: Path):
     mlflow.log_artifact(str(spec_path))
 
 
-def loss_plot(log_history: list, path: Path) -> Path | None:
+def loss_plot(log_history: list, path: Path, eval_before: float | None = None) -> Path | None:
     train = [(h["step"], h["loss"]) for h in log_history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    if eval_before is not None:  # measured before train() started a fresh log history
+        evals.insert(0, (0, eval_before))
     if not train and not evals:
         return None
     import matplotlib
