@@ -41,7 +41,7 @@ def base_model_dir(spec: dict, train_rows, cache_dir: Path) -> str:
             raise TrainerInputError(f"could not fetch {ident} from the hub: {exc}") from None
         raise TrainerInputError(
             f"the weights of {ident} are not available locally and the hub cannot be reached: download them on a "
-            f"machine with access (huggingface-cli download {ident}) into this machine's Hugging Face cache, or set "
+            f"machine with access (hf download {ident}) into this machine's Hugging Face cache, or set "
             "model.id=/path/to/a/local/copy") from None
 
 
