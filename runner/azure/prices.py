@@ -1,0 +1,18 @@
+"""Rough hourly prices of the VM sizes in conf/, for the cost lines of plan mode.
+
+Approximate pay-as-you-go Linux list prices in USD per hour (East US 2, 2025); your region, discounts and
+reservations change them. https://azure.microsoft.com/pricing/details/machine-learning/ has the real ones.
+"""
+APPROX_USD_PER_HOUR = {
+    "Standard_NC24ads_A100_v4": 3.67,  # 1x A100 80GB, 24 vCPU
+    "Standard_E16s_v3": 1.01,          # 16 vCPU, 128 GiB
+    "Standard_E4s_v3": 0.25,           # 4 vCPU, 32 GiB: the serving VM
+}
+
+
+def hourly(size: str, count: int = 1) -> str:
+    """'about $3.67/h (approx. list price)' for count VMs of that size, or a pointer when unknown."""
+    price = APPROX_USD_PER_HOUR.get(size)
+    if price is None:
+        return "price not in runner/azure/prices.py; see the Azure pricing page"
+    return f"about ${price * count:.2f}/h (approx. list price)"

@@ -1,0 +1,218 @@
+"""Every Azure resource a stage creates, as a plain dict, written as YAML under <run_dir>/azure/.
+
+The one source of truth: plan mode writes these files and stops; a real run writes the same files and then
+loads the same dicts with azure-ai-ml (backend.py). Each file also works with `az ml <thing> create -f`.
+Values that come from AZURE_* environment variables are shown as "<from $VAR>" in the files, as in
+spec.yaml, so a run directory can be shared; the real run fills them in.
+
+No azure import here: plan mode must stay fast and work offline.
+"""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from .. import REPO_ROOT
+from ..errors import StageFailed
+from ..manifest import write_atomic
+from ..rules import AZURE_ENV
+from ..spec import digest
+
+TRAINER_DIR = REPO_ROOT / "trainer"
+REQUIREMENTS = TRAINER_DIR / "requirements.txt"
+PYTHON = "python=3.11"
+INFERENCE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py311-cpu-inference:latest"
+INFERENCE_SERVER = "azureml-inference-server-http"  # serves init()/run() of the scoring script
+SCORING_SCRIPT = "trainer/scoring.py"                # relative to the staged code folder
+DEPLOYMENT_NAMES = ("blue", "green")                 # alternate, so the live one is never replaced in place
+MODEL_OUTPUT = "model_output"
+MODEL_SUBDIR = "mlflow_model"                        # the trainer writes <output-dir>/mlflow_model/MLmodel
+JOB_NAME_PLACEHOLDER = "<job-name-from-train>"
+SAMPLE_REQUEST = {"input_data": ["Hello"], "params": {"max_new_tokens": 8}}
+
+SCHEMA = "https://azuremlschemas.azureedge.net/latest/{}.schema.json"
+
+
+def folder(ctx) -> Path:
+    return Path(ctx.run_dir) / "azure"
+
+
+def model_path(job_name: str) -> str:
+    return f"azureml://jobs/{job_name}/outputs/{MODEL_OUTPUT}/paths/{MODEL_SUBDIR}"
+
+
+def conda(extra_pip=()) -> dict:
+    """The trainer's pinned requirements as a conda file (one list, so local and Azure runs match)."""
+    pins = [line.split("#")[0].strip() for line in REQUIREMENTS.read_text().splitlines()]
+    return {"name": "phi3-runner", "channels": ["conda-forge"],
+            "dependencies": [PYTHON, "pip", {"pip": [p for p in pins if p] + list(extra_pip)}]}
+
+
+# ---- train ----------------------------------------------------------------------------------------
+
+def environment(spec) -> dict:
+    c = spec["compute"]
+    # the version is a hash of what defines the image: re-running reuses it, a changed pin makes a new one
+    version = digest({"image": c["image"], "conda": conda()})
+    return {"$schema": SCHEMA.format("environment"), "name": c["environment_name"], "version": version,
+            "image": c["image"], "conda_file": "conda-train.yml",
+            "description": "python -m trainer: trainer/requirements.txt on the compute's image"}
+
+
+def compute(spec) -> dict:
+    c = spec["compute"]
+    return {"$schema": SCHEMA.format("amlCompute"), "name": c["cluster_name"], "type": "amlcompute",
+            "size": c["instance_type"], "location": c["location"], "tier": c["tier"],
+            "min_instances": c["min_instances"], "max_instances": c["max_instances"],
+            "idle_time_before_scale_down": c["idle_time_before_scale_down"]}
+
+
+def job(spec, env: dict, train_file: str, eval_file: str) -> dict:
+    c = spec["compute"]
+    return {
+        "$schema": SCHEMA.format("commandJob"), "type": "command",
+        "display_name": f"{spec['run']['name']}-{spec['model']['name']}",
+        "experiment_name": c["experiment_name"],
+        "code": "code",  # trainer/ and the run's spec.yaml, staged next to this file
+        "command": ("python -m trainer --spec spec.yaml --train-file ${{inputs.train_file}} "
+                    "--eval-file ${{inputs.eval_file}} --output-dir ${{outputs.%s}}" % MODEL_OUTPUT),
+        "environment": f"azureml:{env['name']}:{env['version']}",
+        "compute": f"azureml:{c['cluster_name']}",
+        "inputs": {"train_file": {"type": "uri_file", "path": train_file},   # local files: the SDK uploads them
+                   "eval_file": {"type": "uri_file", "path": eval_file}},
+        "outputs": {MODEL_OUTPUT: {"type": "uri_folder"}},
+        # Azure starts processes_per_instance copies per node with torch.distributed's variables set
+        "distribution": {"type": "pytorch", "process_count_per_instance": c["processes_per_instance"]},
+        "resources": {"instance_count": c["instance_count"]},
+        "tags": {"run": spec["run"]["name"], "model": str(spec["model"]["id"] or spec["model"]["name"])},
+    }
+
+
+# ---- register -------------------------------------------------------------------------------------
+
+def model(spec, path: str) -> dict:
+    return {"$schema": SCHEMA.format("model"), "name": spec["register"]["model_name"], "type": "mlflow_model",
+            "path": path, "description": "fine-tuned by the runner's train stage"}
+
+
+# ---- deploy ---------------------------------------------------------------------------------------
+
+def endpoint(spec) -> dict:
+    return {"$schema": SCHEMA.format("managedOnlineEndpoint"), "name": spec["deploy"]["endpoint_name"],
+            "auth_mode": "key",
+            "identity": {"type": "user_assigned",
+                         "user_assigned_identities": [{"resource_id": spec["azure"]["managed_identity_resource_id"]}]}}
+
+
+def probe(d) -> dict:
+    return {"initial_delay": d["probe_initial_delay_s"], "period": d["probe_period_s"],
+            "failure_threshold": d["probe_failure_threshold"], "success_threshold": 1}
+
+
+def deployment(spec, name: str, model_ref: str) -> dict:
+    d, a = spec["deploy"], spec["azure"]
+    return {
+        "$schema": SCHEMA.format("managedOnlineDeployment"), "name": name, "endpoint_name": d["endpoint_name"],
+        "model": model_ref, "instance_type": d["instance_type"], "instance_count": d["instance_count"],
+        "code_configuration": {"code": "code", "scoring_script": SCORING_SCRIPT},
+        "environment": {"image": INFERENCE_IMAGE, "conda_file": "conda-inference.yml"},
+        # the identity the scoring code may use; MAX_NEW_TOKENS_LIMIT is read by trainer/scoring.py
+        "environment_variables": {"SUBSCRIPTION_ID": a["subscription_id"], "RESOURCE_GROUP_NAME": a["resource_group"],
+                                  "UAI_CLIENT_ID": a["managed_identity_client_id"],
+                                  "MAX_NEW_TOKENS_LIMIT": str(d["max_new_tokens_limit"])},
+        "request_settings": {"request_timeout_ms": d["request_timeout_ms"],
+                             "max_concurrent_requests_per_instance": d["max_concurrent_requests_per_instance"],
+                             "max_queue_wait_ms": d["max_queue_wait_ms"]},
+        "liveness_probe": probe(d), "readiness_probe": probe(d),
+    }
+
+
+def next_deployment(live: str | None) -> str:
+    return DEPLOYMENT_NAMES[1] if live == DEPLOYMENT_NAMES[0] else DEPLOYMENT_NAMES[0]
+
+
+# ---- files ----------------------------------------------------------------------------------------
+
+def shown(obj, spec):
+    """A copy for the files: AZURE_* values replaced by '<from $VAR>', as spec.yaml shows them."""
+    subst = {v: f"<from ${AZURE_ENV[k]}>" for k, v in spec["azure"].items() if k in AZURE_ENV and v}
+
+    def walk(node):
+        if isinstance(node, dict):
+            return {k: walk(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return subst.get(node, node) if isinstance(node, str) else node
+
+    return walk(obj)
+
+
+def with_placeholders(spec) -> dict:
+    """Plan mode may run without the AZURE_* variables, but the resources still need a string there."""
+    return {**spec, "azure": {k: v or f"<from ${AZURE_ENV.get(k, k)}>" for k, v in spec["azure"].items()}}
+
+
+def to_yaml(obj) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, width=120)
+
+
+def write(ctx, spec, name: str, obj: dict) -> Path:
+    path = folder(ctx) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, to_yaml(shown(obj, spec)))
+    return path
+
+
+def stage_code(ctx) -> Path:
+    """<run_dir>/azure/code: a fresh copy of trainer/ plus the run's (redacted) spec.yaml."""
+    dst = folder(ctx) / "code"
+    spec_file = Path(ctx.run_dir) / "spec.yaml"
+    if not spec_file.is_file():
+        raise StageFailed(f"{spec_file} is missing: the runner writes it before any stage runs")
+    if dst.exists():
+        shutil.rmtree(dst)  # no stale files: the SDK uploads the folder as it is
+    shutil.copytree(TRAINER_DIR, dst / "trainer", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy2(spec_file, dst / "spec.yaml")
+    return dst
+
+
+def relative_to_folder(ctx, path) -> str:
+    """Job inputs are resolved from the job file's folder."""
+    return os.path.relpath(Path(path).resolve(), folder(ctx).resolve())
+
+
+def prepare_train(spec, ctx, data: dict, job_name: str | None = None) -> dict:
+    """Stage the code, write conda-train.yml, environment.yml, compute.yml, job.yml; return the dicts.
+
+    job_name: set by a real run (plan mode cannot know it); Azure generates one when it is missing.
+    """
+    stage_code(ctx)
+    write(ctx, spec, "conda-train.yml", conda())
+    env = environment(spec)
+    job_dict = job(spec, env, relative_to_folder(ctx, data["train_file"]), relative_to_folder(ctx, data["test_file"]))
+    if job_name:
+        job_dict = {"name": job_name, **job_dict}
+    out = {"environment.yml": env, "compute.yml": compute(spec), "job.yml": job_dict}
+    for name, obj in out.items():
+        write(ctx, spec, name, obj)
+    return out
+
+
+def prepare_register(spec, ctx, path: str) -> dict:
+    out = {"model.yml": model(spec, path)}
+    write(ctx, spec, "model.yml", out["model.yml"])
+    return out
+
+
+def prepare_deploy(spec, ctx, deployment_name: str, model_ref: str) -> dict:
+    if not (folder(ctx) / "code" / SCORING_SCRIPT).is_file():
+        stage_code(ctx)  # deploy may run in a later invocation than train
+    write(ctx, spec, "conda-inference.yml", conda([INFERENCE_SERVER]))
+    write_atomic(folder(ctx) / "sample-request.json", json.dumps(SAMPLE_REQUEST) + "\n")
+    spec = with_placeholders(spec)
+    out = {"endpoint.yml": endpoint(spec), "deployment.yml": deployment(spec, deployment_name, model_ref)}
+    for name, obj in out.items():
+        write(ctx, spec, name, obj)
+    return out
