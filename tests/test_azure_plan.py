@@ -56,6 +56,7 @@ def test_plan_writes_files_the_sdk_loads(compose_spec, tmp_path, case):
     pip = env.conda_file["dependencies"][-1]["pip"]
     assert "python=3.11" in env.conda_file["dependencies"] and "pip" in env.conda_file["dependencies"]
     assert "torch==2.13.0" in pip and "transformers==5.23.0" in pip
+    assert "azureml-mlflow" in pip  # the job logs its MLflow model to the workspace, as runs do locally
 
     compute = load_compute(az / "compute.yml")
     assert (compute.size, compute.type, compute.min_instances, compute.max_instances) == (size, "amlcompute", 0, 1)

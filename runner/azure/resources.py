@@ -25,6 +25,8 @@ REQUIREMENTS = TRAINER_DIR / "requirements.txt"
 PYTHON = "python=3.11"
 INFERENCE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py311-cpu-inference:latest"
 INFERENCE_SERVER = "azureml-inference-server-http"  # serves init()/run() of the scoring script
+# inside a job MLFLOW_TRACKING_URI is azureml://...; mlflow needs this plugin to log there as it does locally
+JOB_TRACKING = "azureml-mlflow"
 SCORING_SCRIPT = "trainer/scoring.py"                # relative to the staged code folder
 DEPLOYMENT_NAMES = ("blue", "green")                 # alternate, so the live one is never replaced in place
 MODEL_OUTPUT = "model_output"
@@ -55,7 +57,7 @@ def conda(extra_pip=()) -> dict:
 def environment(spec) -> dict:
     c = spec["compute"]
     # the version is a hash of what defines the image: re-running reuses it, a changed pin makes a new one
-    version = digest({"image": c["image"], "conda": conda()})
+    version = digest({"image": c["image"], "conda": conda([JOB_TRACKING])})
     return {"$schema": SCHEMA.format("environment"), "name": c["environment_name"], "version": version,
             "image": c["image"], "conda_file": "conda-train.yml",
             "description": "python -m trainer: trainer/requirements.txt on the compute's image"}
@@ -189,7 +191,7 @@ def prepare_train(spec, ctx, data: dict, job_name: str | None = None) -> dict:
     job_name: set by a real run (plan mode cannot know it); Azure generates one when it is missing.
     """
     stage_code(ctx)
-    write(ctx, spec, "conda-train.yml", conda())
+    write(ctx, spec, "conda-train.yml", conda([JOB_TRACKING]))
     env = environment(spec)
     job_dict = job(spec, env, relative_to_folder(ctx, data["train_file"]), relative_to_folder(ctx, data["test_file"]))
     if job_name:
