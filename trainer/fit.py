@@ -1,5 +1,7 @@
 """Fine-tune with TRL's SFTTrainer, checkpointing as it goes, then log the model to MLflow."""
+import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -131,9 +133,11 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
 
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     uri = tracking.tracking_uri(tracking_uri, output_dir)
-    with tracking.start(uri, experiment, output_dir / "mlflow_run.json") as run:
+    # with several processes (torchrun / Azure ML's PyTorch distribution) all train, rank 0 alone records
+    main = int(os.environ.get("RANK", "0")) == 0
+    with tracking.start(uri, experiment, output_dir / "mlflow_run.json") if main else contextlib.nullcontext() as run:
         import mlflow
-        if last is None:
+        if main and last is None:
             tracking.log_spec(spec, Path(spec_path))
         trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
                              train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows),
@@ -143,8 +147,9 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
         trainer.add_callback(progress_callback())
         if last is None:
             before = trainer.evaluate()["eval_loss"]
-            mlflow.log_metric("eval_loss_before", before, step=0)
-            log(f"[train] eval loss before training: {before:.4f}")
+            if main:
+                mlflow.log_metric("eval_loss_before", before, step=0)
+                log(f"[train] eval loss before training: {before:.4f}")
         else:
             before = None
             log(f"[train] resuming from {last}")
@@ -156,6 +161,8 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
         metrics = {"eval_loss": after, "train_loss": result.training_loss, "train_runtime_s": seconds,
                    "tokens_per_s": tokens / max(seconds, 1e-9), "rows_truncated": truncated,
                    "train_rows": len(train_rows), "eval_rows": len(eval_rows)}
+        if not main:
+            return metrics
         mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
 
         final = trainer.model
