@@ -154,7 +154,20 @@ def init():
 
 
 def run(raw_data) -> list[str]:
-    """Azure ML entry point: raw JSON request body in, list of answers out. Raises BadRequest for bad bodies."""
+    """Azure ML entry point: raw JSON request body in, list of answers out.
+
+    A bad body raises BadRequest; inside Azure ML's inference server it becomes a 400 response instead of a 500.
+    """
+    try:
+        return _run(raw_data)
+    except BadRequest as exc:
+        response = _azure_response({"error": str(exc)}, 400)
+        if response is None:
+            raise
+        return response
+
+
+def _run(raw_data) -> list[str]:
     if _scorer is None:
         raise RuntimeError("the model is not loaded: call init() or load(model_dir) first")
     if isinstance(raw_data, (bytes, bytearray)):
@@ -164,3 +177,11 @@ def run(raw_data) -> list[str]:
     except json.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     return _scorer.score(body)
+
+
+def _azure_response(body: dict, status: int):
+    try:  # present only inside azureml-inference-server-http
+        from azureml.contrib.services.aml_response import AMLResponse
+    except ImportError:
+        return None
+    return AMLResponse(json.dumps(body), status, json_str=True)
