@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from . import CONF_DIR
 
 _task_started = False
+_exit_codes = []  # one per run; a multirun goes on past a bad point and exits with the worst status
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -28,10 +29,9 @@ def _hydra_main(cfg: DictConfig):
     except UserError as exc:
         app._remove_if_fresh(run_dir, fresh)
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    code = app.run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh)
-    if code:
-        sys.exit(code)
+        _exit_codes.append(exc.exit_code)
+        return
+    _exit_codes.append(app.run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh))
 
 
 def main():
@@ -43,6 +43,7 @@ def main():
         if exc.code == 1 and not _task_started:
             sys.exit(2)
         raise
+    sys.exit(max(_exit_codes, default=0))
 
 
 if __name__ == "__main__":

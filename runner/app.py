@@ -66,6 +66,7 @@ def execute(spec, run_dir: Path, out=print) -> dict:
             continue
         out(f"[{stage.name}] running")
         ctx.inputs_hash = h
+        ctx.previous = ctx.manifest.entry(stage.name)
         ctx.manifest.record(stage.name, "running", h)
         t0 = time.time()
         try:
@@ -74,7 +75,6 @@ def execute(spec, run_dir: Path, out=print) -> dict:
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             ctx.manifest.record(stage.name, "failed", h, error=reason)
             raise
-        # a stage's effect may change what it depends on (register adds a version): hash after
         ctx.manifest.record(stage.name, "done", h, outputs, seconds=round(time.time() - t0, 1))
         out(f"[{stage.name}] done in {time.time() - t0:.1f}s")
     return ctx.manifest.data

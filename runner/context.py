@@ -17,6 +17,7 @@ class Context:
     manifest: Manifest
     log: callable = field(default=_print)
     inputs_hash: str = ""  # of the stage being run: names folders whose content depends on its inputs
+    previous: dict = field(default_factory=dict)  # the stage's manifest entry before this attempt
 
     def upstream(self, stage: str) -> dict:
         entry = self.manifest.entry(stage)

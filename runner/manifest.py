@@ -19,7 +19,11 @@ def write_atomic(path: Path, text: str, mode: int | None = None):
 class Manifest:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / "manifest.json"
-        self.data = json.loads(self.path.read_text()) if self.path.exists() else {"stages": {}}
+        try:
+            self.data = json.loads(self.path.read_text()) if self.path.exists() else {"stages": {}}
+        except ValueError:
+            from .errors import UserError
+            raise UserError(f"{self.path} is not valid JSON; delete it to start this run's record afresh") from None
 
     def entry(self, stage: str) -> dict:
         return self.data["stages"].get(stage, {})

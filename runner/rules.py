@@ -1,5 +1,6 @@
 """Cross-field rules of the run spec: each one a small function returning problems (path, message)."""
 import math
+import re
 
 AZURE_ENV = {
     "subscription_id": "AZURE_SUBSCRIPTION_ID",
@@ -68,6 +69,20 @@ def azure_workspace_set(spec):
                         + " (export them in your shell; see README 'Azure')")
 
 
+def azure_endpoint_name(spec):
+    name = spec["deploy"]["endpoint_name"]
+    if spec["compute"]["kind"] == "azureml" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]", name):
+        yield "deploy.endpoint_name", (f"{name!r} is not a valid Azure endpoint name (3-32 letters, digits and '-', "
+                                       "starting with a letter); set deploy.endpoint_name or a shorter run.name")
+
+
+def chat_within_endpoint_limit(spec):
+    asked, limit = spec["chat"]["max_new_tokens"], spec["deploy"]["max_new_tokens_limit"]
+    if asked > limit:
+        yield "chat.max_new_tokens", (f"{asked} is over the endpoint's deploy.max_new_tokens_limit={limit}; "
+                                      "lower chat.max_new_tokens or raise the limit")
+
+
 def cluster_size(spec):
     c = spec["compute"]
     if c["kind"] == "azureml" and c.get("instance_count", 1) > c.get("max_instances", 1):
@@ -87,4 +102,4 @@ def _context_of(spec):
 
 
 RULES = [bf16_needs_a_gpu, one_slice, test_size_range, split_not_empty, source_fields,
-         azure_workspace_set, cluster_size, max_length_fits_model]
+         azure_workspace_set, azure_endpoint_name, chat_within_endpoint_limit, cluster_size, max_length_fits_model]

@@ -49,12 +49,19 @@ def _schema_problems(spec):
 def problems(spec):
     """Every problem with the spec, as 'path: message' lines; empty when valid."""
     found = list(_schema_problems(spec))
+    bad = {p.split(":", 1)[0] for p in found}
     for rule in RULES:
         try:
-            found += [f"{path}: {msg}" for path, msg in rule(spec)]
+            # a rule reading a value the schema already rejected would only add a confusing second message
+            found += [f"{path}: {msg}" for path, msg in rule(spec) if not any(_related(path, b) for b in bad)]
         except (KeyError, TypeError, AttributeError):
             pass  # the part this rule reads is malformed: the schema errors above already say how
     return found
+
+
+def _related(a: str, b: str) -> bool:
+    a, b = a.split(".")[:2], b.split(".")[:2]
+    return a[: len(b)] == b[: len(a)]
 
 
 def validate(spec):

@@ -104,3 +104,18 @@ def test_compose_validate_and_plan_import_no_heavy_library(tmp_path):
                        env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stdout
+
+
+def test_a_bad_sweep_point_does_not_stop_the_others(tmp_path):
+    r = runner_cli("-m", "data.test_size=0.2,5,0.3", "plan=true", cwd=tmp_path)
+    assert r.returncode == 2 and "data.test_size" in r.stderr
+    specs = sorted(p.parent.name for p in (tmp_path / "outputs/default/local_tiny_sample").glob("*/spec.yaml"))
+    assert specs == ["data.test_size=0.2", "data.test_size=0.3"]
+
+
+def test_a_corrupt_manifest_is_a_clear_error(tmp_path):
+    run_dir = tmp_path / "outputs/default/local_tiny_sample"
+    run_dir.mkdir(parents=True)
+    (run_dir / "manifest.json").write_text("{bad")
+    r = runner_cli("stages=[data]", cwd=tmp_path)
+    assert r.returncode == 2 and "manifest.json is not valid JSON" in r.stderr and "Traceback" not in r.stderr

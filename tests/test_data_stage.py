@@ -116,3 +116,19 @@ def test_output_changed_on_disk_is_redone(compose_spec, tmp_path):
     execute(spec, tmp_path / "run", out=lines.append)
     assert "[data] done" in "\n".join(lines)
     assert read_jsonl(out["train_file"])[0]["messages"]
+
+
+def test_editing_the_source_file_redoes_the_stage(compose_spec, tmp_path):
+    path = write_rows(tmp_path / "chats.jsonl", [good_row(i) for i in range(10)])
+    spec = compose_spec(f"data.path={path}")
+    assert run_data(spec, tmp_path)["stages"]["data"]["outputs"]["train_rows"] == 8
+    write_rows(path, [good_row(i) for i in range(20)])
+    lines = []
+    execute(spec, tmp_path / "run", out=lines.append)
+    assert "[data] done" in "\n".join(lines)
+    assert json.loads((tmp_path / "run/manifest.json").read_text())["stages"]["data"]["outputs"]["train_rows"] == 16
+
+
+def test_a_folder_as_data_path_says_so(compose_spec, tmp_path):
+    with pytest.raises(UserError, match="is a folder"):
+        run_data(compose_spec(f"data.path={tmp_path}"), tmp_path)

@@ -129,3 +129,22 @@ def test_redacted_spec_hides_environment_values(compose_spec, monkeypatch):
     assert spec["azure"]["subscription_id"] == FAKE_AZURE["AZURE_SUBSCRIPTION_ID"]
     assert safe["azure"]["subscription_id"] == "<from $AZURE_SUBSCRIPTION_ID>"
     assert FAKE_AZURE["AZURE_SUBSCRIPTION_ID"] not in str(safe)
+
+
+def test_run_names_fine_locally_must_still_make_a_valid_azure_endpoint(compose_spec):
+    assert problems(compose_spec("run.name=my_long_experiment_name_v2")) == []
+    msg = _msgs(compose_spec("compute=a100", "plan=true", "run.name=my_long_experiment_name_v2"))
+    assert "deploy.endpoint_name" in msg and "not a valid Azure endpoint name" in msg
+
+
+def test_chat_cannot_ask_for_more_tokens_than_the_endpoint_allows(compose_spec):
+    assert "deploy.max_new_tokens_limit=256" in _msgs(compose_spec("chat.max_new_tokens=1000"))
+
+
+def test_no_questions_is_an_error(compose_spec):
+    assert "chat.questions" in _msgs(compose_spec("chat.questions=[]"))
+
+
+def test_a_value_the_schema_rejects_gets_one_message_not_rule_noise(compose_spec):
+    found = problems(compose_spec("data.rows=1.5"))
+    assert len(found) == 1 and found[0].startswith("data.rows: 1.5 is invalid")

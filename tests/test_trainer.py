@@ -206,3 +206,15 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"]["train"]["status"] == "done"
     assert manifest["stages"]["train"]["outputs"]["steps"] > 80
+
+
+def test_force_retrains_from_scratch_instead_of_resuming_the_finished_run(tmp_path):
+    args = ["stages=[data,train]", "train.epochs=2", "train.save_steps=10"]  # leaves checkpoint-20
+    first = runner_cli(*args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = runner_cli(*args, "force=true", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming from" not in again.stdout and "eval loss before training" in again.stdout
+    manifest = json.loads((tmp_path / "outputs/default/local_tiny_sample/manifest.json").read_text())
+    out = manifest["stages"]["train"]["outputs"]
+    assert out["steps"] == 20 and out["train_loss"] > 0.5

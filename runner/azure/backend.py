@@ -194,8 +194,10 @@ def create_deployment(ml, ctx, deployment, live):
              log=ctx.log)
     except AzureError as exc:
         raise StageFailed(f"deployment {deployment.name} of {deployment.endpoint_name} failed: {_summary(exc)}\n"
-                          f"traffic is unchanged ({live or 'no deployment'} serves). It still bills until "
-                          f"removed: python -m runner stages=[teardown] deletes the endpoint.\n"
+                          f"traffic is unchanged ({live or 'no deployment'} serves). The failed deployment still bills until "
+                          f"removed: az ml online-deployment delete --name {deployment.name} --endpoint-name "
+                          f"{deployment.endpoint_name} (stages=[teardown] would delete the whole endpoint, the live "
+                          f"deployment too).\n"
                           f"last log lines:\n{deployment_logs(ml, deployment.name, deployment.endpoint_name)}") from exc
 
 
@@ -238,7 +240,7 @@ def endpoint_credentials(spec, ctx) -> tuple[str, str]:
     ml, name = client(spec), spec["deploy"]["endpoint_name"]
     endpoint = _get_or_none("look up the endpoint", ml.online_endpoints.get, name, ctx.log)
     if endpoint is None:
-        raise StageFailed(f"endpoint {name} does not exist: python -m runner stages=[register,deploy] creates it")
+        raise StageFailed(f"endpoint {name} does not exist: python -m runner stages=[deploy] force=true creates it")
     keys = call("read the endpoint key", ml.online_endpoints.get_keys, name, log=ctx.log)
     return endpoint.scoring_uri, keys.primary_key
 

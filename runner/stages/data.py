@@ -40,11 +40,16 @@ def row_problem(row) -> str | None:
 
 
 def resolve_path(path: str) -> Path:
+    """Absolute as given; a relative path from the current directory if it is there, else from the repository."""
     p = Path(path).expanduser()
-    return p if p.is_absolute() else REPO_ROOT / p
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    return REPO_ROOT / p
 
 
 def read_jsonl(path: Path) -> list:
+    if path.is_dir():
+        raise UserError(f"data.path: {path} is a folder; point data.path at a JSONL file of chats")
     if not path.is_file():
         raise UserError(f"data.path: {path} does not exist; point data.path at a JSONL file of chats")
     rows = []
@@ -116,9 +121,11 @@ def _jsonl(rows) -> str:
 
 def run(spec, ctx):
     d = spec["data"]
+    source_sha = None
     if d["source"] == "file":
         path = resolve_path(d["path"])
         source = str(path)
+        source_sha = file_sha256(path) if path.is_file() else None
         rows = take_slice(read_jsonl(path), d)
     else:
         source = f"{d['dataset']}:{split_string(d)}"
@@ -138,10 +145,18 @@ def run(spec, ctx):
         "train_file": str(out_dir / "train.jsonl"), "test_file": str(out_dir / "test.jsonl"),
         "train_rows": len(train), "test_rows": len(test), "skipped_rows": skipped, "source": source,
         "sha256": {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()},
+        "source_sha256": source_sha,
     }
 
 
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def is_current(outputs, spec, ctx) -> bool:
+    src = outputs.get("source_sha256")
+    if src and (not Path(outputs["source"]).is_file() or file_sha256(outputs["source"]) != src):
+        return False  # the local source file was edited since
     for key, name in (("train_file", "train.jsonl"), ("test_file", "test.jsonl")):
         p = Path(outputs.get(key, ""))
         if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != outputs["sha256"][name]:

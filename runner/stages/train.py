@@ -22,6 +22,8 @@ def run(spec, ctx):
     root.mkdir(parents=True, exist_ok=True)
     # one folder per set of inputs: a re-run after a crash resumes from its checkpoints, a changed recipe starts fresh
     out = ctx.run_dir / "train" / ctx.inputs_hash
+    if spec["force"] or ctx.previous.get("status") == "done":
+        fresh_start(out)  # resuming is for an attempt that was killed or failed, not for redoing a finished one
     try:
         summary = train(spec, ctx.run_dir / "spec.yaml", Path(data["train_file"]), Path(data["test_file"]), out,
                         tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="finetune-phi",
@@ -29,6 +31,12 @@ def run(spec, ctx):
     except TrainerInputError as exc:
         raise UserError(str(exc)) from None
     return {"output_dir": str(out), **{k: summary.get(k) for k in KEEP}}
+
+
+def fresh_start(out: Path):
+    import shutil
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)
+    (out / "mlflow_run.json").unlink(missing_ok=True)
 
 
 def is_current(outputs, spec, ctx) -> bool:
