@@ -7,7 +7,8 @@ import pytest
 
 from runner.app import execute
 from runner.errors import UserError
-from runner.stages.data import ROLES, resolve_path
+from runner.stages.data import resolve_path
+from trainer.chats import ROLES
 
 SAMPLE = resolve_path("runner/samples/chat_sample.jsonl")
 

@@ -11,6 +11,25 @@ from .errors import TrainerInputError
 ROLES = {"system", "user", "assistant"}
 
 
+def row_problem(row) -> str | None:
+    """Why a row cannot be trained on, or None when it is fine."""
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    msgs = row.get("messages")
+    if not isinstance(msgs, list) or not msgs:
+        return "'messages' must be a non-empty list"
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or set(m) < {"role", "content"}:
+            return f"messages[{i}] must be an object with 'role' and 'content'"
+        if m["role"] not in ROLES:
+            return f"messages[{i}].role is {m['role']!r}; expected system, user or assistant"
+        if not isinstance(m["content"], str):
+            return f"messages[{i}].content must be a string, got {type(m['content']).__name__}"
+    if not any(m["role"] == "assistant" for m in msgs):
+        return "no assistant turn: nothing to learn from"
+    return None
+
+
 def load(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
@@ -23,14 +42,10 @@ def load(path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise TrainerInputError(f"{path}: line {lineno} is not JSON ({exc.msg})") from None
-        msgs = row.get("messages") if isinstance(row, dict) else None
-        if (not isinstance(msgs, list) or not msgs
-                or not all(isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in msgs)):
-            raise TrainerInputError(f"{path}: line {lineno}: 'messages' must be a non-empty list of "
-                                    "{role: system|user|assistant, content: string}")
-        if not any(m["role"] == "assistant" for m in msgs):
-            raise TrainerInputError(f"{path}: line {lineno} has no assistant turn: nothing to learn from")
-        rows.append({"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]})
+        problem = row_problem(row)
+        if problem:
+            raise TrainerInputError(f"{path}: line {lineno}: {problem}")
+        rows.append({"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})
     if not rows:
         raise TrainerInputError(f"{path}: no chats in the file; the data stage writes train.jsonl with at least one row")
     return rows

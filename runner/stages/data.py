@@ -4,11 +4,12 @@ import json
 import math
 from pathlib import Path
 
+from trainer.chats import row_problem  # one definition of a trainable chat, shared with the trainer
+
 from .. import REPO_ROOT
 from ..errors import UserError
 from ..manifest import write_atomic
 
-ROLES = {"system", "user", "assistant"}
 MAX_REPORTED = 10
 
 
@@ -18,25 +19,6 @@ def split_string(d) -> str:
         return f"{d['split']}[:{d['rows']}]"
     pct = d["percent"]
     return d["split"] if pct == 100 else f"{d['split']}[:{pct:g}%]"
-
-
-def row_problem(row) -> str | None:
-    """Why a row cannot be trained on, or None when it is fine."""
-    if not isinstance(row, dict):
-        return f"expected a JSON object, got {type(row).__name__}"
-    msgs = row.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        return "'messages' must be a non-empty list"
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or set(m) < {"role", "content"}:
-            return f"messages[{i}] must be an object with 'role' and 'content'"
-        if m["role"] not in ROLES:
-            return f"messages[{i}].role is {m['role']!r}; expected system, user or assistant"
-        if not isinstance(m["content"], str):
-            return f"messages[{i}].content must be a string, got {type(m['content']).__name__}"
-    if not any(m["role"] == "assistant" for m in msgs):
-        return "no assistant turn: nothing to learn from"
-    return None
 
 
 def resolve_path(path: str) -> Path:
