@@ -15,9 +15,7 @@ def to_messages(chat_history: list, question: str) -> list[dict]:
 
 
 @tool
-def chat(question: str, chat_history: list, connection: CustomConnection, max_new_tokens: int = 64,
-         temperature: float = 0.0, do_sample: bool = False, top_p: float = 1.0) -> str:
-    params = {"max_new_tokens": int(max_new_tokens), "temperature": float(temperature),
-              "do_sample": bool(do_sample), "top_p": float(top_p)}
+def chat(question: str, chat_history: list, connection: CustomConnection, params: dict = None) -> str:
+    # params: generation settings (max_new_tokens, temperature, do_sample, top_p); the endpoint's defaults fill the rest
     return ask(connection.configs["endpoint_url"], connection.secrets["api_key"],
-               to_messages(chat_history, question), params)
+               to_messages(chat_history, question), dict(params or {}))

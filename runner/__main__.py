@@ -1,7 +1,6 @@
-"""python -m runner [group=option ...] [key=value ...]: Hydra composes, runner.app does the rest."""
+"""python -m runner [group=option ...] [key=value ...]: Hydra composes, runner.app.main does the rest."""
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -19,23 +18,16 @@ def _hydra_main(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
     from . import app
-    from .errors import UserError
-    from .spec import env_sourced_paths, to_spec
-
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    fresh = not any(run_dir.iterdir()) if run_dir.exists() else True
-    try:
-        spec = to_spec(cfg)
-    except UserError as exc:
-        app._remove_if_fresh(run_dir, fresh)
-        print(f"error: {exc}", file=sys.stderr)
-        _exit_codes.append(exc.exit_code)
-        return
-    _exit_codes.append(app.run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh))
+    _exit_codes.append(app.main(cfg, HydraConfig.get().runtime.output_dir))
 
 
 def main():
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    from .validate import renamed_override
+    renamed = [m for m in map(renamed_override, sys.argv[1:]) if m]
+    if renamed:  # Hydra would say only "not in struct"
+        print("\n".join(f"error: {m}" for m in renamed), file=sys.stderr)
+        sys.exit(2)
     try:
         _hydra_main()
     except SystemExit as exc:

@@ -1,4 +1,4 @@
-"""The runner as plain functions: tests call these; __main__ only adds Hydra around them."""
+"""The runner as plain functions: config -> spec -> validate -> plan or execute. __main__ only adds Hydra."""
 import shutil
 import sys
 import time
@@ -7,10 +7,11 @@ from pathlib import Path
 
 from .context import Context
 from .errors import StageFailed, UserError
-from .manifest import Manifest, write_atomic
-from .registry import selected
-from .spec import digest, dump_yaml, get_path, redacted
+from .manifest import Manifest
+from .registry import module_for, selected
+from .spec import digest, dump_yaml, env_sourced_paths, get_path, redacted, to_spec
 from .validate import validate
+from trainer.files import write_atomic
 
 
 def inputs_hash(stage, spec, manifest) -> str:
@@ -32,7 +33,7 @@ def plan(spec, run_dir: Path, env_paths=None, out=print) -> list[str]:
     ctx = Context(Path(run_dir), Manifest(run_dir))
     lines = [f"run directory: {run_dir}", "stages:"]
     for stage in selected(spec["stages"]):
-        module = stage.load()
+        module = module_for(stage, spec)
         h = inputs_hash(stage, spec, ctx.manifest)
         if stage.always:
             state = "runs every time"
@@ -59,7 +60,7 @@ def execute(spec, run_dir: Path, out=print) -> dict:
     """Run the selected stages in order, skipping those whose inputs are unchanged."""
     ctx = Context(Path(run_dir), Manifest(run_dir), log=out)
     for stage in selected(spec["stages"]):
-        module = stage.load()
+        module = module_for(stage, spec)
         h = inputs_hash(stage, spec, ctx.manifest)
         if not spec["force"] and stage_is_current(stage, module, spec, ctx, h):
             out(f"[{stage.name}] skipped: inputs unchanged since the last run (force=true redoes it)")
@@ -84,15 +85,24 @@ def write_spec(spec, run_dir: Path, env_paths=None):
     write_atomic(Path(run_dir) / "spec.yaml", dump_yaml(redacted(spec, env_paths or {})))
 
 
+def main(cfg, run_dir, out=print) -> int:
+    """A composed config in, an exit status out: what `python -m runner` does once Hydra has composed."""
+    run_dir = Path(run_dir)
+    fresh = not run_dir.exists() or not any(run_dir.iterdir())  # Hydra made it just now, or it was empty
+    try:
+        spec = to_spec(cfg)
+    except UserError as exc:
+        return _refuse(exc, run_dir, fresh)
+    return run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out)
+
+
 def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print) -> int:
     """Validate, then plan or execute. Returns the exit status."""
     run_dir = Path(run_dir)
     try:
         validate(spec)
     except UserError as exc:
-        _remove_if_fresh(run_dir, fresh_dir)
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _refuse(exc, run_dir, fresh_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_spec(spec, run_dir, env_paths)
     try:
@@ -111,6 +121,12 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print) -> int:
         print("error: a stage crashed (traceback above); the manifest marks it failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _refuse(exc: UserError, run_dir: Path, fresh: bool) -> int:
+    _remove_if_fresh(run_dir, fresh)
+    print(f"error: {exc}", file=sys.stderr)
+    return exc.exit_code
 
 
 def _remove_if_fresh(run_dir: Path, fresh: bool):

@@ -1,19 +1,9 @@
 """manifest.json: each stage's status, outputs and the hash of the inputs it ran with."""
 import json
-import os
 import time
 from pathlib import Path
 
-
-def write_atomic(path: Path, text: str, mode: int | None = None):
-    """Write via a temp file and rename, so a crash never leaves a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        if mode is not None:
-            os.chmod(tmp, mode)
-        fh.write(text)
-    os.replace(tmp, path)
+from trainer.files import write_atomic
 
 
 class Manifest:
@@ -34,10 +24,14 @@ class Manifest:
     def record(self, stage: str, status: str, inputs_hash: str | None = None, outputs: dict | None = None, **extra):
         entry = {"status": status, "inputs_hash": inputs_hash, "outputs": outputs or {},
                  "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
-        if outputs is None and status not in ("done",):
-            entry["outputs"] = self.outputs(stage) if status == "stopped" else {}
         self.data["stages"][stage] = entry
         self.save()
+
+    def mark_stopped(self, stage: str):
+        """What teardown says of deploy: its endpoint is gone, so the next deploy starts one (outputs kept to read)."""
+        entry = self.entry(stage)
+        if entry and entry.get("status") != "stopped":
+            self.record(stage, "stopped", entry.get("inputs_hash"), entry.get("outputs"))
 
     def save(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,46 +1,71 @@
-"""The stage registry: every stage, in pipeline order. Stage modules are imported only when run."""
+"""The stage registry: every stage, in pipeline order, and which module runs it on each backend.
+
+Data only, like a table: app.py picks the module by compute.kind (the one place that does). A stage module
+holds one backend's logic; a stage whose work does not depend on the backend names the same module for
+each. Adding a backend is one package (runner/<name>/) plus a column here. Modules are imported when run.
+"""
 from dataclasses import dataclass
 from importlib import import_module
+
+# compute.kind -> where its stage modules live
+LOCAL, AZUREML = "local", "azureml"
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    module: str            # defines run(spec, ctx) -> outputs; may define is_current(outputs, spec, ctx) and plan(spec, ctx)
+    # compute.kind -> module defining run(spec, ctx) -> outputs; it may define is_current(outputs, spec, ctx)
+    # and plan(spec, ctx) -> lines
+    backends: dict
     depends_on: tuple      # spec paths the outputs depend on (hashed into the manifest)
     upstream: tuple        # stages whose outputs it reads from the manifest
     reads: str             # for the plan
     writes: str            # for the plan
     always: bool = False   # runs every time (its effect is the point, or it is idempotent)
 
-    def load(self):
-        return import_module(self.module)
+    def load(self, kind: str):
+        return import_module(self.backends[kind])
+
+
+def on_every_backend(module: str) -> dict:
+    return {LOCAL: module, AZUREML: module}
 
 
 STAGES = [
-    Stage("data", "runner.stages.data", ("data",), (),
+    Stage("data", on_every_backend("runner.stages.data"), ("data",), (),
           reads="the data source (shipped JSONL or a hub dataset slice)",
           writes="data/train.jsonl, data/test.jsonl"),
-    Stage("train", "runner.stages.train", ("model", "train", "compute"), ("data",),
+    Stage("train", {LOCAL: "runner.local.train", AZUREML: "runner.azure.train"},
+          ("model", "train", "compute", "run.experiment_name"), ("data",),
           reads="data/train.jsonl, data/test.jsonl and the base model",
           writes="an MLflow run with the fine-tuned model, metrics and a loss plot"),
-    Stage("register", "runner.stages.register", ("register", "compute.kind", "azure.workspace_name"), ("train",),
+    Stage("register", {LOCAL: "runner.local.register", AZUREML: "runner.azure.register"},
+          ("register", "compute.kind", "azure.workspace_name"), ("train",),
           reads="the MLflow model of the train stage",
           writes="a new version of the registered model"),
-    Stage("deploy", "runner.stages.deploy", ("deploy", "compute.kind", "azure.workspace_name"), ("register",),
+    Stage("deploy", {LOCAL: "runner.local.deploy", AZUREML: "runner.azure.deploy"},
+          ("deploy", "compute.kind", "azure.workspace_name"), ("register",),
           reads="the registered model version",
           writes="a scoring endpoint (local server or Azure managed online endpoint) and its key"),
-    Stage("chat", "runner.stages.chat", ("chat",), ("deploy",),
+    Stage("chat", on_every_backend("runner.stages.chat"), ("chat",), ("deploy",),
           reads="the endpoint URL and key",
           writes="nothing: prints the answers of the Prompt flow flow", always=True),
-    Stage("teardown", "runner.stages.teardown", (), ("deploy",),
+    Stage("teardown", {LOCAL: "runner.local.teardown", AZUREML: "runner.azure.teardown"}, (), ("deploy",),
           reads="the endpoint recorded by deploy",
           writes="nothing: stops the local server or deletes the Azure endpoint", always=True),
 ]
-
-BY_NAME = {s.name: s for s in STAGES}
 
 
 def selected(names):
     """Stages named in the spec, in pipeline order."""
     return [s for s in STAGES if s.name in names]
+
+
+def module_for(stage: Stage, spec):
+    """The module that runs this stage for the spec's compute.kind: the one backend dispatcher."""
+    return stage.load(spec["compute"]["kind"])
+
+
+def implementation(stage_name: str, spec):
+    """module_for by stage name, e.g. the chat stage asking the deploy backend for the endpoint's key."""
+    return module_for(next(s for s in STAGES if s.name == stage_name), spec)

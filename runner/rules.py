@@ -2,13 +2,7 @@
 import math
 import re
 
-AZURE_ENV = {
-    "subscription_id": "AZURE_SUBSCRIPTION_ID",
-    "resource_group": "AZURE_RESOURCE_GROUP",
-    "workspace_name": "AZURE_ML_WORKSPACE_NAME",
-    "managed_identity_resource_id": "AZURE_MANAGED_IDENTITY_RESOURCE_ID",
-    "managed_identity_client_id": "AZURE_MANAGED_IDENTITY_CLIENT_ID",
-}
+from .spec import azure_env
 
 
 def bf16_needs_a_gpu(spec):
@@ -63,7 +57,7 @@ def source_fields(spec):
 def azure_workspace_set(spec):
     if spec["compute"]["kind"] != "azureml" or spec["plan"]:
         return  # plan mode makes no cloud call, so it needs no workspace
-    missing = [env for key, env in AZURE_ENV.items() if not spec["azure"].get(key)]
+    missing = [env for key, env in azure_env().items() if not spec["azure"].get(key)]
     if missing:
         yield "azure", ("an Azure compute needs these environment variables: " + ", ".join(missing)
                         + " (export them in your shell; see README 'Azure')")

@@ -2,10 +2,12 @@
 import hashlib
 import json
 import re
+from functools import lru_cache
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import CONF_DIR
 from .errors import UserError
 
 _ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
@@ -36,15 +38,19 @@ def env_sourced_paths(cfg: DictConfig) -> dict:
     return found
 
 
-def redacted(spec: dict, env_paths: dict) -> dict:
-    """A copy safe to write and review: environment values and secret-looking keys are replaced."""
+def redacted(spec: dict, env_paths: dict, fill_missing: bool = False) -> dict:
+    """A copy safe to write and review: environment values become '<from $VAR>', secret-looking keys '<redacted>'.
+
+    env_paths: {'azure.subscription_id': 'AZURE_SUBSCRIPTION_ID', ...}. An unset one stays null, or shows the
+    placeholder too with fill_missing (resource files need a string there even when plan mode runs without it).
+    """
     def walk(node, prefix):
         if isinstance(node, dict):
             out = {}
             for k, v in node.items():
                 path = f"{prefix}{k}"
                 if path in env_paths:
-                    out[k] = None if v is None else f"<from ${env_paths[path]}>"
+                    out[k] = None if v is None and not fill_missing else f"<from ${env_paths[path]}>"
                 elif _SECRET_KEY.search(str(k)) and isinstance(v, str) and v:
                     out[k] = "<redacted>"
                 else:
@@ -55,6 +61,17 @@ def redacted(spec: dict, env_paths: dict) -> dict:
         return node
 
     return walk(spec, "")
+
+
+@lru_cache(maxsize=1)
+def azure_env() -> dict:
+    """{'subscription_id': 'AZURE_SUBSCRIPTION_ID', ...}, read from conf/config.yaml: the names' one home."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "config.yaml")["azure"], resolve=False)
+    return {key: m.group(1) for key, value in raw.items() if (m := _ENV_REF.search(str(value)))}
+
+
+def azure_env_paths() -> dict:
+    return {f"azure.{key}": var for key, var in azure_env().items()}
 
 
 def get_path(spec: dict, dotted: str):

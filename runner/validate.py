@@ -8,6 +8,10 @@ from .errors import UserError
 from .rules import RULES
 
 SCHEMA_PATH = Path(__file__).with_name("spec.schema.json")
+# keys that were renamed to the library's own argument names: an old name in an override says where it went
+RENAMED = {"train.epochs": "train.num_train_epochs", "train.lr_scheduler": "train.lr_scheduler_type",
+           "train.warmup": "train.warmup_steps", "train.gradient_checkpointing": "train.activation_checkpointing",
+           "train.lora.alpha": "train.lora.lora_alpha", "train.lora.dropout": "train.lora.lora_dropout"}
 
 
 @lru_cache(maxsize=1)
@@ -31,9 +35,8 @@ def _schema_problems(spec):
         if err.validator == "additionalProperties":
             known = list(err.schema.get("properties", {}))
             for key in sorted(set(err.instance) - set(known)):
-                hint = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
-                tip = f"did you mean '{hint[0]}'?" if hint else "known keys: " + ", ".join(known)
-                yield f"{_path([*err.absolute_path, key])}: unknown key (value {err.instance[key]!r}); {tip}"
+                yield f"{_path([*err.absolute_path, key])}: unknown key (value {err.instance[key]!r}); " \
+                      + did_you_mean(_path([*err.absolute_path, key]), known)
         elif err.validator == "required":
             yield f"{where}: {err.message}"
         elif err.validator in ("enum", "const"):
@@ -44,6 +47,21 @@ def _schema_problems(spec):
         else:
             desc = err.schema.get("description", "")
             yield f"{where}: {err.instance!r} is invalid: {err.message}" + (f" ({desc})" if desc else "")
+
+
+def did_you_mean(path: str, known) -> str:
+    if path in RENAMED:
+        return f"did you mean '{RENAMED[path].rsplit('.', 1)[1]}'? ({path} was renamed to {RENAMED[path]})"
+    hint = difflib.get_close_matches(path.rsplit(".", 1)[-1], list(known), n=1, cutoff=0.6)
+    return f"did you mean '{hint[0]}'?" if hint else "known keys: " + ", ".join(known)
+
+
+def renamed_override(override: str) -> str | None:
+    """A message for a command-line override of a renamed key (Hydra itself would only say 'not in struct')."""
+    key = override.split("=", 1)[0].lstrip("+~")
+    if "=" in override and key in RENAMED:
+        return f"{key} was renamed to {RENAMED[key]} (the library's own argument name): use {RENAMED[key]}=..."
+    return None
 
 
 def problems(spec):
@@ -64,8 +82,7 @@ def _related(a: str, b: str) -> bool:
     return a[: len(b)] == b[: len(a)]
 
 
-def validate(spec):
+def validate(spec) -> None:
     found = problems(spec)
     if found:
         raise UserError(["the run spec is invalid:"] + [f"  - {p}" for p in found])
-    return spec

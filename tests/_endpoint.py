@@ -7,17 +7,13 @@ import atexit
 import json
 import os
 import random
-import secrets
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from runner import REPO_ROOT
+from .helpers import first_turn  # noqa: F401  (tests use it from here too)
 
 _HOME = Path(tempfile.mkdtemp(prefix="phi3-tests-pf-"))
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
@@ -30,13 +26,6 @@ os.environ["APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED"] = "true"  # for `pf` run
 def training_rows(manifest) -> list[dict]:
     path = Path(manifest["stages"]["data"]["outputs"]["train_file"])
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def first_turn(row) -> tuple[list, str]:
-    """The messages up to the first assistant turn, and that turn's text: the tiny model learned these by heart."""
-    msgs = row["messages"]
-    k = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-    return msgs[:k], msgs[k]["content"]
 
 
 def single_turn_pairs(manifest, n: int) -> list[tuple[str, str]]:
@@ -58,29 +47,21 @@ def post(url: str, body, key: str | None, timeout: float = 60) -> tuple[int, obj
 
 
 class Server:
-    """python -m trainer.serve on a free loopback port, as the deploy stage starts it."""
+    """python -m trainer.serve on a free loopback port, started as the deploy stage starts it."""
 
     def __init__(self, model_dir, workdir: Path, limit: int = 128):
+        from runner.local import server
         workdir.mkdir(parents=True, exist_ok=True)
-        self.key = secrets.token_urlsafe(32)
-        key_file = workdir / "endpoint.key"
-        key_file.touch(mode=0o600)
-        key_file.write_text(self.key)
-        self.ready = workdir / "server.json"
-        self.log = workdir / "server.log"
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "trainer.serve", "--model-dir", str(model_dir), "--key-file", str(key_file),
-                 "--port", "0", "--max-new-tokens-limit", str(limit), "--ready-file", str(self.ready)],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while not self.ready.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"trainer.serve did not start:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        self.base = f"http://127.0.0.1:{json.loads(self.ready.read_text())['port']}"
+        key_file, self.ready, self.log = workdir / "endpoint.key", workdir / "server.json", workdir / "server.log"
+        server.new_key(key_file)
+        self.key = key_file.read_text().strip()
+        self.proc = server.start(server.command(model_dir, key_file, self.ready, limit=limit), self.log)
+        try:
+            info = server.wait_ready(self.proc, "127.0.0.1", self.ready, self.log, timeout=120)
+        except Exception:
+            self.stop()
+            raise
+        self.base = f"http://127.0.0.1:{info['port']}"
         self.url = f"{self.base}/score"
 
     def stop(self):

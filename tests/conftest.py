@@ -17,24 +17,19 @@ from runner import CONF_DIR  # noqa: E402
 from runner.spec import to_spec  # noqa: E402
 
 
-@pytest.fixture
-def compose_spec(tmp_path):
-    """compose_spec('compute=a100', ...) -> the resolved run spec, outputs under tmp_path."""
-    def _compose(*overrides):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=[f"run.output_root={tmp_path / 'outputs'}", *overrides])
-        return to_spec(cfg)
-    yield _compose
-    GlobalHydra.instance().clear()
-
-
 def compose_once(output_root, *overrides):
+    """The resolved run spec of conf/ with these overrides, outputs under output_root."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"run.output_root={output_root}", *overrides])
     GlobalHydra.instance().clear()
     return to_spec(cfg)
+
+
+@pytest.fixture
+def compose_spec(tmp_path):
+    """compose_spec('compute=a100', ...) -> the resolved run spec, outputs under tmp_path."""
+    return lambda *overrides: compose_once(tmp_path / "outputs", *overrides)
 
 
 @pytest.fixture(scope="session")

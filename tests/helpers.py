@@ -1,12 +1,32 @@
-"""Running `python -m runner` as a user would, in a scratch directory."""
+"""Running `python -m runner` as a user would, and other code in a fresh interpreter."""
+import json
 import os
 import subprocess
 import sys
 
 from runner import REPO_ROOT
 
+HEAVY = {"torch", "transformers", "datasets", "mlflow", "azure", "promptflow", "trl"}
+NOT_IN_TRAINER = {"runner", "hydra", "azure", "promptflow"}  # trainer/ runs in the Azure job and deployment
+
 
 def runner_cli(*args, cwd, env=None, timeout=300):
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def imported_by(code: str, *argv, cwd=REPO_ROOT, timeout=120) -> set[str]:
+    """Run code in a fresh interpreter; the top-level packages it left imported. Fails if the code fails."""
+    probe = code + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    r = subprocess.run([sys.executable, "-c", probe, *map(str, argv)], cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return set(json.loads(r.stdout.strip().splitlines()[-1]))
+
+
+def first_turn(row) -> tuple[list, str]:
+    """The messages up to a chat's first assistant turn, and that turn's text (the tiny model learns these)."""
+    msgs = row["messages"]
+    k = next(i for i, m in enumerate(msgs) if m["role"] == "assistant")
+    return msgs[:k], msgs[k]["content"]

@@ -19,11 +19,16 @@ with warnings.catch_warnings():  # the SDK's schemas warn about marshmallow 4 at
     from azure.identity import CredentialUnavailableError
 
 from runner.app import write_spec
-from runner.azure import backend, resources, retry
+from runner.azure import client as az_client
+from runner.azure import deploy as az_deploy
+from runner.azure import register as az_register
+from runner.azure import resources, retry
+from runner.azure import teardown as az_teardown
+from runner.azure import train as az_train
 from runner.context import Context
 from runner.errors import StageFailed, UserError
 from runner.manifest import Manifest
-from runner.rules import AZURE_ENV
+from runner.spec import azure_env_paths
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -177,7 +182,7 @@ def azure_ctx(compose_spec, tmp_path, monkeypatch):
     spec["azure"] = dict(AZURE)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    write_spec(spec, run_dir, {f"azure.{k}": v for k, v in AZURE_ENV.items()})
+    write_spec(spec, run_dir, azure_env_paths())
     data = run_dir / "data"
     data.mkdir()
     for name in ("train.jsonl", "test.jsonl"):
@@ -186,7 +191,8 @@ def azure_ctx(compose_spec, tmp_path, monkeypatch):
     ctx = Context(run_dir, Manifest(run_dir), log=logs.append)
     ctx.manifest.record("data", "done", "h", {"train_file": str(data / "train.jsonl"), "test_file": str(data / "test.jsonl")})
     fake = FakeML()
-    monkeypatch.setattr(backend, "client", lambda spec: fake)
+    for stage in (az_train, az_register, az_deploy, az_teardown):
+        monkeypatch.setattr(stage, "client", lambda spec: fake)
     monkeypatch.setattr(retry, "_sleep", lambda s: None)
     return spec, ctx, fake, logs
 
@@ -197,7 +203,7 @@ def details(fake, name):
 
 def test_train_creates_environment_compute_and_job_then_streams(azure_ctx):
     spec, ctx, fake, logs = azure_ctx
-    out = backend.train(spec, ctx)
+    out = az_train.run(spec, ctx)
     assert fake.names() == ["environments.create_or_update", "compute.get", "compute.begin_create_or_update",
                             "jobs.create_or_update", "jobs.stream", "jobs.get"]
     env = details(fake, "environments.create_or_update")[0]["entity"]
@@ -223,7 +229,7 @@ def test_train_creates_environment_compute_and_job_then_streams(azure_ctx):
 def test_train_reuses_an_existing_cluster(azure_ctx):
     spec, ctx, fake, _ = azure_ctx
     fake.computes["gpu-a100-cluster"] = SimpleNamespace(name="gpu-a100-cluster", size="Standard_NC24ads_A100_v4")
-    backend.train(spec, ctx)
+    az_train.run(spec, ctx)
     assert "compute.begin_create_or_update" not in fake.names()
 
 
@@ -231,7 +237,7 @@ def test_failed_job_names_status_and_studio_url(azure_ctx):
     spec, ctx, fake, _ = azure_ctx
     fake.job_status = "Failed"
     with pytest.raises(StageFailed) as err:
-        backend.train(spec, ctx)
+        az_train.run(spec, ctx)
     job_name = details(fake, "jobs.create_or_update")[0]["job"].name
     assert "status Failed" in str(err.value) and STUDIO.format(job_name) in str(err.value)
     assert "CUDA out of memory" in str(err.value)
@@ -242,7 +248,7 @@ def test_transient_503_is_retried_with_backoff(azure_ctx, monkeypatch):
     sleeps = []
     monkeypatch.setattr(retry, "_sleep", sleeps.append)
     fake.failures["jobs.create_or_update"] = [http_error(503, "service unavailable"), ServiceRequestError("reset")]
-    out = backend.train(spec, ctx)
+    out = az_train.run(spec, ctx)
     assert fake.names().count("jobs.create_or_update") == 3 and sleeps == [2.0, 4.0]
     assert out["status"] == "Completed" and any("retry 1/4" in line for line in logs)
 
@@ -251,19 +257,19 @@ def test_retries_are_bounded_and_permanent_errors_are_not_retried(azure_ctx, mon
     spec, ctx, fake, _ = azure_ctx
     fake.failures["jobs.create_or_update"] = [http_error(429) for _ in range(10)]
     with pytest.raises(StageFailed):
-        backend.train(spec, ctx)
+        az_train.run(spec, ctx)
     assert fake.names().count("jobs.create_or_update") == retry.TRIES
     fake.calls.clear()
     fake.failures["environments.create_or_update"] = [http_error(400, "bad image")]
     with pytest.raises(StageFailed, match="bad image"):
-        backend.train(spec, ctx)
+        az_train.run(spec, ctx)
     assert fake.names() == ["environments.create_or_update"]
 
 
 def test_register_creates_an_mlflow_model_from_the_job_output(azure_ctx):
     spec, ctx, fake, _ = azure_ctx
     ctx.manifest.record("train", "done", "h", {"job_name": "job-7", "model_path": resources.model_path("job-7")})
-    out = backend.register(spec, ctx)
+    out = az_register.run(spec, ctx)
     model = details(fake, "models.create_or_update")[0]["entity"]
     assert model["type"] == "mlflow_model" and model["name"] == "phi3-chat-phi35"
     assert model["path"] == "azureml://jobs/job-7/outputs/model_output/paths/mlflow_model"
@@ -272,7 +278,7 @@ def test_register_creates_an_mlflow_model_from_the_job_output(azure_ctx):
 
 def deploy_once(spec, ctx, version):
     ctx.manifest.record("register", "done", "h", {"model_name": "phi3-chat-phi35", "model_version": version})
-    return backend.deploy(spec, ctx)
+    return az_deploy.run(spec, ctx)
 
 
 def test_deploy_is_blue_green_without_downtime(azure_ctx):
@@ -335,7 +341,7 @@ def test_deploy_rejects_an_empty_answer(azure_ctx):
 def test_credentials_come_from_azure_and_the_key_is_written_nowhere(azure_ctx):
     spec, ctx, fake, logs = azure_ctx
     deploy_once(spec, ctx, "1")
-    uri, key = backend.endpoint_credentials(spec, ctx)
+    uri, key = az_deploy.endpoint_credentials(spec, ctx)
     assert uri.endswith("/score") and key == KEY
     assert fake.names()[-2:] == ["online_endpoints.get", "online_endpoints.get_keys"]
     for path in ctx.run_dir.rglob("*"):
@@ -348,16 +354,16 @@ def test_credentials_come_from_azure_and_the_key_is_written_nowhere(azure_ctx):
 def test_teardown_deletes_the_endpoint_and_is_idempotent(azure_ctx):
     spec, ctx, fake, _ = azure_ctx
     ctx.manifest.record("deploy", "done", "h", deploy_once(spec, ctx, "1"))
-    assert backend.teardown(spec, ctx) == {"deleted": "phi3-chat-default"}
+    assert az_teardown.run(spec, ctx) == {"deleted": "phi3-chat-default"}
     assert ctx.manifest.entry("deploy")["status"] == "stopped"  # the next deploy creates it again
-    assert backend.teardown(spec, ctx) == {"deleted": None}
+    assert az_teardown.run(spec, ctx) == {"deleted": None}
     assert fake.names().count("online_endpoints.begin_delete") == 1
 
 
 def test_missing_endpoint_for_chat_is_a_stage_failure(azure_ctx):
     spec, ctx, _, _ = azure_ctx
     with pytest.raises(StageFailed, match="does not exist"):
-        backend.endpoint_credentials(spec, ctx)
+        az_deploy.endpoint_credentials(spec, ctx)
 
 
 class NoLogin:
@@ -372,7 +378,7 @@ def test_client_without_login_is_a_user_error(monkeypatch):
     import azure.identity
     monkeypatch.setattr(azure.identity, "DefaultAzureCredential", NoLogin)
     with pytest.raises(UserError) as err:
-        backend.client({"azure": dict(AZURE)})
+        az_client.client({"azure": dict(AZURE)})
     assert "az login" in str(err.value) and "AZURE_CLIENT_SECRET" in str(err.value)
 
 
@@ -380,4 +386,4 @@ def test_expired_login_mid_stage_is_a_user_error(azure_ctx):
     spec, ctx, fake, _ = azure_ctx
     fake.failures["environments.create_or_update"] = [ClientAuthenticationError("token expired")]
     with pytest.raises(UserError, match="az login"):
-        backend.train(spec, ctx)
+        az_train.run(spec, ctx)

@@ -46,7 +46,7 @@ def pf(server):
 
 
 def flow_answer(pf, question, history=None, max_new_tokens=96, **settings):
-    inputs = {"question": question, "chat_history": history or [], "max_new_tokens": max_new_tokens, **settings}
+    inputs = {"question": question, "chat_history": history or [], "params": {"max_new_tokens": max_new_tokens, **settings}}
     return pf.test(flow=str(FLOW), inputs=inputs)["answer"]
 
 

@@ -12,9 +12,11 @@ import pytest
 from runner.app import execute
 from runner.context import Context
 from runner.errors import StageFailed
+from runner.local.server import command_line
 from runner.manifest import Manifest
 
 from . import _endpoint as ep  # before promptflow: points its home at a temporary folder
+from .helpers import HEAVY, imported_by
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +40,7 @@ def run(trained_run, run_dir, *stages, **chat):
 
 
 def alive(pid) -> bool:
-    return bool(cmdline(pid))  # a zombie has an empty command line
-
-
-def cmdline(pid) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().decode()
-    except OSError:
-        return ""
+    return bool(command_line(pid))  # a zombie has an empty command line
 
 
 def test_register_deploy_chat_then_reuse(trained_run, run_dir):
@@ -54,7 +49,7 @@ def test_register_deploy_chat_then_reuse(trained_run, run_dir):
     reg, dep, chat = (stages[s]["outputs"] for s in ("register", "deploy", "chat"))
     assert reg["model_uri"] == f"models:/{reg['model_name']}/{reg['model_version']}"
     assert dep["kind"] == "local" and dep["url"] == f"http://127.0.0.1:{dep['port']}/score"
-    assert "trainer.serve" in cmdline(dep["pid"])
+    assert "trainer.serve" in command_line(dep["pid"])
     assert chat["answers"] == [{"question": question, "answer": answer}]
     assert f"[chat] A: {answer}" in log
 
@@ -73,7 +68,7 @@ def test_register_deploy_chat_then_reuse(trained_run, run_dir):
 
 def test_registering_again_adds_a_version(trained_run, run_dir):
     from mlflow import MlflowClient
-    from runner.stages import register
+    from runner.local import register
     before = Manifest(run_dir).outputs("register")
     out = register.run(trained_run[0], Context(run_dir, Manifest(run_dir), log=lambda *_: None))
     assert int(out["model_version"]) == int(before["model_version"]) + 1
@@ -82,21 +77,21 @@ def test_registering_again_adds_a_version(trained_run, run_dir):
 
 
 def test_deploy_serves_a_downloaded_copy_when_the_train_folder_is_gone(trained_run, run_dir, tmp_path):
-    from runner.stages import deploy
+    from runner.local import deploy, server
     reg = {**Manifest(run_dir).outputs("register"), "mlflow_model_dir": str(tmp_path / "gone")}
-    folder = deploy.model_folder(reg, deploy.Paths(tmp_path), lambda *_: None)
+    folder = deploy.model_folder(reg, server.Paths(tmp_path), lambda *_: None)
     assert folder == tmp_path / "deploy" / "model" / f"v{reg['model_version']}" and (folder / "MLmodel").is_file()
 
 
 def test_a_server_killed_by_hand_is_noticed_and_started_again(trained_run, run_dir):
-    from runner.stages import deploy
+    from runner.local import deploy, server
     ctx = Context(run_dir, Manifest(run_dir))
     old = ctx.manifest.outputs("deploy")
     assert deploy.is_current(old, trained_run[0], ctx)
     os.kill(old["pid"], signal.SIGKILL)
     deadline = time.time() + 10
     while alive(old["pid"]) and time.time() < deadline:
-        deploy._reap(old["pid"])
+        server._reap(old["pid"])
         time.sleep(0.1)
     assert not deploy.is_current(old, trained_run[0], ctx)
 
@@ -107,13 +102,13 @@ def test_a_server_killed_by_hand_is_noticed_and_started_again(trained_run, run_d
 
 
 def test_chat_on_a_dead_endpoint_says_how_to_restart(trained_run, run_dir):
-    from runner.stages import chat, deploy
+    from runner.local import deploy
     ctx = Context(run_dir, Manifest(run_dir))
     out = ctx.manifest.outputs("deploy")
     broken = Manifest(run_dir)
     broken.data["stages"]["deploy"]["outputs"] = {**out, "pid": 1}  # not our server
     with pytest.raises(StageFailed, match=r"stages=\[deploy,chat\]"):
-        chat.endpoint_credentials(trained_run[0], Context(run_dir, broken))
+        deploy.endpoint_credentials(trained_run[0], Context(run_dir, broken))
     assert deploy.is_current(out, trained_run[0], ctx)  # the real one is untouched
 
 
@@ -148,17 +143,9 @@ def test_a_server_that_cannot_start_fails_the_stage_with_its_log(trained_run, ru
 
 
 def test_plan_lines_import_nothing_heavy(trained_run, run_dir):
-    import subprocess
-    import sys
-
-    from runner import REPO_ROOT
-    code = ("import sys, json; from pathlib import Path; from runner.context import Context; "
-            "from runner.manifest import Manifest; from runner.stages import register, deploy, chat, teardown; "
+    code = ("import json, sys; from pathlib import Path; from runner.context import Context; "
+            "from runner.manifest import Manifest; from runner.registry import implementation; "
             f"spec = json.loads({json.dumps(json.dumps(trained_run[0]))}); ctx = Context(Path('.'), Manifest(Path('.'))); "
-            "print([m.plan(spec, ctx) for m in (register, deploy, chat, teardown)]); "
-            "print(sorted(m for m in ('mlflow', 'torch', 'promptflow', 'transformers') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=run_dir, capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "[]"
-    assert "port chosen at start" in r.stdout
+            "lines = [implementation(s, spec).plan(spec, ctx) for s in ('register', 'deploy', 'chat', 'teardown')]; "
+            "assert 'port chosen at start' in str(lines), lines")
+    assert imported_by(code, cwd=run_dir) & HEAVY == set()

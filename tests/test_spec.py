@@ -85,16 +85,16 @@ def test_misspelt_top_level_and_nested_keys(compose_spec):
 
 def test_every_problem_is_reported_at_once(compose_spec):
     found = problems(compose_spec("+data.percnet=3", "data.test_size=2", "compute.precision=bf16",
-                                  "compute.device=cpu", "train.lr_scheduler=cosin"))
+                                  "compute.device=cpu", "train.lr_scheduler_type=cosin"))
     text = "\n".join(found)
     assert len(found) >= 4
-    for part in ("percnet", "test_size", "compute.precision", "train.lr_scheduler"):
+    for part in ("percnet", "test_size", "compute.precision", "train.lr_scheduler_type"):
         assert part in text
 
 
 def test_wrong_types_and_enums(compose_spec):
-    msg = _msgs(compose_spec("train.epochs=many", "data.on_bad_row=ignore"))
-    assert "train.epochs" in msg and "data.on_bad_row: 'ignore' is not one of 'error', 'skip'" in msg
+    msg = _msgs(compose_spec("train.num_train_epochs=many", "data.on_bad_row=ignore"))
+    assert "train.num_train_epochs" in msg and "data.on_bad_row: 'ignore' is not one of 'error', 'skip'" in msg
 
 
 def test_heads_must_divide_width(compose_spec):

@@ -13,7 +13,7 @@ def parse(argv=None):
     p.add_argument("--eval-file", required=True, type=Path, help="JSONL chats to evaluate on")
     p.add_argument("--output-dir", required=True, type=Path, help="checkpoints, MLflow model copy, summary.json")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (MLFLOW_TRACKING_URI wins; default: SQLite in output-dir)")
-    p.add_argument("--experiment", default="finetune-phi", help="MLflow experiment name")
+    p.add_argument("--experiment", help="MLflow experiment name (default: the spec's run.experiment_name)")
     p.add_argument("--cache-dir", type=Path, help="where the tiny model is built and cached")
     return p.parse_args(argv)
 

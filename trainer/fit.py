@@ -3,10 +3,12 @@ import contextlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import chats, tracking
 from .errors import TrainerInputError
+from .files import write_atomic
 from .hub import go_offline_unless_reachable
 
 
@@ -70,30 +72,47 @@ def progress_callback():
 
 
 def sft_config(spec: dict, out: Path, precision: str, device: str):
+    """train.* keys are SFTConfig's own argument names, passed through as they are."""
     from trl import SFTConfig
 
-    t = spec["train"]
-    # transformers 5.2x renamed gradient_checkpointing; older releases (e.g. in GPU images) only know the old name
-    ckpt = "activation_checkpointing" if "activation_checkpointing" in SFTConfig.__dataclass_fields__ else "gradient_checkpointing"
+    t = {k: v for k, v in spec["train"].items() if k != "lora"}
+    if "activation_checkpointing" not in SFTConfig.__dataclass_fields__:
+        # transformers before 5.2x (e.g. in GPU images) knows only the old name
+        t["gradient_checkpointing"] = t.pop("activation_checkpointing")
     return SFTConfig(
-        output_dir=str(out / "checkpoints"), learning_rate=t["learning_rate"], num_train_epochs=t["epochs"],
-        per_device_train_batch_size=t["per_device_train_batch_size"],
-        per_device_eval_batch_size=t["per_device_eval_batch_size"],
-        gradient_accumulation_steps=t["gradient_accumulation_steps"], warmup_steps=t["warmup"],
-        lr_scheduler_type=t["lr_scheduler"], max_length=t["max_length"], packing=t["packing"],
-        packing_strategy=t["packing_strategy"], **{ckpt: t["gradient_checkpointing"]},
-        logging_steps=t["logging_steps"], save_strategy="steps", save_steps=t["save_steps"],
-        save_total_limit=t["save_total_limit"], eval_strategy=t["eval_strategy"], seed=t["seed"], data_seed=t["seed"],
+        output_dir=str(out / "checkpoints"), **t, data_seed=t["seed"], save_strategy="steps",
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu", report_to="none",
         dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=False, logging_first_step=True,
     )
 
 
-def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output_dir: Path,
-          tracking_uri: str | None = None, experiment: str = "finetune-phi", cache_dir: Path | None = None,
-          log=print) -> dict:
+def lora_config(spec: dict):
+    """train.lora.* keys (but `enabled`) are peft's LoraConfig arguments."""
+    lora = dict(spec["train"]["lora"])
+    if not lora.pop("enabled"):
+        return None
+    from peft import LoraConfig
+    return LoraConfig(**lora, task_type="CAUSAL_LM")
+
+
+@dataclass
+class Job:
+    """What train() set up: the SFTTrainer and the facts its summary reports."""
+    trainer: object
+    tokenizer: object
+    device: str
+    precision: str
+    base: str
+    tokens_per_epoch: int
+    truncated: int
+    train_rows: int
+    eval_rows: int
+    resume_from: str | None
+
+
+def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, cache_dir: Path | None, log) -> Job:
+    """Check the inputs, then build the model, tokenizer and SFTTrainer. Writes nothing before the checks pass."""
     go_offline_unless_reachable()  # before any huggingface import: offline means no retry loops
-    output_dir = Path(output_dir)
     train_rows, eval_rows = chats.load(train_file), chats.load(eval_file)
     device = resolve_device(spec["compute"])
     precision = spec["compute"]["precision"]
@@ -106,6 +125,7 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
@@ -115,70 +135,90 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation=spec["model"]["attn_implementation"])
-    model.config.use_cache = not spec["train"]["gradient_checkpointing"]
+    model.config.use_cache = not spec["train"]["activation_checkpointing"]
 
     lengths = chats.token_lengths(train_rows, tokenizer)
     max_len = spec["train"]["max_length"]
     truncated = sum(n > max_len for n in lengths)
     if truncated:
         log(f"[train] {truncated} of {len(lengths)} training rows exceed max_length={max_len} tokens and are truncated")
-
     args = sft_config(spec, output_dir, precision, device)
-    peft_config = None
-    if spec["train"]["lora"]["enabled"]:
-        from peft import LoraConfig
-        lora = spec["train"]["lora"]
-        peft_config = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                 target_modules=lora["target_modules"], task_type="CAUSAL_LM")
-
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(spec),
+                         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows))
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(progress_callback())
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    return Job(trainer, tokenizer, device, precision, base, sum(min(n, max_len) for n in lengths), truncated,
+               len(train_rows), len(eval_rows), last)
+
+
+def fit(job: Job, epochs: float, main: bool, log) -> dict:
+    """Evaluate (unless resuming), train, evaluate again. Returns the metrics every rank reports."""
+    before = None
+    if job.resume_from is None:
+        before = job.trainer.evaluate()["eval_loss"]
+        if main:
+            import mlflow
+            mlflow.log_metric("eval_loss_before", before, step=0)
+        log(f"[train] eval loss before training: {before:.4f}")
+    else:
+        log(f"[train] resuming from {job.resume_from}")
+    t0 = time.time()
+    result = job.trainer.train(resume_from_checkpoint=job.resume_from)
+    seconds = time.time() - t0
+    return {"eval_loss_before": before, "eval_loss": job.trainer.evaluate()["eval_loss"],
+            "train_loss": result.training_loss, "train_runtime_s": seconds,
+            "tokens_per_s": job.tokens_per_epoch * epochs / max(seconds, 1e-9), "rows_truncated": job.truncated,
+            "train_rows": job.train_rows, "eval_rows": job.eval_rows, "steps": job.trainer.state.global_step}
+
+
+def record(job: Job, metrics: dict, output_dir: Path) -> dict:
+    """Rank 0 only: final metrics, the loss plot and the model, into the active MLflow run."""
+    import mlflow
+
+    mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items() if v is not None})
+    final = job.trainer.model
+    if hasattr(final, "merge_and_unload"):
+        final = final.merge_and_unload()  # LoRA: serve one plain model, no adapter plumbing
+    final.config.use_cache = True
+    plot = tracking.loss_plot(job.trainer.state.log_history, output_dir / "loss.png", metrics["eval_loss_before"])
+    if plot:
+        mlflow.log_artifact(str(plot))
+    model_uri = tracking.log_model(final, job.tokenizer, output_dir / "mlflow_model")
+    return {"model_uri": model_uri, "mlflow_model_dir": str(output_dir / "mlflow_model"),
+            "loss_plot": str(plot) if plot else None}
+
+
+def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output_dir: Path,
+          tracking_uri: str | None = None, experiment: str | None = None, cache_dir: Path | None = None,
+          log=print) -> dict:
+    """Set up, fit, record. The same summary shape on every rank; only rank 0 records to MLflow and logs the model."""
+    output_dir = Path(output_dir)
+    job = setup(spec, train_file, eval_file, output_dir, cache_dir, log)
+    experiment = experiment or spec["run"]["experiment_name"]
     uri = tracking.tracking_uri(tracking_uri, output_dir)
     # with several processes (torchrun / Azure ML's PyTorch distribution) all train, rank 0 alone records
     main = int(os.environ.get("RANK", "0")) == 0
+    if not main:
+        log = _silent
+    summary = {"run_id": None, "model_uri": None, "mlflow_model_dir": None, "loss_plot": None, "tracking_uri": uri,
+               "experiment": experiment, "device": job.device, "precision": job.precision, "base_model": job.base}
     with tracking.start(uri, experiment, output_dir / "mlflow_run.json") if main else contextlib.nullcontext() as run:
-        import mlflow
-        if main and last is None:
+        if main and job.resume_from is None:
             tracking.log_spec(spec, Path(spec_path))
-        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=peft_config,
-                             train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows),
-                             )
-        from transformers.trainer_callback import ProgressCallback
-        trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(progress_callback())
-        if last is None:
-            before = trainer.evaluate()["eval_loss"]
-            if main:
-                mlflow.log_metric("eval_loss_before", before, step=0)
-                log(f"[train] eval loss before training: {before:.4f}")
-        else:
-            before = None
-            log(f"[train] resuming from {last}")
-        t0 = time.time()
-        result = trainer.train(resume_from_checkpoint=last)
-        seconds = time.time() - t0
-        after = trainer.evaluate()["eval_loss"]
-        tokens = sum(min(n, max_len) for n in lengths) * spec["train"]["epochs"]
-        metrics = {"eval_loss": after, "train_loss": result.training_loss, "train_runtime_s": seconds,
-                   "tokens_per_s": tokens / max(seconds, 1e-9), "rows_truncated": truncated,
-                   "train_rows": len(train_rows), "eval_rows": len(eval_rows)}
-        if not main:
-            return metrics
-        mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
-
-        final = trainer.model
-        if peft_config is not None:
-            final = final.merge_and_unload()  # serve one plain model, no adapter plumbing
-        final.config.use_cache = True
-        plot = tracking.loss_plot(trainer.state.log_history, output_dir / "loss.png", before)
-        if plot:
-            mlflow.log_artifact(str(plot))
-        model_uri = tracking.log_model(final, tokenizer, output_dir / "mlflow_model")
-        summary = {"run_id": run.info.run_id, "model_uri": model_uri, "tracking_uri": uri,
-                   "experiment": experiment, "steps": trainer.state.global_step, "eval_loss_before": before,
-                   "mlflow_model_dir": str(output_dir / "mlflow_model"), "loss_plot": str(plot) if plot else None,
-                   "device": device, "precision": precision, "base_model": base, **metrics}
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log(f"[train] finished: {summary['steps']} steps in {seconds:.1f}s, {metrics['tokens_per_s']:.0f} tokens/s, "
-        f"train loss {result.training_loss:.4f}, eval loss {after:.4f}"
-        + (f" (was {before:.4f})" if before is not None else "") + f"; model {model_uri} in {uri}")
+        metrics = fit(job, spec["train"]["num_train_epochs"], main, log)
+        summary.update(metrics)
+        if main:
+            summary.update(run_id=run.info.run_id, **record(job, metrics, output_dir))
+    if main:
+        write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2))
+    before = summary["eval_loss_before"]
+    log(f"[train] finished: {summary['steps']} steps in {summary['train_runtime_s']:.1f}s, "
+        f"{summary['tokens_per_s']:.0f} tokens/s, train loss {summary['train_loss']:.4f}, eval loss "
+        f"{summary['eval_loss']:.4f}" + (f" (was {before:.4f})" if before is not None else "")
+        + (f"; model {summary['model_uri']} in {uri}" if main else ""))
     return summary
+
+
+def _silent(*_):
+    pass

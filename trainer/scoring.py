@@ -18,13 +18,15 @@ import threading
 from pathlib import Path
 
 from .chats import ROLES
+from .generation import PARAMS as GENERATION
 
 LIMIT_ENV = "MAX_NEW_TOKENS_LIMIT"
 DEFAULT_LIMIT = 256
 MAX_INPUTS = 32  # per request: bounds the time one request can hold the model
-# name -> (accepted types, default); bool is checked apart because it is an int in Python
-PARAMS = {"max_new_tokens": (int, 64), "temperature": ((int, float), 1.0), "do_sample": (bool, False),
-          "top_p": ((int, float), 1.0), "return_full_text": (bool, False)}
+# name -> (accepted types, default): the generation settings plus one of the scoring contract's own.
+# bool is checked apart because it is an int in Python.
+PARAMS = {**{name: (types, default) for name, (types, _, default) in GENERATION.items()},
+          "return_full_text": (bool, False)}
 
 
 class BadRequest(ValueError):

@@ -18,6 +18,8 @@ import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from .files import write_atomic
+
 MAX_BODY_BYTES = 1 << 20
 
 
@@ -29,12 +31,6 @@ def read_key(path: Path) -> str:
     if len(key) < 16:
         raise SystemExit(f"error: the key in {path} is too short (at least 16 characters)")
     return key
-
-
-def write_ready_file(path: Path, info: dict):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)  # readers never see half a file
 
 
 def make_handler(scorer, key: str):
@@ -123,7 +119,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the finally below runs on a plain kill
     try:
         if args.ready_file:
-            write_ready_file(args.ready_file, {"pid": os.getpid(), "host": args.host, "port": port})
+            write_atomic(args.ready_file, json.dumps({"pid": os.getpid(), "host": args.host, "port": port}))
         print(f"listening on http://{args.host}:{port} (POST /score, GET /health)", flush=True)
         server.serve_forever()
     except KeyboardInterrupt:

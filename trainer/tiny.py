@@ -7,6 +7,7 @@ every later step loads it exactly like a hub model.
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -80,5 +81,8 @@ def build_or_load(rows, shape: dict, cache_dir: Path) -> Path:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.replace(target) if not target.exists() else None
+    if target.exists():  # another process built the same model meanwhile
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(target)
     return target

@@ -3,10 +3,9 @@ import json
 import os
 from pathlib import Path
 
-REQUIREMENTS = Path(__file__).with_name("requirements.txt")
-# Generation settings a caller may send with each request; declared in the signature so serving honours them.
-SERVING_PARAMS = [("max_new_tokens", "long", 64), ("temperature", "double", 1.0),
-                  ("do_sample", "boolean", False), ("top_p", "double", 1.0)]
+from .files import pinned_requirements
+from .generation import PARAMS
+
 
 
 def tracking_uri(cli_value: str | None, output_dir: Path) -> str:
@@ -85,13 +84,9 @@ def signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
+    # the generation settings a caller may send with each request: declared so MLflow's serving honours them
     return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
-                          params=ParamSchema([ParamSpec(n, t, d) for n, t, d in SERVING_PARAMS]))
-
-
-def pip_requirements() -> list[str]:
-    # explicit: mlflow would otherwise import torchvision and more to infer them
-    return [ln.strip() for ln in REQUIREMENTS.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+                          params=ParamSchema([ParamSpec(n, t, d) for n, (_, t, d) in PARAMS.items()]))
 
 
 def log_model(model, tokenizer, local_copy: Path) -> str:
@@ -104,7 +99,7 @@ def log_model(model, tokenizer, local_copy: Path) -> str:
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     info = mlflow.transformers.log_model(
         transformers_model={"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
-        signature=signature(), pip_requirements=pip_requirements(),
+        signature=signature(), pip_requirements=pinned_requirements(),  # explicit: inferring imports torchvision
     )
     if local_copy.exists():
         import shutil

@@ -3,7 +3,8 @@
 The one source of truth: plan mode writes these files and stops; a real run writes the same files and then
 loads the same dicts with azure-ai-ml (backend.py). Each file also works with `az ml <thing> create -f`.
 Values that come from AZURE_* environment variables are shown as "<from $VAR>" in the files, as in
-spec.yaml, so a run directory can be shared; the real run fills them in.
+spec.yaml, so a run directory can be shared: each prepare_* function builds its dicts twice, from the
+redacted spec for the files and from the real spec for the SDK.
 
 No azure import here: plan mode must stay fast and work offline.
 """
@@ -12,16 +13,13 @@ import os
 import shutil
 from pathlib import Path
 
-import yaml
+from trainer.files import pinned_requirements, write_atomic
 
 from .. import REPO_ROOT
 from ..errors import StageFailed
-from ..manifest import write_atomic
-from ..rules import AZURE_ENV
-from ..spec import digest
+from ..spec import azure_env_paths, digest, dump_yaml, redacted
 
 TRAINER_DIR = REPO_ROOT / "trainer"
-REQUIREMENTS = TRAINER_DIR / "requirements.txt"
 PYTHON = "python=3.11"
 INFERENCE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py311-cpu-inference:latest"
 INFERENCE_SERVER = "azureml-inference-server-http"  # serves init()/run() of the scoring script
@@ -47,9 +45,8 @@ def model_path(job_name: str) -> str:
 
 def conda(extra_pip=()) -> dict:
     """The trainer's pinned requirements as a conda file (one list, so local and Azure runs match)."""
-    pins = [line.split("#")[0].strip() for line in REQUIREMENTS.read_text().splitlines()]
     return {"name": "phi3-runner", "channels": ["conda-forge"],
-            "dependencies": [PYTHON, "pip", {"pip": [p for p in pins if p] + list(extra_pip)}]}
+            "dependencies": [PYTHON, "pip", {"pip": pinned_requirements() + list(extra_pip)}]}
 
 
 # ---- train ----------------------------------------------------------------------------------------
@@ -76,7 +73,7 @@ def job(spec, env: dict, train_file: str, eval_file: str) -> dict:
     return {
         "$schema": SCHEMA.format("commandJob"), "type": "command",
         "display_name": f"{spec['run']['name']}-{spec['model']['name']}",
-        "experiment_name": c["experiment_name"],
+        "experiment_name": spec["run"]["experiment_name"],
         "code": "code",  # trainer/ and the run's spec.yaml, staged next to this file
         "command": ("python -m trainer --spec spec.yaml --train-file ${{inputs.train_file}} "
                     "--eval-file ${{inputs.eval_file}} --output-dir ${{outputs.%s}}" % MODEL_OUTPUT),
@@ -137,34 +134,23 @@ def next_deployment(live: str | None) -> str:
 
 # ---- files ----------------------------------------------------------------------------------------
 
-def shown(obj, spec):
-    """A copy for the files: AZURE_* values replaced by '<from $VAR>', as spec.yaml shows them."""
-    subst = {v: f"<from ${AZURE_ENV[k]}>" for k, v in spec["azure"].items() if k in AZURE_ENV and v}
-
-    def walk(node):
-        if isinstance(node, dict):
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return subst.get(node, node) if isinstance(node, str) else node
-
-    return walk(obj)
+def shown(spec) -> dict:
+    """The spec as the files show it: AZURE_* values (set or not) as '<from $VAR>', as spec.yaml shows them."""
+    return redacted(spec, azure_env_paths(), fill_missing=True)
 
 
-def with_placeholders(spec) -> dict:
-    """Plan mode may run without the AZURE_* variables, but the resources still need a string there."""
-    return {**spec, "azure": {k: v or f"<from ${AZURE_ENV.get(k, k)}>" for k, v in spec["azure"].items()}}
-
-
-def to_yaml(obj) -> str:
-    return yaml.safe_dump(obj, sort_keys=False, width=120)
-
-
-def write(ctx, spec, name: str, obj: dict) -> Path:
+def write(ctx, name: str, obj: dict) -> Path:
     path = folder(ctx) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, to_yaml(shown(obj, spec)))
+    write_atomic(path, dump_yaml(obj))
     return path
+
+
+def written(ctx, spec, build) -> dict:
+    """Write build(shown spec) as files; return build(real spec), the dicts the SDK loads."""
+    for name, obj in build(shown(spec)).items():
+        write(ctx, name, obj)
+    return build(spec)
 
 
 def stage_code(ctx) -> Path:
@@ -191,30 +177,25 @@ def prepare_train(spec, ctx, data: dict, job_name: str | None = None) -> dict:
     job_name: set by a real run (plan mode cannot know it); Azure generates one when it is missing.
     """
     stage_code(ctx)
-    write(ctx, spec, "conda-train.yml", conda([JOB_TRACKING]))
-    env = environment(spec)
-    job_dict = job(spec, env, relative_to_folder(ctx, data["train_file"]), relative_to_folder(ctx, data["test_file"]))
-    if job_name:
-        job_dict = {"name": job_name, **job_dict}
-    out = {"environment.yml": env, "compute.yml": compute(spec), "job.yml": job_dict}
-    for name, obj in out.items():
-        write(ctx, spec, name, obj)
-    return out
+    write(ctx, "conda-train.yml", conda([JOB_TRACKING]))
+    inputs = relative_to_folder(ctx, data["train_file"]), relative_to_folder(ctx, data["test_file"])
+
+    def build(s):
+        env = environment(s)
+        job_dict = job(s, env, *inputs)
+        return {"environment.yml": env, "compute.yml": compute(s),
+                "job.yml": {"name": job_name, **job_dict} if job_name else job_dict}
+    return written(ctx, spec, build)
 
 
 def prepare_register(spec, ctx, path: str) -> dict:
-    out = {"model.yml": model(spec, path)}
-    write(ctx, spec, "model.yml", out["model.yml"])
-    return out
+    return written(ctx, spec, lambda s: {"model.yml": model(s, path)})
 
 
 def prepare_deploy(spec, ctx, deployment_name: str, model_ref: str) -> dict:
     if not (folder(ctx) / "code" / SCORING_SCRIPT).is_file():
         stage_code(ctx)  # deploy may run in a later invocation than train
-    write(ctx, spec, "conda-inference.yml", conda([INFERENCE_SERVER]))
+    write(ctx, "conda-inference.yml", conda([INFERENCE_SERVER]))
     write_atomic(folder(ctx) / "sample-request.json", json.dumps(SAMPLE_REQUEST) + "\n")
-    spec = with_placeholders(spec)
-    out = {"endpoint.yml": endpoint(spec), "deployment.yml": deployment(spec, deployment_name, model_ref)}
-    for name, obj in out.items():
-        write(ctx, spec, name, obj)
-    return out
+    return written(ctx, spec, lambda s: {"endpoint.yml": endpoint(s),
+                                         "deployment.yml": deployment(s, deployment_name, model_ref)})

@@ -9,26 +9,20 @@ import json
 import logging
 import os
 from contextlib import contextmanager
-from pathlib import Path
+
+from trainer.generation import PARAMS
 
 from .. import REPO_ROOT
 from ..errors import StageFailed
-from ._backend import azure, is_azure
+from ..registry import implementation
 
 FLOW_DIR = REPO_ROOT / "flow"
 CONNECTION_NAME = "phi3_endpoint"  # flow/flow.dag.yaml names the same connection
-GENERATION = ("max_new_tokens", "temperature", "do_sample", "top_p")
 
 
-def endpoint_credentials(spec, ctx) -> tuple[str, str]:
-    if is_azure(spec):
-        return azure().endpoint_credentials(spec, ctx)
-    from . import deploy
-    out = ctx.upstream("deploy")
-    if not deploy.is_current(out, spec, ctx):
-        raise StageFailed(f"the local endpoint (pid {out.get('pid')}) is not running; "
-                          "python -m runner stages=[deploy,chat] starts it again")
-    return out["url"], Path(out["key_file"]).read_text().strip()
+def generation_params(spec) -> dict:
+    """The generation settings chat.* sets; the endpoint's defaults (trainer/generation.py) cover the rest."""
+    return {k: spec["chat"][k] for k in PARAMS if k in spec["chat"]}
 
 
 def keep_promptflow_local():
@@ -38,8 +32,8 @@ def keep_promptflow_local():
     """
     os.environ.setdefault("PF_DISABLE_TRACING", "true")
     os.environ.setdefault("PF_LOGGING_LEVEL", "WARNING")
-    # promptflow builds an Azure Monitor exporter even with telemetry off; unless told not to, it fetches
-    # its settings from settings.sdk.monitor.azure.com in a background thread
+    # promptflow builds an Application Insights exporter even with telemetry off; unless told not to, it
+    # fetches that exporter's settings from a Microsoft host in a background thread
     os.environ["APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED"] = "true"
     os.environ["APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL"] = "true"
     from promptflow._sdk._configuration import Configuration
@@ -87,8 +81,8 @@ def save_connection(pf, url: str, key: str):
                           "machine without a desktop session): install keyrings.alt into this environment") from None
 
 
-def ask(pf, question: str, settings: dict, chat_history=None) -> str:
-    inputs = {"question": question, "chat_history": chat_history or [], **settings}
+def ask(pf, question: str, params: dict, chat_history=None) -> str:
+    inputs = {"question": question, "chat_history": chat_history or [], "params": params}
     try:
         return pf.test(flow=str(FLOW_DIR), inputs=inputs)["answer"]
     except Exception as exc:  # the flow wraps the tool's error; its message says what went wrong
@@ -96,11 +90,11 @@ def ask(pf, question: str, settings: dict, chat_history=None) -> str:
 
 
 def run(spec, ctx):
-    url, key = endpoint_credentials(spec, ctx)
+    url, key = implementation("deploy", spec).endpoint_credentials(spec, ctx)
     keep_promptflow_local()
     from promptflow.client import PFClient
 
-    settings = {k: spec["chat"][k] for k in GENERATION}
+    settings = generation_params(spec)
     answers = []
     with quiet_logs():
         pf = PFClient()
@@ -113,6 +107,6 @@ def run(spec, ctx):
 
 
 def plan(spec, ctx):
-    where = "the Azure endpoint" if is_azure(spec) else "the local endpoint"
+    where = implementation("deploy", spec).ENDPOINT
     return [f"asks {len(spec['chat']['questions'])} question(s) through flow/ (Prompt flow), connection "
-            f"{CONNECTION_NAME} -> {where}"]
+            f"{CONNECTION_NAME} -> {where}, with {generation_params(spec)} (the endpoint's defaults for the rest)"]

@@ -1,8 +1,7 @@
-"""train: fine-tune on the data stage's JSONL with `trainer` (in this process, or as an Azure ML job)."""
+"""train (local): fine-tune on the data stage's JSONL with `trainer`, in this process."""
 from pathlib import Path
 
 from ..errors import UserError
-from ._backend import azure, is_azure
 
 KEEP = ("run_id", "model_uri", "tracking_uri", "experiment", "mlflow_model_dir", "loss_plot", "steps",
         "train_loss", "eval_loss", "eval_loss_before", "tokens_per_s", "rows_truncated", "train_runtime_s", "device")
@@ -13,8 +12,6 @@ def output_root(spec) -> Path:
 
 
 def run(spec, ctx):
-    if is_azure(spec):
-        return azure().train(spec, ctx)
     from trainer.errors import TrainerInputError
     from trainer.fit import train
     data = ctx.upstream("data")
@@ -26,8 +23,7 @@ def run(spec, ctx):
         fresh_start(out)  # resuming is for an attempt that was killed or failed, not for redoing a finished one
     try:
         summary = train(spec, ctx.run_dir / "spec.yaml", Path(data["train_file"]), Path(data["test_file"]), out,
-                        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", experiment="finetune-phi",
-                        cache_dir=root / "cache", log=ctx.log)
+                        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", cache_dir=root / "cache", log=ctx.log)
     except TrainerInputError as exc:
         raise UserError(str(exc)) from None
     return {"output_dir": str(out), **{k: summary.get(k) for k in KEEP}}
@@ -40,16 +36,13 @@ def fresh_start(out: Path):
 
 
 def is_current(outputs, spec, ctx) -> bool:
-    if is_azure(spec):
-        return bool(outputs.get("job_name"))
     return (Path(outputs.get("mlflow_model_dir", "")) / "MLmodel").is_file()
 
 
 def plan(spec, ctx):
-    if is_azure(spec):
-        return azure().plan("train", spec, ctx)
-    m = spec["model"]
+    m, t = spec["model"], spec["train"]
     base = "a tiny Phi-3 built locally (no download)" if m["source"] == "tiny" else m["id"]
-    return [f"model:  {base}; {spec['train']['epochs']} epochs, lr {spec['train']['learning_rate']}, "
+    return [f"model:  {base}; {t['num_train_epochs']} epochs, lr {t['learning_rate']}, "
             f"{spec['compute']['precision']} on {spec['compute']['device']}",
-            f"mlflow: sqlite:///{output_root(spec) / 'mlflow.db'} (MLFLOW_TRACKING_URI wins)"]
+            f"mlflow: sqlite:///{output_root(spec) / 'mlflow.db'}, experiment {spec['run']['experiment_name']} "
+            "(MLFLOW_TRACKING_URI wins)"]

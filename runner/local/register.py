@@ -1,12 +1,8 @@
-"""register: add the train stage's model to the MLflow Model Registry of the same tracking store."""
+"""register (local): add the train stage's model to the MLflow Model Registry of the same tracking store."""
 from pathlib import Path
-
-from ._backend import azure, is_azure
 
 
 def run(spec, ctx):
-    if is_azure(spec):
-        return azure().register(spec, ctx)
     train = ctx.upstream("train")
     name = spec["register"]["model_name"]
     import mlflow
@@ -22,8 +18,6 @@ def run(spec, ctx):
 
 
 def is_current(outputs, spec, ctx) -> bool:
-    if is_azure(spec):
-        return bool(outputs.get("model_version"))
     uri = outputs["tracking_uri"]
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         return False  # asking would create an empty store
@@ -36,6 +30,4 @@ def is_current(outputs, spec, ctx) -> bool:
 
 
 def plan(spec, ctx):
-    if is_azure(spec):
-        return azure().plan("register", spec, ctx)
     return [f"registry: a new version of {spec['register']['model_name']} in the train stage's MLflow store"]

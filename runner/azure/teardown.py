@@ -1,0 +1,30 @@
+"""teardown (Azure ML): delete the endpoint and its deployments. Safe to repeat; the cluster scales to 0 alone."""
+from . import prices
+from .client import azure_errors, client, get_or_none
+from .retry import call
+
+
+@azure_errors
+def run(spec, ctx) -> dict:
+    """Delete the endpoint and its deployments if they exist; safe to repeat. The cluster scales to 0 alone."""
+    from azure.core.exceptions import ResourceNotFoundError
+    ml, name = client(spec), spec["deploy"]["endpoint_name"]
+    deleted = None
+    if get_or_none("look up the endpoint", ml.online_endpoints.get, name, ctx.log) is not None:
+        try:
+            call("delete the endpoint", lambda: ml.online_endpoints.begin_delete(name=name).result(), log=ctx.log)
+            deleted = name
+        except ResourceNotFoundError:
+            pass  # deleted meanwhile
+    ctx.log(f"[teardown] deleted endpoint {name}" if deleted else f"[teardown] no endpoint {name}: nothing to delete")
+    ctx.manifest.mark_stopped("deploy")  # so the next deploy creates it again
+    return {"deleted": deleted}
+
+
+def plan(spec, ctx) -> list[str]:
+    d = spec["deploy"]
+    return [f"would delete endpoint {d['endpoint_name']} and its deployments if it exists, ending their bill "
+            f"({d['instance_type']} x{d['instance_count']}: {prices.hourly(d['instance_type'], d['instance_count'])}); "
+            "the compute cluster stays (it scales to 0 nodes when idle)"]
+
+

@@ -1,0 +1,90 @@
+"""train (Azure ML): the fine-tuning as a command job on an Azure ML cluster, streamed to the end."""
+import re
+import secrets
+from pathlib import Path
+
+from ..errors import StageFailed
+from . import prices, resources
+from .client import azure_errors, client, get_or_none, load, rel, summary
+from .retry import call
+
+
+@azure_errors
+def run(spec, ctx) -> dict:
+    data = ctx.upstream("data")
+    job_name = new_job_name(spec)  # chosen here so a retried submit cannot start a second job
+    res = resources.prepare_train(spec, ctx, data, job_name=job_name)
+    ml, log = client(spec), ctx.log
+    env = call("create the environment", ml.environments.create_or_update,
+               load(ctx, "environment.yml", res["environment.yml"]), log=log)
+    log(f"[train] environment {env.name}:{env.version} ({spec['compute']['image']})")
+    ensure_compute(ml, ctx, load(ctx, "compute.yml", res["compute.yml"]))
+    job = call("submit the job", ml.jobs.create_or_update, load(ctx, "job.yml", res["job.yml"]), log=log)
+    log(f"[train] job {job.name} submitted; follow it at {job.studio_url}")
+    streamed_error = follow(ml, job, log)
+    final = call("read the job's status", ml.jobs.get, job.name, log=log)
+    studio = final.studio_url or job.studio_url
+    if final.status != "Completed":
+        detail = f"\n{summary(streamed_error)}" if streamed_error else ""
+        raise StageFailed(f"Azure ML job {job.name} ended with status {final.status}; see {studio}{detail}")
+    return {"job_name": job.name, "status": final.status, "studio_url": studio,
+            "model_path": resources.model_path(job.name), "environment": f"{env.name}:{env.version}",
+            "compute": spec["compute"]["cluster_name"], "experiment": spec["run"]["experiment_name"]}
+
+
+def new_job_name(spec) -> str:
+    base = re.sub(r"[^a-zA-Z0-9_-]", "-", f"{spec['run']['name']}-{spec['model']['name']}")
+    return f"{base[:40]}-{secrets.token_hex(4)}"
+
+
+def ensure_compute(ml, ctx, wanted):
+    """Reuse the cluster when it exists (its settings are left alone), else create it."""
+    existing = get_or_none("look up the compute cluster", ml.compute.get, wanted.name, ctx.log)
+    if existing is None:
+        ctx.log(f"[train] creating compute cluster {wanted.name} ({wanted.size}, "
+                f"{wanted.min_instances}..{wanted.max_instances} nodes)")
+        call("create the compute cluster", lambda: ml.compute.begin_create_or_update(wanted).result(), log=ctx.log)
+    elif str(getattr(existing, "size", "")).lower() != wanted.size.lower():
+        ctx.warn(f"compute cluster {wanted.name} exists with size {existing.size}, not {wanted.size}; "
+                 "the job runs on it as it is (rename compute.cluster_name to get a new one)")
+
+
+def follow(ml, job, log):
+    """Stream the job's logs until it ends. Returns the error streaming raised (a failed job raises one)."""
+    from azure.ai.ml.exceptions import MlException
+    try:
+        call("stream the job's logs", ml.jobs.stream, job.name, log=log)
+    except MlException as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            log(f"[train] job {job.name} keeps running on Azure; stop it with: az ml job cancel -n {job.name}")
+            raise KeyboardInterrupt from None
+        return exc
+    return None
+
+
+def is_current(outputs, spec, ctx) -> bool:
+    return bool(outputs.get("job_name"))
+
+
+def plan(spec, ctx) -> list[str]:
+    c = spec["compute"]
+    data = ctx.manifest.outputs("data")
+    if not data.get("train_file"):  # not run yet: where the data stage will write
+        data = {"train_file": Path(ctx.run_dir) / "data" / "train.jsonl",
+                "test_file": Path(ctx.run_dir) / "data" / "test.jsonl"}
+    res = resources.prepare_train(spec, ctx, data)
+    env, job = res["environment.yml"], res["job.yml"]
+    return [
+        f"{rel(ctx, 'environment.yml')}: environment {env['name']}:{env['version']} = {env['image']} "
+        f"+ {rel(ctx, 'conda-train.yml')} (trainer/requirements.txt)",
+        f"{rel(ctx, 'compute.yml')}: cluster {c['cluster_name']}, {c['instance_type']}, "
+        f"{c['min_instances']}..{c['max_instances']} {c['tier']} nodes in {c['location']}: billed per node-hour while "
+        f"a node runs, {prices.hourly(c['instance_type'])} per node; "
+        f"scales to {c['min_instances']} after {c['idle_time_before_scale_down']} s idle",
+        f"{rel(ctx, 'job.yml')}: command job in experiment {spec['run']['experiment_name']}, "
+        f"{c['instance_count']} node(s) x {c['processes_per_instance']} process(es), code {rel(ctx, 'code')}, "
+        f"inputs {job['inputs']['train_file']['path']}, {job['inputs']['eval_file']['path']}",
+        f"by hand: az ml job create -f {resources.folder(ctx) / 'job.yml'} (after creating the environment and compute)",
+    ]
+
+

@@ -1,0 +1,144 @@
+"""The local endpoint's process: start `python -m trainer.serve` in the background, check it, stop it.
+
+The server runs in its own session, so the endpoint outlives the command that started it. It writes
+deploy/server.json (pid, port) once the model is loaded; that file, not the manifest, says what is running.
+A pid is only ever signalled when its command line shows trainer.serve for this run directory (pids get reused).
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from trainer.files import write_atomic
+
+from .. import REPO_ROOT
+from ..errors import StageFailed
+
+SERVER_MODULE = "trainer.serve"
+LOG_TAIL_LINES = 20
+STOP_TIMEOUT_S = 10
+
+
+class Paths:
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir) / "deploy"
+        self.ready = self.dir / "server.json"  # written by the server itself: what is running now
+        self.log = self.dir / "server.log"
+        self.models = self.dir / "model"
+        self.key = Path(run_dir) / "secrets" / "endpoint.key"
+
+
+def command(model_dir: Path, key_file: Path, ready_file: Path, host: str = "127.0.0.1", port: int = 0,
+            limit: int | None = None) -> list[str]:
+    """The server's command line. The key is passed as a file, never as an argument."""
+    cmd = [sys.executable, "-m", SERVER_MODULE, "--model-dir", str(model_dir), "--key-file", str(key_file),
+           "--host", host, "--port", str(port), "--ready-file", str(ready_file)]
+    return cmd + (["--max-new-tokens-limit", str(limit)] if limit else [])
+
+
+def start(cmd: list[str], log_file: Path) -> subprocess.Popen:
+    """Start the server detached from this process (own session, no stdin), its output into log_file."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    with open(log_file, "wb") as log:
+        log.write(f"$ {' '.join(cmd)}\n".encode())
+        log.flush()
+        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def command_line(pid: int) -> str:
+    """The process's command line ('' when gone or a zombie); /proc on Linux, ps elsewhere."""
+    if Path("/proc/self/cmdline").exists():
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+    r = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def is_ours(pid, ready_file: Path) -> bool:
+    """True only for a live trainer.serve started for this run directory."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    cmd = command_line(pid)
+    return SERVER_MODULE in cmd and str(ready_file) in cmd
+
+
+def _reap(pid: int):
+    try:  # when the server is our own child (tests, one process), collect it so it is not a zombie
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def stop(pid, ready_file: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """SIGTERM, then SIGKILL after timeout. Returns whether there was a server of ours to stop."""
+    if not is_ours(pid, ready_file):
+        return False
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            _reap(pid)
+            if not is_ours(pid, ready_file):
+                return True
+            time.sleep(0.1)
+    raise StageFailed(f"the endpoint server (pid {pid}) did not stop, even after SIGKILL")
+
+
+def health_ok(url: str, timeout: float = 3) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status == 200 and json.loads(resp.read()).get("status") == "ok"
+    except Exception:  # refused, reset, timed out, not JSON: not healthy either way
+        return False
+
+
+def log_tail(path: Path, n: int = LOG_TAIL_LINES) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(lines[-n:])
+
+
+def read_ready(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def wait_ready(proc: subprocess.Popen, host: str, ready_file: Path, log_file: Path, timeout: float) -> dict:
+    """Wait until the server wrote its ready file and answers /health; its ready info (pid, port)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise StageFailed(f"the endpoint server exited with status {code} before it was ready; "
+                              f"last lines of {log_file}:\n{log_tail(log_file)}")
+        info = read_ready(ready_file)
+        if info and info.get("pid") == proc.pid and health_ok(f"http://{host}:{info['port']}/health"):
+            return info
+        if time.monotonic() > deadline:
+            stop(proc.pid, ready_file)
+            raise StageFailed(f"the endpoint server did not answer its health route within {timeout:g}s "
+                              f"(deploy.ready_timeout_s); last lines of {log_file}:\n{log_tail(log_file)}")
+        time.sleep(0.25)
+
+
+def new_key(path: Path) -> None:
+    """A fresh random key in a 0600 file in a 0700 folder: its only copy on disk."""
+    import secrets
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    write_atomic(path, secrets.token_urlsafe(32) + "\n", mode=0o600)

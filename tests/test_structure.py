@@ -1,0 +1,128 @@
+"""The shape of the tree: one backend dispatcher, configs that inherit, one home for each fact, small modules."""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from runner import CONF_DIR, REPO_ROOT
+from runner.registry import STAGES
+from runner.validate import schema
+
+from .helpers import runner_cli
+
+
+def test_every_stage_has_a_module_for_every_compute_kind():
+    kinds = set(schema()["properties"]["compute"]["properties"]["kind"]["enum"])
+    for stage in STAGES:
+        assert set(stage.backends) == kinds, stage.name
+        for kind in kinds:
+            assert callable(stage.load(kind).run), (stage.name, kind)
+
+
+def test_no_stage_module_knows_about_a_backend():
+    """runner/stages/ holds the stages that run the same everywhere; backends live in their own packages."""
+    for path in (REPO_ROOT / "runner" / "stages").glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"azure|is_local|compute\W+kind", text, re.I), path.name
+    mentions = [p.name for p in (REPO_ROOT / "runner").rglob("*.py") if "compute\"][\"kind\"]" in p.read_text()]
+    assert sorted(mentions) == ["registry.py", "rules.py"]  # the dispatcher, and the Azure-only rules
+
+
+def test_no_module_over_250_lines():
+    for package in ("runner", "trainer"):
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            assert len(path.read_text().splitlines()) <= 250, path
+
+
+def test_azure_computes_extend_one_base():
+    base = yaml.safe_load((CONF_DIR / "compute" / "_azureml.yaml").read_text())
+    for name in ("a100", "cpu_e16s"):
+        own = yaml.safe_load((CONF_DIR / "compute" / f"{name}.yaml").read_text())
+        assert own["defaults"] == ["_azureml", "_self_"]
+        assert not set(own) & set(base), f"{name}.yaml repeats keys of _azureml.yaml"
+        assert len(own) <= 8
+
+
+def test_a_new_sku_is_a_short_file(tmp_path):
+    """A third compute option: copy conf/, add seven lines, and it composes into a valid plan."""
+    import shutil
+    conf = tmp_path / "conf"
+    shutil.copytree(CONF_DIR, conf)
+    (conf / "compute" / "h100.yaml").write_text(
+        "# python -m runner compute=h100\ndefaults: [_azureml, _self_]\ndevice: cuda\nprecision: bf16\n"
+        "cluster_name: gpu-h100-cluster\ninstance_type: Standard_NC40ads_H100_v5\n"
+        "image: mcr.microsoft.com/azureml/curated/acft-hf-nlp-gpu:59\nenvironment_name: phi-3-h100\n")
+    r = runner_cli("--config-dir", str(conf), "compute=h100", "model=phi3", "plan=true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Standard_NC40ads_H100_v5" in r.stdout and "price not in runner/azure/prices.py" in r.stdout
+
+
+def test_every_option_file_is_headed_by_its_command():
+    for path in CONF_DIR.rglob("*.yaml"):
+        first = path.read_text().splitlines()[0]
+        if path.stem.startswith("_"):
+            assert first.startswith("# The ") and "not an option itself" in first, path
+        else:
+            assert first.startswith("# python -m runner"), path
+
+
+@pytest.mark.parametrize("old,new", [("train.epochs", "train.num_train_epochs"),
+                                     ("train.gradient_checkpointing", "train.activation_checkpointing"),
+                                     ("train.lora.alpha", "train.lora.lora_alpha")])
+def test_an_old_key_name_says_where_it_went(tmp_path, old, new):
+    for arg in (f"{old}=1", f"+{old}=1"):
+        r = runner_cli(arg, "plan=true", cwd=tmp_path)
+        assert r.returncode == 2 and new in r.stderr and "Traceback" not in r.stderr, r.stderr
+    from runner.validate import problems
+    from tests.conftest import compose_once
+    spec = compose_once(tmp_path, f"+{old}=1")
+    assert any(f"did you mean '{new.rsplit('.', 1)[1]}'?" in p for p in problems(spec))
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_train_keys_are_sft_config_arguments(tmp_path):
+    """grep leads from the YAML to TRL's docs: every train key but lora is an SFTConfig field."""
+    from trl import SFTConfig
+    for recipe in (CONF_DIR / "train").glob("*.yaml"):
+        keys = set(yaml.safe_load(recipe.read_text())) - {"lora", "defaults"}
+        assert keys <= set(SFTConfig.__dataclass_fields__), (recipe.name, keys - set(SFTConfig.__dataclass_fields__))
+        lora = set(yaml.safe_load(recipe.read_text())["lora"]) - {"enabled"}
+        from peft import LoraConfig
+        assert lora <= set(LoraConfig.__dataclass_fields__), recipe.name
+
+
+def test_generation_defaults_have_one_home(trained_run):
+    """The scoring defaults, the MLflow signature and the flow all come from trainer/generation.py."""
+    import mlflow
+
+    from trainer import scoring
+    from trainer.generation import DEFAULTS
+    assert {k: scoring.PARAMS[k][1] for k in DEFAULTS} == DEFAULTS
+    out = trained_run[2]["stages"]["train"]["outputs"]
+    mlflow.set_tracking_uri(out["tracking_uri"])
+    sig = mlflow.models.get_model_info(out["model_uri"]).signature
+    assert {p.name: p.default for p in sig.params.params} == DEFAULTS
+    flow = yaml.safe_load((REPO_ROOT / "flow" / "flow.dag.yaml").read_text())
+    assert not set(flow["inputs"]) & set(DEFAULTS) and flow["inputs"]["params"]["default"] == {}
+    chat = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["chat"]
+    assert set(chat) == {"questions", "max_new_tokens"}
+
+
+def test_the_experiment_name_reaches_local_runs_and_azure_jobs(tmp_path):
+    r = runner_cli("compute=a100", "plan=true", "run.experiment_name=my-exp", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    job = yaml.safe_load(next((tmp_path / "outputs").rglob("job.yml")).read_text())
+    assert job["experiment_name"] == "my-exp"
+    r = runner_cli("plan=true", "stages=[train]", "run.experiment_name=my-exp", cwd=tmp_path)
+    assert "experiment my-exp" in r.stdout
+
+
+def test_trainer_reads_no_copy_of_the_requirements():
+    from runner.azure.resources import conda
+    from trainer.files import pinned_requirements
+    pins = pinned_requirements()
+    assert pins and all("#" not in p and p.strip() == p for p in pins)
+    assert conda()["dependencies"][-1]["pip"] == pins
+    assert json.dumps(pins) == json.dumps(sorted(pins, key=pins.index))
