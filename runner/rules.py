@@ -64,10 +64,10 @@ def azure_workspace_set(spec):
 
 
 def azure_endpoint_name(spec):
-    name = spec["deploy"]["endpoint_name"]
-    if spec["compute"]["kind"] == "azureml" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]", name):
+    name = spec["deploy"]["endpoint_name"]  # null: derived, valid by construction
+    if name and spec["compute"]["kind"] == "azureml" and not re.fullmatch(r"[a-zA-Z][a-zA-Z0-9-]{1,30}[a-zA-Z0-9]", name):
         yield "deploy.endpoint_name", (f"{name!r} is not a valid Azure endpoint name (3-32 letters, digits and '-', "
-                                       "starting with a letter); set deploy.endpoint_name or a shorter run.name")
+                                       "starting with a letter, ending with a letter or digit); fix it, or deploy.endpoint_name=null derives one")
 
 
 def chat_within_endpoint_limit(spec):

@@ -30,7 +30,7 @@ CASES = {  # (overrides, instance type, image, base model)
     "a100": (("compute=a100", "model=phi35", "data=1pct"), "Standard_NC24ads_A100_v4",
              "mcr.microsoft.com/azureml/curated/acft-hf-nlp-gpu:59", "microsoft/Phi-3.5-mini-instruct"),
     "cpu_e16s": (("compute=cpu_e16s", "model=phi3", "data=10rows"), "Standard_E16s_v3",
-                 "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu20.04:latest", "microsoft/Phi-3-mini-4k-instruct"),
+                 "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest", "microsoft/Phi-3-mini-4k-instruct"),
 }
 
 

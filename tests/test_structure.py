@@ -1,7 +1,6 @@
 """The shape of the tree: one backend dispatcher, configs that inherit, one home for each fact, small modules."""
 import json
 import re
-from pathlib import Path
 
 import pytest
 import yaml

@@ -15,6 +15,13 @@ def parse(argv=None):
     p.add_argument("--tracking-uri", help="MLflow tracking URI (MLFLOW_TRACKING_URI wins; default: SQLite in output-dir)")
     p.add_argument("--experiment", help="MLflow experiment name (default: the spec's run.experiment_name)")
     p.add_argument("--cache-dir", type=Path, help="where the tiny model is built and cached")
+    p.add_argument("--checkpoint-dir", type=Path,
+                   help="checkpoints (default: <output-dir>/checkpoints); a re-run resumes from the last one")
+    p.add_argument("--save-model-only", action="store_true",
+                   help="write the MLflow model to <output-dir>/mlflow_model instead of logging it to the tracking "
+                        "server (Azure ML jobs: the workspace registers that folder)")
+    p.add_argument("--delete-checkpoints-when-done", action="store_true",
+                   help="remove --checkpoint-dir once the model is saved (they exist to resume an interrupted run)")
     return p.parse_args(argv)
 
 
@@ -27,7 +34,11 @@ def main(argv=None) -> int:
         spec = yaml.safe_load(args.spec.read_text())
         from .fit import train
         train(spec, args.spec, args.train_file, args.eval_file, args.output_dir, args.tracking_uri,
-              args.experiment, args.cache_dir)
+              args.experiment, args.cache_dir, checkpoint_dir=args.checkpoint_dir,
+              save_model_only=args.save_model_only)
+        if args.delete_checkpoints_when_done and args.checkpoint_dir:
+            import shutil
+            shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
     except TrainerInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

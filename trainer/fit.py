@@ -66,12 +66,12 @@ def progress_callback():
             numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
             if numbers and state.is_world_process_zero:
                 import mlflow
-                mlflow.log_metrics(numbers, step=state.global_step)
+                tracking.best_effort("log metrics", mlflow.log_metrics, numbers, step=state.global_step)
 
     return LossLines()
 
 
-def sft_config(spec: dict, out: Path, precision: str, device: str):
+def sft_config(spec: dict, checkpoints: Path, precision: str, device: str):
     """train.* keys are SFTConfig's own argument names, passed through as they are."""
     from trl import SFTConfig
 
@@ -80,7 +80,7 @@ def sft_config(spec: dict, out: Path, precision: str, device: str):
         # transformers before 5.2x (e.g. in GPU images) knows only the old name
         t["gradient_checkpointing"] = t.pop("activation_checkpointing")
     return SFTConfig(
-        output_dir=str(out / "checkpoints"), **t, data_seed=t["seed"], save_strategy="steps",
+        output_dir=str(checkpoints), **t, data_seed=t["seed"], save_strategy="steps",
         bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu", report_to="none",
         dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=False, logging_first_step=True,
     )
@@ -110,7 +110,8 @@ class Job:
     resume_from: str | None
 
 
-def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, cache_dir: Path | None, log) -> Job:
+def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, checkpoints: Path, cache_dir: Path | None,
+          log) -> Job:
     """Check the inputs, then build the model, tokenizer and SFTTrainer. Writes nothing before the checks pass."""
     go_offline_unless_reachable()  # before any huggingface import: offline means no retry loops
     train_rows, eval_rows = chats.load(train_file), chats.load(eval_file)
@@ -142,7 +143,7 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, cache
     truncated = sum(n > max_len for n in lengths)
     if truncated:
         log(f"[train] {truncated} of {len(lengths)} training rows exceed max_length={max_len} tokens and are truncated")
-    args = sft_config(spec, output_dir, precision, device)
+    args = sft_config(spec, checkpoints, precision, device)
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(spec),
                          train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows))
     trainer.remove_callback(ProgressCallback)
@@ -159,7 +160,7 @@ def fit(job: Job, epochs: float, main: bool, log) -> dict:
         before = job.trainer.evaluate()["eval_loss"]
         if main:
             import mlflow
-            mlflow.log_metric("eval_loss_before", before, step=0)
+            tracking.best_effort("log eval_loss_before", mlflow.log_metric, "eval_loss_before", before, step=0)
         log(f"[train] eval loss before training: {before:.4f}")
     else:
         log(f"[train] resuming from {job.resume_from}")
@@ -172,29 +173,43 @@ def fit(job: Job, epochs: float, main: bool, log) -> dict:
             "train_rows": job.train_rows, "eval_rows": job.eval_rows, "steps": job.trainer.state.global_step}
 
 
-def record(job: Job, metrics: dict, output_dir: Path) -> dict:
-    """Rank 0 only: final metrics, the loss plot and the model, into the active MLflow run."""
+def record(job: Job, metrics: dict, output_dir: Path, save_only: bool) -> dict:
+    """Rank 0 only: the model first, then the final metrics and the loss plot, into the active MLflow run.
+
+    save_only (the Azure ML job): the model is written with save_model into <output_dir>/mlflow_model, which the
+    workspace registers; nothing after it can lose the finished training.
+    """
     import mlflow
 
-    mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items() if v is not None})
     final = job.trainer.model
     if hasattr(final, "merge_and_unload"):
         final = final.merge_and_unload()  # LoRA: serve one plain model, no adapter plumbing
     final.config.use_cache = True
+    if save_only:
+        model_uri = None
+        tracking.save_model(final, job.tokenizer, output_dir / "mlflow_model")
+    else:
+        model_uri = tracking.log_model(final, job.tokenizer, output_dir / "mlflow_model")
+    tracking.best_effort("log the final metrics", mlflow.log_metrics,
+                         {f"final_{k}": float(v) for k, v in metrics.items() if v is not None})
     plot = tracking.loss_plot(job.trainer.state.log_history, output_dir / "loss.png", metrics["eval_loss_before"])
     if plot:
-        mlflow.log_artifact(str(plot))
-    model_uri = tracking.log_model(final, job.tokenizer, output_dir / "mlflow_model")
+        tracking.best_effort("log the loss plot", mlflow.log_artifact, str(plot))
     return {"model_uri": model_uri, "mlflow_model_dir": str(output_dir / "mlflow_model"),
             "loss_plot": str(plot) if plot else None}
 
 
 def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output_dir: Path,
           tracking_uri: str | None = None, experiment: str | None = None, cache_dir: Path | None = None,
-          log=print) -> dict:
-    """Set up, fit, record. The same summary shape on every rank; only rank 0 records to MLflow and logs the model."""
+          log=print, checkpoint_dir: Path | None = None, save_model_only: bool = False) -> dict:
+    """Set up, fit, record. The same summary shape on every rank; only rank 0 records to MLflow and logs the model.
+
+    checkpoint_dir: where checkpoints go (default <output_dir>/checkpoints); a re-run resumes from the last one.
+    save_model_only: write the model folder instead of logging it to the tracking server (the Azure ML job).
+    """
     output_dir = Path(output_dir)
-    job = setup(spec, train_file, eval_file, output_dir, cache_dir, log)
+    checkpoints = Path(checkpoint_dir or output_dir / "checkpoints")
+    job = setup(spec, train_file, eval_file, output_dir, checkpoints, cache_dir, log)
     experiment = experiment or spec["run"]["experiment_name"]
     uri = tracking.tracking_uri(tracking_uri, output_dir)
     # with several processes (torchrun / Azure ML's PyTorch distribution) all train, rank 0 alone records
@@ -205,18 +220,18 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
                "experiment": experiment, "device": job.device, "precision": job.precision, "base_model": job.base}
     with tracking.start(uri, experiment, output_dir / "mlflow_run.json") if main else contextlib.nullcontext() as run:
         if main and job.resume_from is None:
-            tracking.log_spec(spec, Path(spec_path))
+            tracking.best_effort("log the run spec", tracking.log_spec, spec, Path(spec_path))
         metrics = fit(job, spec["train"]["num_train_epochs"], main, log)
         summary.update(metrics)
         if main:
-            summary.update(run_id=run.info.run_id, **record(job, metrics, output_dir))
+            summary.update(run_id=run.info.run_id, **record(job, metrics, output_dir, save_model_only))
     if main:
         write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2))
     before = summary["eval_loss_before"]
     log(f"[train] finished: {summary['steps']} steps in {summary['train_runtime_s']:.1f}s, "
         f"{summary['tokens_per_s']:.0f} tokens/s, train loss {summary['train_loss']:.4f}, eval loss "
         f"{summary['eval_loss']:.4f}" + (f" (was {before:.4f})" if before is not None else "")
-        + (f"; model {summary['model_uri']} in {uri}" if main else ""))
+        + (f"; model {summary['model_uri'] or summary['mlflow_model_dir']}" if main else ""))
     return summary
 
 

@@ -11,14 +11,19 @@ Request body (the tutorial's payload):
 Response: one answer string per input. The chat template is applied here, so callers send plain messages.
 
 Imports nothing from the runner, Hydra, Azure or Prompt flow: it ships inside the deployment's code folder.
+Azure ML's inference server loads it by file path, as a module with no parent package, so the imports of its
+siblings are absolute and the code folder (the parent of trainer/) is put on sys.path when needed.
 """
 import json
 import os
+import sys
 import threading
 from pathlib import Path
 
-from .chats import ROLES
-from .generation import PARAMS as GENERATION
+if not __package__:  # loaded by file path (azmlinfsrv --entry_script trainer/scoring.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from trainer.chats import ROLES  # noqa: E402
+from trainer.generation import PARAMS as GENERATION  # noqa: E402
 
 LIMIT_ENV = "MAX_NEW_TOKENS_LIMIT"
 DEFAULT_LIMIT = 256
@@ -116,7 +121,12 @@ class Scorer:
         if not self.tokenizer.chat_template:
             raise ValueError(f"the tokenizer in {self.model_dir} has no chat template; cannot format messages")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = parts["model"].to(self.device).eval()
+        model = parts["model"]
+        if self.device == "cpu" and model.dtype != torch.float32:
+            # a GPU run saves bf16 weights; CPUs without bf16 units generate several times slower in it
+            # (on Standard_E4s_v3 past the 180 s request timeout), so serve float32 there
+            model = model.float()
+        self.model = model.to(self.device).eval()
         self.lock = threading.Lock()
 
     def generate(self, messages: list[dict], p: dict) -> str:
@@ -183,8 +193,8 @@ def _run(raw_data) -> list[str]:
 
 
 def _azure_response(body: dict, status: int):
-    try:  # present only inside azureml-inference-server-http
-        from azureml.contrib.services.aml_response import AMLResponse
-    except ImportError:
+    """A response with this status inside Azure ML's inference server; None elsewhere (the caller raises)."""
+    if "azureml_inference_server_http" not in sys.modules:
         return None
-    return AMLResponse(json.dumps(body), status, json_str=True)
+    from azureml_inference_server_http.api.aml_response import AMLResponse
+    return AMLResponse(body, status, json_str=True)  # json_str: the server JSON-encodes the body itself

@@ -89,18 +89,45 @@ def signature():
                           params=ParamSchema([ParamSpec(n, t, d) for n, (_, t, d) in PARAMS.items()]))
 
 
-def log_model(model, tokenizer, local_copy: Path) -> str:
-    """Log a text-generation model; keep a copy of the MLflow model folder in local_copy. Returns its URI."""
+def _model_args(model, tokenizer) -> dict:
     import logging
-
-    import mlflow
 
     # offline, mlflow warns that it cannot fetch a model card or license for a local model: expected here
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
-    info = mlflow.transformers.log_model(
-        transformers_model={"model": model, "tokenizer": tokenizer}, name="model", task="text-generation",
-        signature=signature(), pip_requirements=pinned_requirements(),  # explicit: inferring imports torchvision
-    )
+    return dict(transformers_model={"model": model, "tokenizer": tokenizer}, task="text-generation",
+                signature=signature(), pip_requirements=pinned_requirements())  # explicit: inferring imports torchvision
+
+
+def save_model(model, tokenizer, path: Path) -> Path:
+    """Write the MLflow model folder to path without the tracking server: what an Azure ML job registers.
+
+    Azure ML's tracking server answers MLflow 3's logged-model calls with 404, so log_model cannot be used there.
+    """
+    import shutil
+
+    import mlflow
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    mlflow.transformers.save_model(path=str(tmp), **_model_args(model, tokenizer))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def best_effort(what: str, fn, *args, **kwargs):
+    """Call fn; a failure is a warning, not the end of the run (for what is optional once the model is saved)."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # the tracking server's errors come in many types
+        print(f"warning: could not {what}: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+        return None
+
+
+def log_model(model, tokenizer, local_copy: Path) -> str:
+    """Log a text-generation model; keep a copy of the MLflow model folder in local_copy. Returns its URI."""
+    import mlflow
+
+    info = mlflow.transformers.log_model(name="model", **_model_args(model, tokenizer))
     if local_copy.exists():
         import shutil
         shutil.rmtree(local_copy)

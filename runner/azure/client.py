@@ -77,6 +77,11 @@ def get_or_none(what, get, name, log):
 
 
 
+def without_ids(url) -> str:
+    """A Studio URL without its query (wsid=/subscriptions/<id>/...&tid=<tenant>): safe to print and keep."""
+    return str(url or "").split("?", 1)[0]
+
+
 def rel(ctx, name) -> str:
     """A resource file's path as the plan shows it, relative to the run directory."""
     return str((resources.folder(ctx) / name).relative_to(ctx.run_dir))

@@ -1,7 +1,7 @@
 """deploy (Azure ML): a managed online endpoint, rolled out blue/green; chat reads its URL and key from Azure."""
 import json
 
-from ..errors import StageFailed
+from ..errors import StageFailed, UserError
 from . import prices, resources
 from .client import LOG_LINES_ON_FAILURE, azure_errors, client, get_or_none, load, rel, summary
 from .retry import call
@@ -14,7 +14,7 @@ def run(spec, ctx) -> dict:
     """Blue/green: the new deployment gets traffic only after it answered a real request."""
     reg = ctx.upstream("register")
     ml, log = client(spec), ctx.log
-    name = spec["deploy"]["endpoint_name"]
+    name = resources.endpoint_name(spec)
     endpoint = get_or_none("look up the endpoint", ml.online_endpoints.get, name, log)
     live = live_deployment(endpoint)
     new = resources.next_deployment(live)
@@ -26,8 +26,13 @@ def run(spec, ctx) -> dict:
              log=log)
     log(f"[deploy] creating deployment {new} ({spec['deploy']['instance_type']} x{spec['deploy']['instance_count']}) "
         f"at 0% traffic; {'live: ' + live if live else 'no live deployment yet'}")
-    create_deployment(ml, ctx, load(ctx, "deployment.yml", res["deployment.yml"]), live)
-    smoke_test(ml, ctx, name, new, live)
+    deployment = load(ctx, "deployment.yml", res["deployment.yml"])
+    try:
+        call("create the deployment", lambda: ml.online_deployments.begin_create_or_update(deployment).result(),
+             log=log)
+        smoke_test(ml, ctx, name, new)
+    except StageFailed as exc:
+        raise StageFailed(f"{exc}\n{remove_failed(ml, ctx, spec, name, new, live)}") from exc
     endpoint = call("read the endpoint", ml.online_endpoints.get, name, log=log)
     endpoint.traffic = {new: 100}
     call("move traffic", lambda: ml.online_endpoints.begin_create_or_update(endpoint).result(), log=log)
@@ -37,8 +42,8 @@ def run(spec, ctx) -> dict:
              lambda: ml.online_deployments.begin_delete(name=live, endpoint_name=name).result(), log=log)
         log(f"[deploy] deleted the previous deployment {live}")
     endpoint = call("read the endpoint", ml.online_endpoints.get, name, log=log)
-    return {"kind": "azureml", "endpoint_name": name, "deployment_name": new,
-            "scoring_uri": endpoint.scoring_uri, "model_id": reg.get("model_id")}
+    return {"kind": "azureml", "endpoint_name": name, "deployment_name": new, "scoring_uri": endpoint.scoring_uri,
+            "model": f"{reg['model_name']}:{reg['model_version']}"}
 
 
 def live_deployment(endpoint) -> str | None:
@@ -47,18 +52,22 @@ def live_deployment(endpoint) -> str | None:
     return max(traffic, key=traffic.get) if traffic else None
 
 
-def create_deployment(ml, ctx, deployment, live):
-    from azure.core.exceptions import AzureError
+def remove_failed(ml, ctx, spec, endpoint_name, new, live) -> str:
+    """Delete the new deployment that failed (never the live one): at 0 % traffic it would still bill."""
+    d = spec["deploy"]
+    cost = prices.hourly(d["instance_type"], d["instance_count"])
+    if new == live:  # cannot happen with blue/green names; never delete what serves
+        return f"traffic is unchanged ({live} serves)."
     try:
-        call("create the deployment", lambda: ml.online_deployments.begin_create_or_update(deployment).result(),
-             log=ctx.log)
-    except AzureError as exc:
-        raise StageFailed(f"deployment {deployment.name} of {deployment.endpoint_name} failed: {summary(exc)}\n"
-                          f"traffic is unchanged ({live or 'no deployment'} serves). The failed deployment still bills until "
-                          f"removed: az ml online-deployment delete --name {deployment.name} --endpoint-name "
-                          f"{deployment.endpoint_name} (stages=[teardown] would delete the whole endpoint, the live "
-                          f"deployment too).\n"
-                          f"last log lines:\n{deployment_logs(ml, deployment.name, deployment.endpoint_name)}") from exc
+        call("delete the failed deployment",
+             lambda: ml.online_deployments.begin_delete(name=new, endpoint_name=endpoint_name).result(), log=ctx.log)
+    except Exception as exc:  # say so, and how to do it by hand
+        return (f"traffic is unchanged ({live or 'no deployment'} serves). The failed deployment {new} could not be "
+                f"deleted ({summary(exc)}) and bills {cost} until it is: az ml online-deployment delete --name {new} "
+                f"--endpoint-name {endpoint_name}")
+    ctx.log(f"[deploy] deleted the failed deployment {new}: at 0% traffic it would still bill {cost}")
+    return (f"traffic is unchanged ({live or 'no deployment'} serves); the failed deployment {new} was deleted so "
+            f"it does not bill {cost} at 0% traffic.")
 
 
 def deployment_logs(ml, name, endpoint_name) -> str:
@@ -68,7 +77,7 @@ def deployment_logs(ml, name, endpoint_name) -> str:
         return f"(could not read them: {summary(exc)})"
 
 
-def smoke_test(ml, ctx, endpoint_name, deployment_name, live):
+def smoke_test(ml, ctx, endpoint_name, deployment_name):
     """One real request to the new deployment, addressed by name, before it gets any traffic."""
     from azure.core.exceptions import AzureError
     request = resources.folder(ctx) / "sample-request.json"  # written by prepare_deploy
@@ -77,29 +86,33 @@ def smoke_test(ml, ctx, endpoint_name, deployment_name, live):
                    deployment_name=deployment_name, request_file=str(request), log=ctx.log)
         answers = _decode(raw)
     except (AzureError, ValueError) as exc:
-        raise StageFailed(f"the new deployment {deployment_name} did not answer a test request ({summary(exc)}); "
-                          f"traffic is unchanged ({live or 'no deployment'} serves).\nlast log lines:\n"
-                          f"{deployment_logs(ml, deployment_name, endpoint_name)}") from exc
+        raise StageFailed(f"the new deployment {deployment_name} did not answer a test request ({summary(exc)}).\n"
+                          f"last log lines:\n{deployment_logs(ml, deployment_name, endpoint_name)}") from exc
     ctx.log(f"[deploy] {deployment_name} answered the test request: {str(answers[0])[:80]!r}")
 
 
 def _decode(raw) -> list:
     answers = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
-    if isinstance(answers, str):  # some servers JSON-encode the script's JSON once more
-        answers = json.loads(answers)
-    if not isinstance(answers, list) or not answers:
-        raise ValueError(f"expected a non-empty list of answers, got {str(raw)[:200]}")
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+        raise ValueError(f"expected a non-empty list of answer strings, got {str(raw)[:200]}")
     return answers
 
 
 @azure_errors
 def endpoint_credentials(spec, ctx) -> tuple[str, str]:
     """(scoring URI, key), read from Azure at each call: the key is never stored by the runner."""
-    ml, name = client(spec), spec["deploy"]["endpoint_name"]
+    ml, name = client(spec), resources.endpoint_name(spec)
     endpoint = get_or_none("look up the endpoint", ml.online_endpoints.get, name, ctx.log)
     if endpoint is None:
         raise StageFailed(f"endpoint {name} does not exist: python -m runner stages=[deploy] force=true creates it")
+    if str(getattr(endpoint, "auth_mode", "key")).lower() != "key":
+        raise UserError(f"endpoint {name} uses auth_mode {endpoint.auth_mode}, but the chat flow sends a key: set "
+                        f"deploy.endpoint_name to a new name (this runner creates key-auth endpoints), or switch it "
+                        f"with az ml online-endpoint update --name {name} --set auth_mode=key")
     keys = call("read the endpoint key", ml.online_endpoints.get_keys, name, log=ctx.log)
+    if not getattr(keys, "primary_key", None):
+        raise StageFailed(f"endpoint {name} returned no primary key; az ml online-endpoint get-credentials "
+                          f"--name {name} shows what it has")
     return endpoint.scoring_uri, keys.primary_key
 
 
@@ -114,13 +127,12 @@ def plan(spec, ctx) -> list[str]:
                  else f"azureml:{spec['register']['model_name']}@latest")  # the version register will add
     new = resources.next_deployment(ctx.manifest.outputs("deploy").get("deployment_name"))
     resources.prepare_deploy(spec, ctx, new, model_ref)
+    derived = "" if d["endpoint_name"] else " (derived from run.name and the workspace; set deploy.endpoint_name to choose)"
     return [
-        f"{rel(ctx, 'endpoint.yml')}: endpoint {d['endpoint_name']} (key auth, user-assigned identity), "
-        "created only if missing, never deleted here",
+        f"{rel(ctx, 'endpoint.yml')}: endpoint {resources.endpoint_name(spec)}{derived} (key auth, user-assigned "
+        "identity), created only if missing, never deleted here",
         f"{rel(ctx, 'deployment.yml')}: deployment {new} of {model_ref}, {d['instance_type']} x{d['instance_count']}: "
         f"{prices.hourly(d['instance_type'], d['instance_count'])}, billed every hour it exists until stages=[teardown]",
         f"rollout: {new} at 0% traffic -> one test request ({rel(ctx, 'sample-request.json')}) -> 100% traffic "
-        "-> the previous deployment is deleted (both bill during the switch)",
+        "-> the previous deployment is deleted (both bill during the switch); a new deployment that fails is deleted",
     ]
-
-

@@ -8,28 +8,32 @@ redacted spec for the files and from the real spec for the SDK.
 
 No azure import here: plan mode must stay fast and work offline.
 """
+import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
-from trainer.files import pinned_requirements, write_atomic
+from trainer.files import write_atomic
 
 from .. import REPO_ROOT
 from ..errors import StageFailed
 from ..spec import azure_env_paths, digest, dump_yaml, redacted
+from . import environments
 
 TRAINER_DIR = REPO_ROOT / "trainer"
-PYTHON = "python=3.11"
-INFERENCE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py311-cpu-inference:latest"
-INFERENCE_SERVER = "azureml-inference-server-http"  # serves init()/run() of the scoring script
-# inside a job MLFLOW_TRACKING_URI is azureml://...; mlflow needs this plugin to log there as it does locally
-JOB_TRACKING = "azureml-mlflow"
+# Azure ML's documented CPU inference base image (docs: "Prebuilt Docker images for inference"); the conda file
+# adds Python 3.11 and the pins. "minimal-ubuntu22.04-py311-cpu-inference" was only ever a folder name in
+# azureml-assets, never a published image: deployments on it fail with ImageBuildFailure.
+INFERENCE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest"
 SCORING_SCRIPT = "trainer/scoring.py"                # relative to the staged code folder
 DEPLOYMENT_NAMES = ("blue", "green")                 # alternate, so the live one is never replaced in place
 MODEL_OUTPUT = "model_output"
+CHECKPOINT_OUTPUT = "checkpoints"                    # a separate job output: never part of the registered model
 MODEL_SUBDIR = "mlflow_model"                        # the trainer writes <output-dir>/mlflow_model/MLmodel
 JOB_NAME_PLACEHOLDER = "<job-name-from-train>"
+JOB_TAG = "job_name"                                 # on each model version: the job that trained it
 SAMPLE_REQUEST = {"input_data": ["Hello"], "params": {"max_new_tokens": 8}}
 
 SCHEMA = "https://azuremlschemas.azureedge.net/latest/{}.schema.json"
@@ -43,10 +47,8 @@ def model_path(job_name: str) -> str:
     return f"azureml://jobs/{job_name}/outputs/{MODEL_OUTPUT}/paths/{MODEL_SUBDIR}"
 
 
-def conda(extra_pip=()) -> dict:
-    """The trainer's pinned requirements as a conda file (one list, so local and Azure runs match)."""
-    return {"name": "phi3-runner", "channels": ["conda-forge"],
-            "dependencies": [PYTHON, "pip", {"pip": pinned_requirements() + list(extra_pip)}]}
+def train_conda(spec) -> dict:
+    return environments.conda(environments.train_pip(spec["compute"]["device"]))
 
 
 # ---- train ----------------------------------------------------------------------------------------
@@ -54,16 +56,17 @@ def conda(extra_pip=()) -> dict:
 def environment(spec) -> dict:
     c = spec["compute"]
     # the version is a hash of what defines the image: re-running reuses it, a changed pin makes a new one
-    version = digest({"image": c["image"], "conda": conda([JOB_TRACKING])})
+    version = digest({"image": c["image"], "conda": train_conda(spec)})
     return {"$schema": SCHEMA.format("environment"), "name": c["environment_name"], "version": version,
             "image": c["image"], "conda_file": "conda-train.yml",
-            "description": "python -m trainer: trainer/requirements.txt on the compute's image"}
+            "description": "python -m trainer: trainer/requirements.txt with the job's torch build and MLflow pair"}
 
 
 def compute(spec) -> dict:
     c = spec["compute"]
+    # no location: the cluster is made in the workspace's region unless compute.location names another
     return {"$schema": SCHEMA.format("amlCompute"), "name": c["cluster_name"], "type": "amlcompute",
-            "size": c["instance_type"], "location": c["location"], "tier": c["tier"],
+            "size": c["instance_type"], **({"location": c["location"]} if c["location"] else {}), "tier": c["tier"],
             "min_instances": c["min_instances"], "max_instances": c["max_instances"],
             "idle_time_before_scale_down": c["idle_time_before_scale_down"]}
 
@@ -75,13 +78,18 @@ def job(spec, env: dict, train_file: str, eval_file: str) -> dict:
         "display_name": f"{spec['run']['name']}-{spec['model']['name']}",
         "experiment_name": spec["run"]["experiment_name"],
         "code": "code",  # trainer/ and the run's spec.yaml, staged next to this file
+        # the model is saved into model_output (registered as it is: Azure's tracking server has no logged-model
+        # API); checkpoints go to their own output, so a re-run of an interrupted job resumes from them, and are
+        # deleted once the model is saved (a 3.8B full fine-tune keeps two of about 45 GB with optimizer state)
         "command": ("python -m trainer --spec spec.yaml --train-file ${{inputs.train_file}} "
-                    "--eval-file ${{inputs.eval_file}} --output-dir ${{outputs.%s}}" % MODEL_OUTPUT),
+                    "--eval-file ${{inputs.eval_file}} --output-dir ${{outputs.%s}} "
+                    "--checkpoint-dir ${{outputs.%s}} --save-model-only --delete-checkpoints-when-done"
+                    % (MODEL_OUTPUT, CHECKPOINT_OUTPUT)),
         "environment": f"azureml:{env['name']}:{env['version']}",
         "compute": f"azureml:{c['cluster_name']}",
         "inputs": {"train_file": {"type": "uri_file", "path": train_file},   # local files: the SDK uploads them
                    "eval_file": {"type": "uri_file", "path": eval_file}},
-        "outputs": {MODEL_OUTPUT: {"type": "uri_folder"}},
+        "outputs": {MODEL_OUTPUT: {"type": "uri_folder"}, CHECKPOINT_OUTPUT: {"type": "uri_folder", "mode": "rw_mount"}},
         # Azure starts processes_per_instance copies per node with torch.distributed's variables set
         "distribution": {"type": "pytorch", "process_count_per_instance": c["processes_per_instance"]},
         "resources": {"instance_count": c["instance_count"]},
@@ -91,15 +99,30 @@ def job(spec, env: dict, train_file: str, eval_file: str) -> dict:
 
 # ---- register -------------------------------------------------------------------------------------
 
-def model(spec, path: str) -> dict:
+def model(spec, path: str, job_name: str) -> dict:
     return {"$schema": SCHEMA.format("model"), "name": spec["register"]["model_name"], "type": "mlflow_model",
-            "path": path, "description": "fine-tuned by the runner's train stage"}
+            "path": path, "description": "fine-tuned by the runner's train stage", "tags": {JOB_TAG: job_name}}
 
 
 # ---- deploy ---------------------------------------------------------------------------------------
 
-def endpoint(spec) -> dict:
-    return {"$schema": SCHEMA.format("managedOnlineEndpoint"), "name": spec["deploy"]["endpoint_name"],
+def endpoint_name(spec) -> str:
+    """deploy.endpoint_name, or one derived from run.name and the workspace: names must be unique in the region.
+
+    Stable for a run in a workspace (re-runs find their endpoint); 8 hex characters of a hash of the workspace's
+    ids make it unlikely to collide with anyone else's, and reveal none of them.
+    """
+    if spec["deploy"]["endpoint_name"]:
+        return spec["deploy"]["endpoint_name"]
+    a = spec["azure"]
+    workspace = "/".join(str(a.get(k) or "") for k in ("subscription_id", "resource_group", "workspace_name"))
+    run = re.sub(r"[^a-z0-9-]+", "-", spec["run"]["name"].lower()).strip("-")
+    base = f"phi3-{run}"[:23].rstrip("-")
+    return f"{base}-{hashlib.sha256(workspace.encode()).hexdigest()[:8]}"
+
+
+def endpoint(spec, name: str) -> dict:
+    return {"$schema": SCHEMA.format("managedOnlineEndpoint"), "name": name,
             "auth_mode": "key",
             "identity": {"type": "user_assigned",
                          "user_assigned_identities": [{"resource_id": spec["azure"]["managed_identity_resource_id"]}]}}
@@ -110,17 +133,14 @@ def probe(d) -> dict:
             "failure_threshold": d["probe_failure_threshold"], "success_threshold": 1}
 
 
-def deployment(spec, name: str, model_ref: str) -> dict:
-    d, a = spec["deploy"], spec["azure"]
+def deployment(spec, name: str, model_ref: str, endpoint_name: str) -> dict:
+    d = spec["deploy"]
     return {
-        "$schema": SCHEMA.format("managedOnlineDeployment"), "name": name, "endpoint_name": d["endpoint_name"],
+        "$schema": SCHEMA.format("managedOnlineDeployment"), "name": name, "endpoint_name": endpoint_name,
         "model": model_ref, "instance_type": d["instance_type"], "instance_count": d["instance_count"],
         "code_configuration": {"code": "code", "scoring_script": SCORING_SCRIPT},
         "environment": {"image": INFERENCE_IMAGE, "conda_file": "conda-inference.yml"},
-        # the identity the scoring code may use; MAX_NEW_TOKENS_LIMIT is read by trainer/scoring.py
-        "environment_variables": {"SUBSCRIPTION_ID": a["subscription_id"], "RESOURCE_GROUP_NAME": a["resource_group"],
-                                  "UAI_CLIENT_ID": a["managed_identity_client_id"],
-                                  "MAX_NEW_TOKENS_LIMIT": str(d["max_new_tokens_limit"])},
+        "environment_variables": {"MAX_NEW_TOKENS_LIMIT": str(d["max_new_tokens_limit"])},  # read by scoring.py
         "request_settings": {"request_timeout_ms": d["request_timeout_ms"],
                              "max_concurrent_requests_per_instance": d["max_concurrent_requests_per_instance"],
                              "max_queue_wait_ms": d["max_queue_wait_ms"]},
@@ -177,7 +197,7 @@ def prepare_train(spec, ctx, data: dict, job_name: str | None = None) -> dict:
     job_name: set by a real run (plan mode cannot know it); Azure generates one when it is missing.
     """
     stage_code(ctx)
-    write(ctx, "conda-train.yml", conda([JOB_TRACKING]))
+    write(ctx, "conda-train.yml", train_conda(spec))
     inputs = relative_to_folder(ctx, data["train_file"]), relative_to_folder(ctx, data["test_file"])
 
     def build(s):
@@ -188,14 +208,14 @@ def prepare_train(spec, ctx, data: dict, job_name: str | None = None) -> dict:
     return written(ctx, spec, build)
 
 
-def prepare_register(spec, ctx, path: str) -> dict:
-    return written(ctx, spec, lambda s: {"model.yml": model(s, path)})
+def prepare_register(spec, ctx, path: str, job_name: str) -> dict:
+    return written(ctx, spec, lambda s: {"model.yml": model(s, path, job_name)})
 
 
 def prepare_deploy(spec, ctx, deployment_name: str, model_ref: str) -> dict:
-    if not (folder(ctx) / "code" / SCORING_SCRIPT).is_file():
-        stage_code(ctx)  # deploy may run in a later invocation than train
-    write(ctx, "conda-inference.yml", conda([INFERENCE_SERVER]))
+    stage_code(ctx)  # every time: a fixed scoring script must reach the next deployment
+    write(ctx, "conda-inference.yml", environments.conda(environments.inference_pip()))
     write_atomic(folder(ctx) / "sample-request.json", json.dumps(SAMPLE_REQUEST) + "\n")
-    return written(ctx, spec, lambda s: {"endpoint.yml": endpoint(s),
-                                         "deployment.yml": deployment(s, deployment_name, model_ref)})
+    name = endpoint_name(spec)  # from the real spec: the files show the same name
+    return written(ctx, spec, lambda s: {"endpoint.yml": endpoint(s, name),
+                                         "deployment.yml": deployment(s, deployment_name, model_ref, name)})

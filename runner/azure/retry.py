@@ -49,3 +49,24 @@ def call(what: str, fn, *args, log=None, tries: int = TRIES, **kwargs):
 def _first_line(exc) -> str:
     text = str(exc).strip()
     return text.splitlines()[0][:200] if text else "no message"
+
+
+def call_once(what: str, fn, *args, check, log=None, tries: int = TRIES, **kwargs):
+    """fn(*args, **kwargs) for a call that must not take effect twice (a model version, a job submission).
+
+    After a transient failure the request may still have gone through: check() looks for its effect and
+    returns it (then there is no retry), or None (then it is retried).
+    """
+    def once():
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            done = check()
+            if done is not None:
+                if log:
+                    log(f"[azure] {what}: the call failed ({_first_line(exc)}) but had taken effect; not repeating it")
+                return done
+            raise
+    return call(what, once, log=log, tries=tries)

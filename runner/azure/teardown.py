@@ -1,5 +1,5 @@
 """teardown (Azure ML): delete the endpoint and its deployments. Safe to repeat; the cluster scales to 0 alone."""
-from . import prices
+from . import prices, resources
 from .client import azure_errors, client, get_or_none
 from .retry import call
 
@@ -8,7 +8,7 @@ from .retry import call
 def run(spec, ctx) -> dict:
     """Delete the endpoint and its deployments if they exist; safe to repeat. The cluster scales to 0 alone."""
     from azure.core.exceptions import ResourceNotFoundError
-    ml, name = client(spec), spec["deploy"]["endpoint_name"]
+    ml, name = client(spec), resources.endpoint_name(spec)
     deleted = None
     if get_or_none("look up the endpoint", ml.online_endpoints.get, name, ctx.log) is not None:
         try:
@@ -23,7 +23,7 @@ def run(spec, ctx) -> dict:
 
 def plan(spec, ctx) -> list[str]:
     d = spec["deploy"]
-    return [f"would delete endpoint {d['endpoint_name']} and its deployments if it exists, ending their bill "
+    return [f"would delete endpoint {resources.endpoint_name(spec)} and its deployments if it exists, ending their bill "
             f"({d['instance_type']} x{d['instance_count']}: {prices.hourly(d['instance_type'], d['instance_count'])}); "
             "the compute cluster stays (it scales to 0 nodes when idle)"]
 

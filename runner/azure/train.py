@@ -5,8 +5,8 @@ from pathlib import Path
 
 from ..errors import StageFailed
 from . import prices, resources
-from .client import azure_errors, client, get_or_none, load, rel, summary
-from .retry import call
+from .client import azure_errors, client, get_or_none, load, rel, summary, without_ids
+from .retry import call, call_once
 
 
 @azure_errors
@@ -19,15 +19,19 @@ def run(spec, ctx) -> dict:
                load(ctx, "environment.yml", res["environment.yml"]), log=log)
     log(f"[train] environment {env.name}:{env.version} ({spec['compute']['image']})")
     ensure_compute(ml, ctx, load(ctx, "compute.yml", res["compute.yml"]))
-    job = call("submit the job", ml.jobs.create_or_update, load(ctx, "job.yml", res["job.yml"]), log=log)
-    log(f"[train] job {job.name} submitted; follow it at {job.studio_url}")
+    # a retried submit of the same name would be refused (409) while the first one runs: look for it first
+    job = call_once("submit the job", ml.jobs.create_or_update, load(ctx, "job.yml", res["job.yml"]),
+                    check=lambda: get_or_none("look up the job", ml.jobs.get, job_name, log), log=log)
+    # Studio's links carry the subscription and tenant ids: neither is printed nor kept
+    log(f"[train] job {job.name} submitted ({without_ids(job.studio_url)}); az ml job show --name {job.name} --web "
+        "opens it in Studio")
     streamed_error = follow(ml, job, log)
     final = call("read the job's status", ml.jobs.get, job.name, log=log)
-    studio = final.studio_url or job.studio_url
     if final.status != "Completed":
         detail = f"\n{summary(streamed_error)}" if streamed_error else ""
-        raise StageFailed(f"Azure ML job {job.name} ended with status {final.status}; see {studio}{detail}")
-    return {"job_name": job.name, "status": final.status, "studio_url": studio,
+        raise StageFailed(f"Azure ML job {job.name} ended with status {final.status}; "
+                          f"az ml job show --name {job.name} --web opens it in Studio{detail}")
+    return {"job_name": job.name, "status": final.status,
             "model_path": resources.model_path(job.name), "environment": f"{env.name}:{env.version}",
             "compute": spec["compute"]["cluster_name"], "experiment": spec["run"]["experiment_name"]}
 
@@ -78,7 +82,8 @@ def plan(spec, ctx) -> list[str]:
         f"{rel(ctx, 'environment.yml')}: environment {env['name']}:{env['version']} = {env['image']} "
         f"+ {rel(ctx, 'conda-train.yml')} (trainer/requirements.txt)",
         f"{rel(ctx, 'compute.yml')}: cluster {c['cluster_name']}, {c['instance_type']}, "
-        f"{c['min_instances']}..{c['max_instances']} {c['tier']} nodes in {c['location']}: billed per node-hour while "
+        f"{c['min_instances']}..{c['max_instances']} {c['tier']} nodes in {c['location'] or 'the workspace region'}: "
+        "billed per node-hour while "
         f"a node runs, {prices.hourly(c['instance_type'])} per node; "
         f"scales to {c['min_instances']} after {c['idle_time_before_scale_down']} s idle",
         f"{rel(ctx, 'job.yml')}: command job in experiment {spec['run']['experiment_name']}, "
