@@ -1,10 +1,5 @@
-"""The Azure backend's orchestration, against a recording stand-in for MLClient (the one boundary faked).
-
-The stand-in checks what crosses the boundary: every entity handed to it is serialized with the SDK's own
-_to_dict(), which fails on an entity the service would reject for its shape.
-"""
-import copy
-import json
+"""The Azure backend's orchestration, against the recording MLClient stand-in (tests/azure_standin.py)."""
+import re
 import warnings
 from types import SimpleNamespace
 
@@ -12,10 +7,7 @@ import pytest
 
 with warnings.catch_warnings():  # the SDK's schemas warn about marshmallow 4 at import
     warnings.simplefilter("ignore")
-    from azure.ai.ml.entities import AmlCompute, Command, Environment, ManagedOnlineDeployment, ManagedOnlineEndpoint, Model
-    from azure.ai.ml.exceptions import JobException
-    from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ResourceNotFoundError,
-                                       ServiceRequestError)
+    from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
     from azure.identity import CredentialUnavailableError
 
 from runner.app import write_spec
@@ -30,149 +22,9 @@ from runner.errors import StageFailed, UserError
 from runner.manifest import Manifest
 from runner.spec import azure_env_paths
 
+from .azure_standin import AZURE, CLIENT_ID, KEY, SUBSCRIPTION, TENANT, FakeML, http_error
+
 pytestmark = pytest.mark.filterwarnings("ignore")
-
-AZURE = {"subscription_id": "sub-0000", "resource_group": "rg-test", "workspace_name": "ws-test",
-         "managed_identity_resource_id": "/subscriptions/sub-0000/resourceGroups/rg-test/providers/"
-                                         "Microsoft.ManagedIdentity/userAssignedIdentities/uai",
-         "managed_identity_client_id": "client-0000"}
-KEY = "not-a-real-key-5f3a"
-STUDIO = "https://ml.azure.com/runs/{}"
-
-
-def http_error(status, message="boom"):
-    exc = HttpResponseError(message=message)
-    exc.status_code = status
-    return exc
-
-
-def dump(entity) -> dict:
-    """The SDK's own serializer. An endpoint is dumped from a copy: the identity schema rewrites what it dumps."""
-    return (copy.deepcopy(entity) if isinstance(entity, ManagedOnlineEndpoint) else entity)._to_dict()
-
-
-class Poller:
-    def __init__(self, value=None):
-        self.value = value
-
-    def result(self):
-        return self.value
-
-
-class FakeML:
-    """Records each call as (operation, details); fails an operation when told to; keeps a tiny state."""
-
-    def __init__(self, job_status="Completed", answer='["Hi there"]'):
-        self.calls, self.failures = [], {}
-        self.job_status, self.answer = job_status, answer
-        self.computes, self.endpoints, self.deployments, self.model_versions = {}, {}, {}, 0
-        self.environments = SimpleNamespace(create_or_update=self.op("environments.create_or_update", self._env))
-        self.compute = SimpleNamespace(get=self.op("compute.get", self._compute_get),
-                                       begin_create_or_update=self.op("compute.begin_create_or_update", self._compute))
-        self.jobs = SimpleNamespace(create_or_update=self.op("jobs.create_or_update", self._job),
-                                    stream=self.op("jobs.stream", self._stream),
-                                    get=self.op("jobs.get", self._job_get))
-        self.models = SimpleNamespace(create_or_update=self.op("models.create_or_update", self._model))
-        self.online_endpoints = SimpleNamespace(
-            get=self.op("online_endpoints.get", self._endpoint_get),
-            begin_create_or_update=self.op("online_endpoints.begin_create_or_update", self._endpoint),
-            invoke=self.op("online_endpoints.invoke", self._invoke),
-            get_keys=self.op("online_endpoints.get_keys", lambda name: SimpleNamespace(primary_key=KEY)),
-            begin_delete=self.op("online_endpoints.begin_delete", self._endpoint_delete))
-        self.online_deployments = SimpleNamespace(
-            begin_create_or_update=self.op("online_deployments.begin_create_or_update", self._deployment),
-            begin_delete=self.op("online_deployments.begin_delete", self._deployment_delete),
-            get_logs=self.op("online_deployments.get_logs", lambda **kw: "log line"))
-
-    def op(self, name, fn):
-        def call(*args, **kwargs):
-            self.calls.append((name, None))
-            pending = self.failures.get(name)
-            if pending:
-                raise pending.pop(0)
-            return fn(*args, **kwargs)
-        return call
-
-    def note(self, **details):  # what the last call carried
-        self.calls[-1] = (self.calls[-1][0], details)
-
-    def names(self):
-        return [name for name, _ in self.calls]
-
-    # each handler validates its entity with the SDK's own serializer before keeping it
-    def _env(self, env):
-        assert isinstance(env, Environment)
-        self.note(entity=dump(env))
-        return env
-
-    def _compute_get(self, name):
-        if name not in self.computes:
-            raise ResourceNotFoundError(f"compute {name} not found")
-        return self.computes[name]
-
-    def _compute(self, compute):
-        assert isinstance(compute, AmlCompute)
-        self.note(entity=dump(compute))
-        self.computes[compute.name] = compute
-        return Poller(compute)
-
-    def _job(self, job):
-        assert isinstance(job, Command)
-        self.note(entity=dump(job), job=job)
-        return SimpleNamespace(name=job.name, studio_url=STUDIO.format(job.name), status="Starting")
-
-    def _stream(self, name):
-        if self.job_status == "Failed":
-            error = json.dumps({"code": "UserError", "message": "CUDA out of memory"}, indent=4)
-            raise JobException(message=f"Exception : \n {error} ", no_personal_data_message="failed job")
-
-    def _job_get(self, name):
-        return SimpleNamespace(name=name, status=self.job_status, studio_url=STUDIO.format(name))
-
-    def _model(self, model):
-        assert isinstance(model, Model)
-        self.note(entity=dump(model))
-        self.model_versions += 1
-        return SimpleNamespace(name=model.name, version=str(self.model_versions),
-                               id=f"azureml:{model.name}:{self.model_versions}")
-
-    def _endpoint_get(self, name):
-        if name not in self.endpoints:
-            raise ResourceNotFoundError(f"endpoint {name} not found")
-        return self.endpoints[name]
-
-    def _endpoint(self, endpoint):
-        assert isinstance(endpoint, ManagedOnlineEndpoint)
-        self.note(entity=dump(endpoint), traffic=dict(endpoint.traffic or {}))
-        missing = set(endpoint.traffic or {}) - set(self.deployments)
-        assert not missing, f"traffic to deployments that do not exist: {missing}"
-        endpoint._scoring_uri = f"https://{endpoint.name}.eastus2.inference.ml.azure.com/score"
-        self.endpoints[endpoint.name] = endpoint
-        return Poller(endpoint)
-
-    def _endpoint_delete(self, name):
-        self.endpoints.pop(name)
-        self.deployments.clear()
-        return Poller()
-
-    def _deployment(self, deployment):
-        assert isinstance(deployment, ManagedOnlineDeployment)
-        endpoint = self.endpoints[deployment.endpoint_name]
-        self.note(entity=dump(deployment), deployment=deployment,
-                  traffic_share=(endpoint.traffic or {}).get(deployment.name, 0))
-        self.deployments[deployment.name] = deployment
-        return Poller(deployment)
-
-    def _deployment_delete(self, name, endpoint_name):
-        assert not (self.endpoints[endpoint_name].traffic or {}).get(name), "deleting a deployment that has traffic"
-        self.note(name=name)
-        self.deployments.pop(name)
-        return Poller()
-
-    def _invoke(self, endpoint_name, request_file, deployment_name):
-        self.note(deployment_name=deployment_name, request=json.loads(open(request_file).read()))
-        assert deployment_name in self.deployments
-        return self.answer
 
 
 @pytest.fixture
@@ -198,7 +50,7 @@ def azure_ctx(compose_spec, tmp_path, monkeypatch):
 
 
 def details(fake, name):
-    return [d for n, d in fake.calls if n == name]
+    return fake.details(name)
 
 
 def test_train_creates_environment_compute_and_job_then_streams(azure_ctx):
@@ -207,10 +59,12 @@ def test_train_creates_environment_compute_and_job_then_streams(azure_ctx):
     assert fake.names() == ["environments.create_or_update", "compute.get", "compute.begin_create_or_update",
                             "jobs.create_or_update", "jobs.stream", "jobs.get"]
     env = details(fake, "environments.create_or_update")[0]["entity"]
-    assert env["image"] == spec["compute"]["image"] and "torch==2.13.0" in env["conda_file"]["dependencies"][-1]["pip"]
+    pip = env["conda_file"]["dependencies"][-1]["pip"]
+    assert env["image"] == spec["compute"]["image"] and "torch==2.13.0+cu126" in pip and "azureml-mlflow==1.62.0.post6" in pip
     compute = details(fake, "compute.begin_create_or_update")[0]["entity"]
     assert (compute["size"], compute["min_instances"], compute["max_instances"], compute["tier"]) == \
         ("Standard_NC24ads_A100_v4", 0, 1, "dedicated")
+    assert "location" not in compute  # the workspace's region
     job = details(fake, "jobs.create_or_update")[0]["job"]
     assert job.environment == f"{env['name']}:{env['version']}" and job.compute == "gpu-a100-cluster"
     assert job.experiment_name == "finetune-phi" and job.resources.instance_count == 1
@@ -219,7 +73,7 @@ def test_train_creates_environment_compute_and_job_then_streams(azure_ctx):
     assert (base / job.inputs["train_file"].path).resolve() == (ctx.run_dir / "data" / "train.jsonl").resolve()
     assert (base / job.code / "trainer" / "fit.py").is_file() and (base / job.code / "spec.yaml").is_file()
     assert out["job_name"] == job.name and out["status"] == "Completed"
-    assert out["studio_url"] == STUDIO.format(job.name)
+    assert "--save-model-only" in job.command and set(job.outputs) == {"model_output", "checkpoints"}
     assert out["model_path"] == f"azureml://jobs/{job.name}/outputs/model_output/paths/mlflow_model"
     # what was submitted is what job.yml says
     import yaml
@@ -239,7 +93,7 @@ def test_failed_job_names_status_and_studio_url(azure_ctx):
     with pytest.raises(StageFailed) as err:
         az_train.run(spec, ctx)
     job_name = details(fake, "jobs.create_or_update")[0]["job"].name
-    assert "status Failed" in str(err.value) and STUDIO.format(job_name) in str(err.value)
+    assert "status Failed" in str(err.value) and f"az ml job show --name {job_name} --web" in str(err.value)
     assert "CUDA out of memory" in str(err.value)
 
 
@@ -273,7 +127,29 @@ def test_register_creates_an_mlflow_model_from_the_job_output(azure_ctx):
     model = details(fake, "models.create_or_update")[0]["entity"]
     assert model["type"] == "mlflow_model" and model["name"] == "phi3-chat-phi35"
     assert model["path"] == "azureml://jobs/job-7/outputs/model_output/paths/mlflow_model"
-    assert out == {"model_name": "phi3-chat-phi35", "model_version": "1", "model_id": "azureml:phi3-chat-phi35:1"}
+    assert model["tags"] == {"job_name": "job-7"}
+    assert out == {"model_name": "phi3-chat-phi35", "model_version": "1", "job_name": "job-7"}  # no ARM id
+
+
+def test_a_retried_registration_does_not_add_a_second_version(azure_ctx):
+    spec, ctx, fake, logs = azure_ctx
+    ctx.manifest.record("train", "done", "h", {"job_name": "job-7", "model_path": resources.model_path("job-7")})
+    fake.failures_after["models.create_or_update"] = [http_error(503, "gateway timeout")]  # it went through
+    out = az_register.run(spec, ctx)
+    assert out["model_version"] == "1" and len(fake.models_by_name["phi3-chat-phi35"]) == 1
+    assert fake.names().count("models.create_or_update") == 1 and any("not repeating it" in line for line in logs)
+    # a failure before the version existed is retried
+    ctx.manifest.record("train", "done", "h", {"job_name": "job-8", "model_path": resources.model_path("job-8")})
+    fake.failures["models.create_or_update"] = [http_error(503)]
+    assert az_register.run(spec, ctx)["model_version"] == "2"
+    assert fake.names().count("models.create_or_update") == 3
+
+
+def test_a_retried_submit_follows_the_job_it_already_started(azure_ctx):
+    spec, ctx, fake, _ = azure_ctx
+    fake.failures_after["jobs.create_or_update"] = [ServiceRequestError("connection reset")]
+    out = az_train.run(spec, ctx)
+    assert fake.names().count("jobs.create_or_update") == 1 and list(fake.jobs_by_name) == [out["job_name"]]
 
 
 def deploy_once(spec, ctx, version):
@@ -294,16 +170,16 @@ def test_deploy_is_blue_green_without_downtime(azure_ctx):
     assert d["traffic_share"] == 0
     dep = d["deployment"]
     assert dep.model == "phi3-chat-phi35:1" and dep.instance_type == "Standard_E4s_v3" and dep.instance_count == 1
-    assert dep.environment_variables["SUBSCRIPTION_ID"] == "sub-0000"
-    assert dep.environment_variables["UAI_CLIENT_ID"] == "client-0000"
+    assert dep.environment_variables == {"MAX_NEW_TOKENS_LIMIT": "256"}  # nothing the scoring script does not read
     assert dep.request_settings.max_concurrent_requests_per_instance == 3
     assert dep.liveness_probe.initial_delay == 500 and dep.readiness_probe.success_threshold == 1
     assert dep.code_configuration.scoring_script == "trainer/scoring.py"
     invoke = details(fake, "online_endpoints.invoke")[0]
     assert invoke == {"deployment_name": "blue", "request": {"input_data": ["Hello"], "params": {"max_new_tokens": 8}}}
     assert details(fake, "online_endpoints.begin_create_or_update")[1]["traffic"] == {"blue": 100}
-    assert first == {"kind": "azureml", "endpoint_name": "phi3-chat-default", "deployment_name": "blue",
-                     "scoring_uri": "https://phi3-chat-default.eastus2.inference.ml.azure.com/score", "model_id": None}
+    name = resources.endpoint_name(spec)
+    assert first == {"kind": "azureml", "endpoint_name": name, "deployment_name": "blue",
+                     "scoring_uri": f"https://{name}.eastus2.inference.ml.azure.com/score", "model": "phi3-chat-phi35:1"}
 
     fake.calls.clear()
     second = deploy_once(spec, ctx, "2")
@@ -319,15 +195,34 @@ def test_deploy_is_blue_green_without_downtime(azure_ctx):
     assert second["deployment_name"] == "green" and set(fake.deployments) == {"green"}
 
 
-def test_deploy_keeps_traffic_when_the_new_deployment_does_not_answer(azure_ctx):
-    spec, ctx, fake, _ = azure_ctx
+def test_a_new_deployment_that_does_not_answer_is_deleted_and_traffic_stays(azure_ctx):
+    spec, ctx, fake, logs = azure_ctx
     deploy_once(spec, ctx, "1")
     fake.failures["online_endpoints.invoke"] = [http_error(424, "model failed to load")]
     with pytest.raises(StageFailed, match="green did not answer") as err:
         deploy_once(spec, ctx, "2")
-    assert "log line" in str(err.value)
-    assert fake.endpoints["phi3-chat-default"].traffic == {"blue": 100}
-    assert "online_deployments.begin_delete" not in fake.names()
+    assert "log line" in str(err.value) and "green was deleted" in str(err.value) and "$0.25/h" in str(err.value)
+    assert fake.endpoints[resources.endpoint_name(spec)].traffic == {"blue": 100}
+    assert details(fake, "online_deployments.begin_delete") == [{"name": "green"}]  # never the live one
+    assert set(fake.deployments) == {"blue"} and any("deleted the failed deployment green" in line for line in logs)
+
+
+def test_a_deployment_that_fails_to_provision_is_deleted_too(azure_ctx):
+    spec, ctx, fake, _ = azure_ctx
+    # the container crashed at start: Azure keeps the deployment, in state Failed, and bills its VM
+    fake.failures_after["online_deployments.begin_create_or_update"] = [http_error(400, "container crashed")]
+    with pytest.raises(StageFailed, match="container crashed") as err:
+        deploy_once(spec, ctx, "1")
+    assert "(no deployment serves)" in str(err.value) and "blue was deleted" in str(err.value)
+    assert details(fake, "online_deployments.begin_delete") == [{"name": "blue"}] and not fake.deployments
+
+
+def test_a_rejected_deployment_leaves_nothing_to_delete(azure_ctx):
+    spec, ctx, fake, _ = azure_ctx
+    fake.failures["online_deployments.begin_create_or_update"] = [http_error(400, "instance type not allowed")]
+    with pytest.raises(StageFailed, match="instance type not allowed") as err:
+        deploy_once(spec, ctx, "1")
+    assert "created no deployment blue, nothing bills" in str(err.value)
 
 
 def test_deploy_rejects_an_empty_answer(azure_ctx):
@@ -335,7 +230,7 @@ def test_deploy_rejects_an_empty_answer(azure_ctx):
     fake.answer = "[]"
     with pytest.raises(StageFailed, match="test request"):
         deploy_once(spec, ctx, "1")
-    assert not fake.endpoints["phi3-chat-default"].traffic
+    assert not fake.endpoints[resources.endpoint_name(spec)].traffic and not fake.deployments
 
 
 def test_credentials_come_from_azure_and_the_key_is_written_nowhere(azure_ctx):
@@ -347,14 +242,51 @@ def test_credentials_come_from_azure_and_the_key_is_written_nowhere(azure_ctx):
     for path in ctx.run_dir.rglob("*"):
         if path.is_file():
             text = path.read_text(errors="replace")
-            assert KEY not in text and "sub-0000" not in text and "client-0000" not in text, path
+            assert KEY not in text and SUBSCRIPTION not in text and CLIENT_ID not in text, path
     assert not any(KEY in line for line in logs)
+
+
+def test_an_aad_token_endpoint_is_a_clear_error_not_a_missing_key(azure_ctx):
+    spec, ctx, fake, _ = azure_ctx
+    fake.auth_mode = "aad_token"  # an endpoint someone else made with the same name
+    deploy_once(spec, ctx, "1")
+    with pytest.raises(UserError, match="auth_mode aad_token") as err:
+        az_deploy.endpoint_credentials(spec, ctx)
+    assert "deploy.endpoint_name" in str(err.value)
+
+
+def test_a_full_recorded_run_keeps_no_subscription_or_tenant_id(azure_ctx):
+    """Studio URLs and ARM ids carry them; the run directory and the log keep job names and name:version."""
+    spec, ctx, fake, logs = azure_ctx
+    for stage, module in (("train", az_train), ("register", az_register), ("deploy", az_deploy)):
+        ctx.manifest.record(stage, "done", "h", module.run(spec, ctx))
+    az_deploy.endpoint_credentials(spec, ctx)
+    ctx.manifest.record("teardown", "done", "h", az_teardown.run(spec, ctx))
+    assert any(SUBSCRIPTION in str(job.studio_url) and TENANT in job.studio_url for job in fake.jobs_by_name.values())
+    files = [p for p in ctx.run_dir.rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for text in [p.read_text(errors="replace") for p in files] + logs:
+        assert SUBSCRIPTION not in text and TENANT not in text and "/subscriptions/" not in text.replace(
+            "<from $AZURE_MANAGED_IDENTITY_RESOURCE_ID>", ""), text[:300]
+
+
+def test_the_default_endpoint_name_is_stable_valid_and_differs_per_workspace(azure_ctx):
+    spec = azure_ctx[0]
+    name = resources.endpoint_name(spec)
+    assert name == resources.endpoint_name(spec) and re.fullmatch(r"[a-z][a-z0-9-]{1,30}[a-z0-9]", name)
+    assert name.startswith("phi3-default-") and SUBSCRIPTION[:8] not in name
+    other = {**spec, "azure": {**spec["azure"], "workspace_name": "someone-else"}}
+    assert resources.endpoint_name(other) != name
+    long = {**spec, "run": {**spec["run"], "name": "My_Very.Long.Experiment.Name_v2"}}
+    assert len(resources.endpoint_name(long)) <= 32
+    chosen = {**spec, "deploy": {**spec["deploy"], "endpoint_name": "my-chat"}}
+    assert resources.endpoint_name(chosen) == "my-chat"
 
 
 def test_teardown_deletes_the_endpoint_and_is_idempotent(azure_ctx):
     spec, ctx, fake, _ = azure_ctx
     ctx.manifest.record("deploy", "done", "h", deploy_once(spec, ctx, "1"))
-    assert az_teardown.run(spec, ctx) == {"deleted": "phi3-chat-default"}
+    assert az_teardown.run(spec, ctx) == {"deleted": resources.endpoint_name(spec)}
     assert ctx.manifest.entry("deploy")["status"] == "stopped"  # the next deploy creates it again
     assert az_teardown.run(spec, ctx) == {"deleted": None}
     assert fake.names().count("online_endpoints.begin_delete") == 1

@@ -26,11 +26,11 @@ from .helpers import HEAVY, imported_by, runner_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # the same marshmallow warnings, while loading
 
-CASES = {  # (overrides, instance type, image, base model)
+CASES = {  # (overrides, instance type, image, base model, torch build)
     "a100": (("compute=a100", "model=phi35", "data=1pct"), "Standard_NC24ads_A100_v4",
-             "mcr.microsoft.com/azureml/curated/acft-hf-nlp-gpu:59", "microsoft/Phi-3.5-mini-instruct"),
+             "mcr.microsoft.com/azureml/curated/acft-hf-nlp-gpu:59", "microsoft/Phi-3.5-mini-instruct", "cu126"),
     "cpu_e16s": (("compute=cpu_e16s", "model=phi3", "data=10rows"), "Standard_E16s_v3",
-                 "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest", "microsoft/Phi-3-mini-4k-instruct"),
+                 "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest", "microsoft/Phi-3-mini-4k-instruct", "cpu"),
 }
 
 
@@ -43,7 +43,7 @@ def plan_all(spec, run_dir: Path) -> dict:
 
 @pytest.mark.parametrize("case", CASES)
 def test_plan_writes_files_the_sdk_loads(compose_spec, tmp_path, case):
-    overrides, size, image, base = CASES[case]
+    overrides, size, image, base, build = CASES[case]
     spec = compose_spec(*overrides, "plan=true")
     run_dir = tmp_path / "run"
     lines = plan_all(spec, run_dir)
@@ -53,12 +53,12 @@ def test_plan_writes_files_the_sdk_loads(compose_spec, tmp_path, case):
     assert env.image == image and env.name == spec["compute"]["environment_name"]
     pip = env.conda_file["dependencies"][-1]["pip"]
     assert "python=3.11" in env.conda_file["dependencies"] and "pip" in env.conda_file["dependencies"]
-    assert "torch==2.13.0" in pip and "transformers==5.23.0" in pip
-    assert "azureml-mlflow" in pip  # the job logs its MLflow model to the workspace, as runs do locally
+    assert f"torch==2.13.0+{build}" in pip and f"--extra-index-url https://download.pytorch.org/whl/{build}" in pip
+    assert "transformers==5.23.0" in pip and "azureml-mlflow==1.62.0.post6" in pip and "mlflow==3.15.0" in pip
 
     compute = load_compute(az / "compute.yml")
     assert (compute.size, compute.type, compute.min_instances, compute.max_instances) == (size, "amlcompute", 0, 1)
-    assert compute.idle_time_before_scale_down == 900 and compute.location == "eastus2"
+    assert compute.idle_time_before_scale_down == 900 and compute.location is None
 
     job = load_job(az / "job.yml")
     assert job.compute == spec["compute"]["cluster_name"]
@@ -69,7 +69,8 @@ def test_plan_writes_files_the_sdk_loads(compose_spec, tmp_path, case):
     for name, file in (("train_file", "train.jsonl"), ("eval_file", "test.jsonl")):
         assert job.inputs[name].type == "uri_file"
         assert (az / job.inputs[name].path).resolve() == (run_dir / "data" / file).resolve()
-    assert job.outputs["model_output"].type == "uri_folder"
+    assert job.outputs["model_output"].type == "uri_folder" and job.outputs["checkpoints"].mode == "rw_mount"
+    assert "--checkpoint-dir ${{outputs.checkpoints}} --save-model-only" in job.command
     code = az / job.code
     assert (code / "trainer" / "__main__.py").is_file() and (code / "trainer" / "scoring.py").is_file()
     staged = yaml.safe_load((code / "spec.yaml").read_text())
@@ -85,11 +86,14 @@ def test_plan_writes_files_the_sdk_loads(compose_spec, tmp_path, case):
     assert deployment.name == "blue" and deployment.instance_type == "Standard_E4s_v3"
     assert deployment.instance_count == 1 and deployment.model == f"{model.name}@latest"
     assert deployment.code_configuration.scoring_script == "trainer/scoring.py"
-    assert "azureml-inference-server-http" in deployment.environment.conda_file["dependencies"][-1]["pip"]
+    inference = deployment.environment.conda_file["dependencies"][-1]["pip"]
+    assert "azureml-inference-server-http==1.5.1" in inference and "torch==2.13.0+cpu" in inference
+    assert deployment.environment.image == "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest"
     assert deployment.request_settings.request_timeout_ms == 180000
     for probe in (deployment.liveness_probe, deployment.readiness_probe):
         assert (probe.initial_delay, probe.period, probe.failure_threshold, probe.success_threshold) == (500, 100, 30, 1)
-    assert set(deployment.environment_variables) >= {"SUBSCRIPTION_ID", "RESOURCE_GROUP_NAME", "UAI_CLIENT_ID"}
+    assert deployment.environment_variables == {"MAX_NEW_TOKENS_LIMIT": "256"}
+    assert deployment.endpoint_name == endpoint.name and endpoint.name.startswith("phi3-default-")
     assert json.loads((az / "sample-request.json").read_text())["input_data"] == ["Hello"]
 
     text = "\n".join(sum(lines.values(), []))

@@ -131,10 +131,11 @@ def test_redacted_spec_hides_environment_values(compose_spec, monkeypatch):
     assert FAKE_AZURE["AZURE_SUBSCRIPTION_ID"] not in str(safe)
 
 
-def test_run_names_fine_locally_must_still_make_a_valid_azure_endpoint(compose_spec):
-    assert problems(compose_spec("run.name=my_long_experiment_name_v2")) == []
-    msg = _msgs(compose_spec("compute=a100", "plan=true", "run.name=my_long_experiment_name_v2"))
-    assert "deploy.endpoint_name" in msg and "not a valid Azure endpoint name" in msg
+def test_a_chosen_endpoint_name_must_be_a_valid_azure_one(compose_spec):
+    assert problems(compose_spec("run.name=my_long_experiment_name_v2", "compute=a100", "plan=true")) == []  # derived
+    assert problems(compose_spec("deploy.endpoint_name=My_Chat")) == []  # only Azure computes care
+    msg = _msgs(compose_spec("compute=a100", "plan=true", "deploy.endpoint_name=my_chat_endpoint"))
+    assert "deploy.endpoint_name" in msg and "not a valid Azure endpoint name" in msg and "null derives" in msg
 
 
 def test_chat_cannot_ask_for_more_tokens_than_the_endpoint_allows(compose_spec):

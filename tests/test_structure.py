@@ -118,10 +118,13 @@ def test_the_experiment_name_reaches_local_runs_and_azure_jobs(tmp_path):
     assert "experiment my-exp" in r.stdout
 
 
-def test_trainer_reads_no_copy_of_the_requirements():
-    from runner.azure.resources import conda
+def test_the_requirements_have_one_reader():
+    """The Azure environments start from trainer/requirements.txt and change only torch and MLflow."""
+    from runner.azure import environments as envs
     from trainer.files import pinned_requirements
     pins = pinned_requirements()
-    assert pins and all("#" not in p and p.strip() == p for p in pins)
-    assert conda()["dependencies"][-1]["pip"] == pins
-    assert json.dumps(pins) == json.dumps(sorted(pins, key=pins.index))
+    assert pins and all("#" not in p and p.strip() == p and "==" in p for p in pins)
+    for device in ("cuda", "cpu"):
+        job = envs.packages(envs.train_pip(device))
+        changed = {envs.name_of(p) for p in set(job) ^ set(pins)}
+        assert changed == {"torch", "mlflow", "azureml-mlflow"}, changed

@@ -25,6 +25,13 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
+def empty(folder: Path):
+    """Remove what is inside folder, not folder itself: in an Azure ML job it is a mounted output."""
+    import shutil
+    for child in folder.iterdir() if folder.is_dir() else ():
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+
+
 def main(argv=None) -> int:
     args = parse(argv)
     import yaml
@@ -37,8 +44,7 @@ def main(argv=None) -> int:
               args.experiment, args.cache_dir, checkpoint_dir=args.checkpoint_dir,
               save_model_only=args.save_model_only)
         if args.delete_checkpoints_when_done and args.checkpoint_dir:
-            import shutil
-            shutil.rmtree(args.checkpoint_dir, ignore_errors=True)
+            empty(args.checkpoint_dir)
     except TrainerInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

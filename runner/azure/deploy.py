@@ -27,12 +27,17 @@ def run(spec, ctx) -> dict:
     log(f"[deploy] creating deployment {new} ({spec['deploy']['instance_type']} x{spec['deploy']['instance_count']}) "
         f"at 0% traffic; {'live: ' + live if live else 'no live deployment yet'}")
     deployment = load(ctx, "deployment.yml", res["deployment.yml"])
+    from azure.core.exceptions import AzureError, ClientAuthenticationError
     try:
         call("create the deployment", lambda: ml.online_deployments.begin_create_or_update(deployment).result(),
              log=log)
         smoke_test(ml, ctx, name, new)
-    except StageFailed as exc:
-        raise StageFailed(f"{exc}\n{remove_failed(ml, ctx, spec, name, new, live)}") from exc
+    except (StageFailed, AzureError) as exc:
+        if isinstance(exc, ClientAuthenticationError):
+            raise
+        what = str(exc) if isinstance(exc, StageFailed) else (
+            f"deployment {new} of {name} failed: {summary(exc)}\nlast log lines:\n{deployment_logs(ml, new, name)}")
+        raise StageFailed(f"{what}\n{remove_failed(ml, ctx, spec, name, new, live)}") from exc
     endpoint = call("read the endpoint", ml.online_endpoints.get, name, log=log)
     endpoint.traffic = {new: 100}
     call("move traffic", lambda: ml.online_endpoints.begin_create_or_update(endpoint).result(), log=log)
@@ -58,9 +63,12 @@ def remove_failed(ml, ctx, spec, endpoint_name, new, live) -> str:
     cost = prices.hourly(d["instance_type"], d["instance_count"])
     if new == live:  # cannot happen with blue/green names; never delete what serves
         return f"traffic is unchanged ({live} serves)."
+    from azure.core.exceptions import ResourceNotFoundError
     try:
         call("delete the failed deployment",
              lambda: ml.online_deployments.begin_delete(name=new, endpoint_name=endpoint_name).result(), log=ctx.log)
+    except ResourceNotFoundError:
+        return f"traffic is unchanged ({live or 'no deployment'} serves); Azure created no deployment {new}, nothing bills."
     except Exception as exc:  # say so, and how to do it by hand
         return (f"traffic is unchanged ({live or 'no deployment'} serves). The failed deployment {new} could not be "
                 f"deleted ({summary(exc)}) and bills {cost} until it is: az ml online-deployment delete --name {new} "

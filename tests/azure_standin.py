@@ -1,0 +1,207 @@
+"""A recording stand-in for azure-ai-ml's MLClient: the one boundary faked, as strict as the service.
+
+Every entity handed to it goes through the SDK's own serializer (_to_dict), which fails on a shape the service
+would reject. What comes back is shaped as Azure returns it: Studio URLs that carry the subscription and tenant
+(wsid=/subscriptions/<id>/...&tid=<tenant>), ARM ids, azure-core LROPollers, 404s as ResourceNotFoundError.
+"""
+import copy
+import json
+import warnings
+from types import SimpleNamespace
+
+with warnings.catch_warnings():  # the SDK's schemas warn about marshmallow 4 at import
+    warnings.simplefilter("ignore")
+    from azure.ai.ml.entities import AmlCompute, Command, Environment, ManagedOnlineDeployment, ManagedOnlineEndpoint, Model
+    from azure.ai.ml.exceptions import JobException
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    from azure.core.polling import LROPoller, NoPolling
+
+SUBSCRIPTION = "5c9b3e2a-1f0d-4c6e-9a8b-7d2e4f6a8c01"
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+CLIENT_ID = "0d4f6a8c-2e1b-4c3d-8e9f-1a2b3c4d5e6f"
+AZURE = {"subscription_id": SUBSCRIPTION, "resource_group": "rg-test", "workspace_name": "ws-test",
+         "managed_identity_resource_id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-test/providers/"
+                                         "Microsoft.ManagedIdentity/userAssignedIdentities/uai",
+         "managed_identity_client_id": CLIENT_ID}
+KEY = "not-a-real-key-5f3a"
+REGION = "eastus2"
+WORKSPACE_ID = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{AZURE['resource_group']}/providers/"
+                f"Microsoft.MachineLearningServices/workspaces/{AZURE['workspace_name']}")
+
+
+def studio_url(job_name: str) -> str:
+    return (f"https://ml.azure.com/runs/{job_name}?wsid=/subscriptions/{SUBSCRIPTION}/resourcegroups/"
+            f"{AZURE['resource_group']}/workspaces/{AZURE['workspace_name']}&tid={TENANT}")
+
+
+def http_error(status, message="boom"):
+    exc = HttpResponseError(message=message)
+    exc.status_code = status
+    return exc
+
+
+def dump(entity) -> dict:
+    """The SDK's own serializer. An endpoint is dumped from a copy: the identity schema rewrites what it dumps."""
+    return (copy.deepcopy(entity) if isinstance(entity, ManagedOnlineEndpoint) else entity)._to_dict()
+
+
+def poller(value=None) -> LROPoller:
+    """A finished long-running operation, as the SDK's begin_* calls return it."""
+    return LROPoller(None, value, lambda v: v, NoPolling())
+
+
+class FakeML:
+    """Records each call as (operation, details); fails an operation when told to; keeps the workspace's state.
+
+    failures[op]: exceptions raised instead of the call; failures_after[op]: raised after it took effect
+    (the request went through, the answer was lost).
+    """
+
+    def __init__(self, job_status="Completed", answer='["Hi there"]', auth_mode="key"):
+        self.calls, self.failures, self.failures_after = [], {}, {}
+        self.job_status, self.answer, self.auth_mode = job_status, answer, auth_mode
+        self.computes, self.endpoints, self.deployments, self.jobs_by_name, self.models_by_name = {}, {}, {}, {}, {}
+        self.environments = SimpleNamespace(create_or_update=self.op("environments.create_or_update", self._env))
+        self.compute = SimpleNamespace(get=self.op("compute.get", self._compute_get),
+                                       begin_create_or_update=self.op("compute.begin_create_or_update", self._compute))
+        self.jobs = SimpleNamespace(create_or_update=self.op("jobs.create_or_update", self._job),
+                                    stream=self.op("jobs.stream", self._stream),
+                                    get=self.op("jobs.get", self._job_get))
+        self.models = SimpleNamespace(create_or_update=self.op("models.create_or_update", self._model),
+                                      list=self.op("models.list", self._model_list))
+        self.online_endpoints = SimpleNamespace(
+            get=self.op("online_endpoints.get", self._endpoint_get),
+            begin_create_or_update=self.op("online_endpoints.begin_create_or_update", self._endpoint),
+            invoke=self.op("online_endpoints.invoke", self._invoke),
+            get_keys=self.op("online_endpoints.get_keys", self._keys),
+            begin_delete=self.op("online_endpoints.begin_delete", self._endpoint_delete))
+        self.online_deployments = SimpleNamespace(
+            begin_create_or_update=self.op("online_deployments.begin_create_or_update", self._deployment),
+            begin_delete=self.op("online_deployments.begin_delete", self._deployment_delete),
+            get_logs=self.op("online_deployments.get_logs", lambda **kw: "log line"))
+
+    def op(self, name, fn):
+        def call(*args, **kwargs):
+            self.calls.append((name, None))
+            pending = self.failures.get(name)
+            if pending:
+                raise pending.pop(0)
+            result = fn(*args, **kwargs)
+            after = self.failures_after.get(name)
+            if after:
+                raise after.pop(0)
+            return result
+        return call
+
+    def note(self, **details):  # what the last call carried
+        self.calls[-1] = (self.calls[-1][0], details)
+
+    def names(self):
+        return [name for name, _ in self.calls]
+
+    def details(self, name):
+        return [d for n, d in self.calls if n == name]
+
+    # each handler validates its entity with the SDK's own serializer before keeping it
+    def _env(self, env):
+        assert isinstance(env, Environment)
+        self.note(entity=dump(env))
+        env = copy.deepcopy(env)
+        env._id = f"{WORKSPACE_ID}/environments/{env.name}/versions/{env.version}"
+        return env
+
+    def _compute_get(self, name):
+        if name not in self.computes:
+            raise ResourceNotFoundError(f"compute {name} not found")
+        return self.computes[name]
+
+    def _compute(self, compute):
+        assert isinstance(compute, AmlCompute)
+        self.note(entity=dump(compute))
+        self.computes[compute.name] = compute
+        return poller(compute)
+
+    def _job(self, job):
+        assert isinstance(job, Command)
+        if job.name in self.jobs_by_name and self.jobs_by_name[job.name].status not in ("Completed", "Failed"):
+            raise http_error(409, f"job {job.name} already exists and is running")
+        self.note(entity=dump(job), job=job)
+        created = SimpleNamespace(name=job.name, studio_url=studio_url(job.name), status="Starting",
+                                  id=f"{WORKSPACE_ID}/jobs/{job.name}")
+        self.jobs_by_name[job.name] = created
+        return created
+
+    def _stream(self, name):
+        if self.job_status == "Failed":
+            error = json.dumps({"code": "UserError", "message": "CUDA out of memory"}, indent=4)
+            raise JobException(message=f"Exception : \n {error} ", no_personal_data_message="failed job")
+
+    def _job_get(self, name):
+        if name not in self.jobs_by_name:
+            raise ResourceNotFoundError(f"job {name} not found")
+        job = self.jobs_by_name[name]
+        job.status = self.job_status
+        return job
+
+    def _model(self, model):
+        assert isinstance(model, Model)
+        self.note(entity=dump(model))
+        versions = self.models_by_name.setdefault(model.name, [])
+        version = str(len(versions) + 1)
+        registered = SimpleNamespace(name=model.name, version=version, tags=dict(model.tags or {}),
+                                     id=f"{WORKSPACE_ID}/models/{model.name}/versions/{version}")
+        versions.append(registered)
+        return registered
+
+    def _model_list(self, name):
+        if name not in self.models_by_name:
+            raise ResourceNotFoundError(f"model {name} not found")
+        return iter(self.models_by_name[name])
+
+    def _endpoint_get(self, name):
+        if name not in self.endpoints:
+            raise ResourceNotFoundError(f"endpoint {name} not found")
+        return copy.deepcopy(self.endpoints[name])
+
+    def _endpoint(self, endpoint):
+        assert isinstance(endpoint, ManagedOnlineEndpoint)
+        self.note(entity=dump(endpoint), traffic=dict(endpoint.traffic or {}))
+        missing = set(endpoint.traffic or {}) - set(self.deployments)
+        assert not missing, f"traffic to deployments that do not exist: {missing}"
+        stored = copy.deepcopy(endpoint)
+        stored._scoring_uri = f"https://{endpoint.name}.{REGION}.inference.ml.azure.com/score"
+        stored.auth_mode = self.auth_mode if endpoint.name not in self.endpoints else stored.auth_mode
+        stored._id = f"{WORKSPACE_ID}/onlineEndpoints/{endpoint.name}"
+        self.endpoints[endpoint.name] = stored
+        return poller(stored)
+
+    def _keys(self, name):
+        if self.endpoints[name].auth_mode != "key":  # an aad_token endpoint has tokens, no keys
+            return SimpleNamespace(access_token="eyJ0eXAi.not-a-real-token", expiry_time_utc=0)
+        return SimpleNamespace(primary_key=KEY, secondary_key=KEY[::-1])
+
+    def _endpoint_delete(self, name):
+        self.endpoints.pop(name)
+        self.deployments.clear()
+        return poller()
+
+    def _deployment(self, deployment):
+        assert isinstance(deployment, ManagedOnlineDeployment)
+        endpoint = self.endpoints[deployment.endpoint_name]
+        self.note(entity=dump(deployment), deployment=deployment,
+                  traffic_share=(endpoint.traffic or {}).get(deployment.name, 0))
+        self.deployments[deployment.name] = deployment
+        return poller(deployment)
+
+    def _deployment_delete(self, name, endpoint_name):
+        assert not (self.endpoints[endpoint_name].traffic or {}).get(name), "deleting a deployment that has traffic"
+        self.note(name=name)
+        if name not in self.deployments:
+            raise ResourceNotFoundError(f"deployment {name} of {endpoint_name} not found")
+        self.deployments.pop(name)
+        return poller()
+
+    def _invoke(self, endpoint_name, request_file, deployment_name):
+        self.note(deployment_name=deployment_name, request=json.loads(open(request_file).read()))
+        assert deployment_name in self.deployments
+        return self.answer
