@@ -85,6 +85,8 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def dump_yaml(obj) -> str:
+def dump_yaml(obj, flow_lists: bool = True) -> str:
+    """The one YAML writer: spec.yaml (short lists inline) and the Azure resource files (flow_lists=False)."""
     import yaml
-    return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=None, width=100)
+    return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=None if flow_lists else False,
+                          width=100)

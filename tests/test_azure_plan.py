@@ -15,6 +15,7 @@ with warnings.catch_warnings():  # the SDK's schemas warn about marshmallow 4 at
     from azure.ai.ml import (load_compute, load_environment, load_job, load_model, load_online_deployment,
                              load_online_endpoint)
 
+from runner import REPO_ROOT
 from runner.app import write_spec
 from runner.azure import resources
 from runner.context import Context
@@ -166,3 +167,13 @@ def test_cli_azure_compute_without_variables_exits_2_and_leaves_no_run_directory
         assert var in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "out").exists() and not (tmp_path / "outputs").exists()
+
+
+def test_deploy_stages_the_code_again_so_a_fixed_scoring_script_is_deployed(compose_spec, tmp_path):
+    spec = compose_spec("compute=a100", "plan=true")
+    plan_all(spec, tmp_path / "run")
+    script = tmp_path / "run" / "azure" / "code" / "trainer" / "scoring.py"
+    script.write_text("# the scoring script as the train stage staged it, before a fix\n")
+    ctx = Context(tmp_path / "run", Manifest(tmp_path / "run"))
+    implementation("deploy", spec).plan(spec, ctx)
+    assert script.read_text() == (REPO_ROOT / "trainer" / "scoring.py").read_text()

@@ -165,3 +165,17 @@ def test_a_key_file_readable_by_others_is_refused(model_dir, tmp_path):
 def test_scoring_and_server_import_nothing_from_runner_hydra_azure_or_promptflow(scoring):
     code = "import sys, trainer.serve, trainer.scoring as s; s.load(sys.argv[1])"
     assert imported_by(code, scoring._scorer.model_dir) & NOT_IN_TRAINER == set()
+
+
+def test_a_bf16_model_is_served_in_float32_on_the_cpu(model_dir, tmp_path):
+    """A GPU run saves bf16 weights; a CPU deployment (Standard_E4s_v3) generates in float32."""
+    import mlflow
+    import torch
+
+    from trainer import scoring as sc
+    from trainer.tracking import save_model
+    parts = mlflow.transformers.load_model(model_dir, return_type="components")
+    save_model(parts["model"].to(torch.bfloat16), parts["tokenizer"], tmp_path / "bf16")
+    assert json.loads((tmp_path / "bf16" / "model" / "config.json").read_text())["dtype"] == "bfloat16"
+    scorer = sc.Scorer(tmp_path / "bf16")
+    assert scorer.device == "cpu" and scorer.model.dtype == torch.float32

@@ -1,5 +1,4 @@
 """The shape of the tree: one backend dispatcher, configs that inherit, one home for each fact, small modules."""
-import json
 import re
 
 import pytest
@@ -102,7 +101,7 @@ def test_generation_defaults_have_one_home(trained_run):
     out = trained_run[2]["stages"]["train"]["outputs"]
     mlflow.set_tracking_uri(out["tracking_uri"])
     sig = mlflow.models.get_model_info(out["model_uri"]).signature
-    assert {p.name: p.default for p in sig.params.params} == DEFAULTS
+    assert {p.name: p.default for p in sig.params.params} == {**DEFAULTS, "return_full_text": False}
     flow = yaml.safe_load((REPO_ROOT / "flow" / "flow.dag.yaml").read_text())
     assert not set(flow["inputs"]) & set(DEFAULTS) and flow["inputs"]["params"]["default"] == {}
     chat = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["chat"]

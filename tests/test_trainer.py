@@ -15,6 +15,7 @@ import yaml
 from runner import REPO_ROOT
 from trainer.errors import TrainerInputError
 
+from ._endpoint import single_turn_pairs
 from .helpers import NOT_IN_TRAINER, first_turn, imported_by, runner_cli
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -86,16 +87,58 @@ def test_mlflow_run_records_params_metrics_artifacts_and_a_servable_model(traine
     mlflow.set_tracking_uri(out["tracking_uri"])
     info = mlflow.models.get_model_info(out["model_uri"])
     assert "transformers" in info.flavors
-    assert {p.name for p in info.signature.params.params} == {"max_new_tokens", "temperature", "do_sample", "top_p"}
+    assert {p.name for p in info.signature.params.params} == {"max_new_tokens", "temperature", "do_sample", "top_p",
+                                                               "return_full_text"}
     reqs = (Path(out["mlflow_model_dir"]) / "requirements.txt").read_text()
     assert "torch==2.13.0" in reqs and "torchvision" not in reqs
     # the params schema is what makes serving honour per-request settings
     model = mlflow.pyfunc.load_model(out["model_uri"])
-    row = json.loads(Path(manifest["stages"]["data"]["outputs"]["train_file"]).read_text().splitlines()[0])
-    question = f"<|user|>\n{first_turn(row)[0][-1]['content']}<|end|>\n<|assistant|>\n"
+    # MLflow's own consumers get the chat format around a plain prompt, and only the answer back
+    question, answer = single_turn_pairs(manifest, 1)[0]
+    assert model.predict([question], params={"max_new_tokens": 96}) == [answer]
     short = model.predict([question], params={"max_new_tokens": 2, "do_sample": False})
-    long = model.predict([question], params={"max_new_tokens": 12, "do_sample": False})
-    assert len(short[0]) < len(long[0])
+    assert answer.startswith(short[0]) and len(short[0]) < len(answer)
+
+
+def test_mlflow_models_serve_gives_chat_answers_to_plain_prompts(trained_run, tmp_path):
+    """MLflow's own scoring server on the logged model: a string prompt is answered as a chat turn."""
+    import socket
+    import urllib.request
+    out = trained_run[2]["stages"]["train"]["outputs"]
+    question, answer = single_turn_pairs(trained_run[2], 1)[0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", out["mlflow_model_dir"], "--env-manager",
+                                 "local", "-h", "127.0.0.1", "-p", str(port)], stdout=fh, stderr=subprocess.STDOUT,
+                                env={**os.environ, "MLFLOW_TRACKING_URI": out["tracking_uri"],  # it execs uvicorn
+                                     "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}"},
+                                start_new_session=True)
+    try:
+        def invoke(params):
+            body = json.dumps({"inputs": [question], "params": params}).encode()
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", body,
+                                         {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return json.loads(resp.read())["predictions"]
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
+                time.sleep(0.5)
+        assert invoke({"max_new_tokens": 96}) == [answer]
+        # the tutorial's settings, full text included
+        full = invoke({"temperature": 0.7, "max_new_tokens": 128, "do_sample": True, "return_full_text": True})
+        assert question in full[0]
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
 
 
 def small_spec(trained_spec, **train):

@@ -84,9 +84,23 @@ def signature():
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
-    # the generation settings a caller may send with each request: declared so MLflow's serving honours them
+    # the generation settings a caller may send with each request: declared so MLflow's serving honours them;
+    # return_full_text too, which the tutorial's payload sends
+    params = [ParamSpec(n, t, d) for n, (_, t, d) in PARAMS.items()] + [ParamSpec("return_full_text", "boolean", False)]
     return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
-                          params=ParamSchema([ParamSpec(n, t, d) for n, (_, t, d) in PARAMS.items()]))
+                          params=ParamSchema(params))
+
+
+def prompt_template(tokenizer) -> str:
+    """The chat template around one user turn, as MLflow's prompt_template: '...{prompt}...'.
+
+    With it, MLflow's own consumers (mlflow models serve, pyfunc predict, Azure's no-code MLflow deployment) put a
+    string prompt in the chat format and return only the answer, as the scoring script does; without it they pass
+    the bare string, and a chat model ends at once.
+    """
+    mark = "\x00prompt\x00"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": mark}], add_generation_prompt=True, tokenize=False)
+    return text.replace("{", "{{").replace("}", "}}").replace(mark, "{prompt}")
 
 
 def _model_args(model, tokenizer) -> dict:
@@ -95,7 +109,8 @@ def _model_args(model, tokenizer) -> dict:
     # offline, mlflow warns that it cannot fetch a model card or license for a local model: expected here
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     return dict(transformers_model={"model": model, "tokenizer": tokenizer}, task="text-generation",
-                signature=signature(), pip_requirements=pinned_requirements())  # explicit: inferring imports torchvision
+                prompt_template=prompt_template(tokenizer), signature=signature(),
+                pip_requirements=pinned_requirements())  # explicit: inferring them imports torchvision
 
 
 def save_model(model, tokenizer, path: Path) -> Path:

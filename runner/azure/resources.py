@@ -162,7 +162,7 @@ def shown(spec) -> dict:
 def write(ctx, name: str, obj: dict) -> Path:
     path = folder(ctx) / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, dump_yaml(obj))
+    write_atomic(path, dump_yaml(obj, flow_lists=False))
     return path
 
 
