@@ -135,10 +135,15 @@ def plan(spec, ctx) -> list[str]:
                  else f"azureml:{spec['register']['model_name']}@latest")  # the version register will add
     new = resources.next_deployment(ctx.manifest.outputs("deploy").get("deployment_name"))
     resources.prepare_deploy(spec, ctx, new, model_ref)
-    derived = "" if d["endpoint_name"] else " (derived from run.name and the workspace; set deploy.endpoint_name to choose)"
+    name = resources.endpoint_name(spec)
+    if not d["endpoint_name"]:
+        known = all(spec["azure"].get(k) for k in ("subscription_id", "resource_group", "workspace_name"))
+        name = (f"{name} (derived from run.name and the workspace" if known else
+                f"{name.rsplit('-', 1)[0]}-<8 hex of the workspace> (derived from run.name and the AZURE_* workspace")
+        name += "; set deploy.endpoint_name to choose)"
     return [
-        f"{rel(ctx, 'endpoint.yml')}: endpoint {resources.endpoint_name(spec)}{derived} (key auth, user-assigned "
-        "identity), created only if missing, never deleted here",
+        f"{rel(ctx, 'endpoint.yml')}: endpoint {name}, key auth, user-assigned identity; created only if missing, "
+        "never deleted here",
         f"{rel(ctx, 'deployment.yml')}: deployment {new} of {model_ref}, {d['instance_type']} x{d['instance_count']}: "
         f"{prices.hourly(d['instance_type'], d['instance_count'])}, billed every hour it exists until stages=[teardown]",
         f"rollout: {new} at 0% traffic -> one test request ({rel(ctx, 'sample-request.json')}) -> 100% traffic "
