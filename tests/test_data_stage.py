@@ -64,7 +64,7 @@ def test_rows_and_percent_slices(compose_spec, tmp_path):
 
 
 BAD_ROWS = [
-    ("not json at all", "is not JSON"),
+    ("not json at all", "not JSON"),
     ({"messages": []}, "non-empty list"),
     ({"messages": "hello"}, "non-empty list"),
     ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
@@ -80,7 +80,7 @@ def test_a_bad_row_is_named_by_file_row_and_problem(compose_spec, tmp_path, bad,
     with pytest.raises(UserError) as err:
         run_data(compose_spec(f"data.path={path}"), tmp_path)
     text = str(err.value)
-    assert str(path) in text and "row 2" in text and problem in text
+    assert str(path) in text and "line 3:" in text and problem in text and "data.on_bad_row=skip" in text
     assert not (tmp_path / "run" / "data" / "train.jsonl").exists()  # nothing half-written
     manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
     assert manifest["stages"]["data"]["status"] == "failed"
@@ -133,3 +133,51 @@ def test_editing_the_source_file_redoes_the_stage(compose_spec, tmp_path):
 def test_a_folder_as_data_path_says_so(compose_spec, tmp_path):
     with pytest.raises(UserError, match="is a folder"):
         run_data(compose_spec(f"data.path={tmp_path}"), tmp_path)
+
+
+def test_a_file_from_windows_tools_with_bom_and_crlf_is_read(compose_spec, tmp_path):
+    lines = [json.dumps(good_row(i), ensure_ascii=False) for i in range(10)]
+    path = tmp_path / "excel.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode("utf-8") + b"\r\n\r\n")
+    out = run_data(compose_spec(f"data.path={path}"), tmp_path)["stages"]["data"]["outputs"]
+    assert (out["train_rows"], out["test_rows"], out["skipped_rows"]) == (8, 2, 0)
+    assert all(r["messages"][0]["content"].startswith("q") for r in read_jsonl(out["train_file"]))
+
+
+def test_a_line_that_is_not_utf8_is_one_bad_row(compose_spec, tmp_path):
+    good = [json.dumps(good_row(i)).encode() for i in range(10)]
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(b"\n".join(good[:4] + ['{"messages": "caf\xe9"}'.encode("latin-1")] + good[4:]) + b"\n")
+    with pytest.raises(UserError) as err:
+        run_data(compose_spec(f"data.path={path}"), tmp_path)
+    assert "line 5: not UTF-8 (byte 0xe9 at column 18)" in str(err.value)
+    out = run_data(compose_spec(f"data.path={path}", "data.on_bad_row=skip"), tmp_path / "b")["stages"]["data"]["outputs"]
+    assert out["skipped_rows"] == 1 and out["train_rows"] + out["test_rows"] == 10
+
+
+def test_bad_rows_are_named_by_the_line_an_editor_shows(compose_spec, tmp_path):
+    path = tmp_path / "gaps.jsonl"
+    path.write_text("\n".join([json.dumps(good_row(0)), "", "   ", json.dumps(good_row(1)), "{oops",
+                               *[json.dumps(good_row(i)) for i in range(2, 10)]]) + "\n")
+    with pytest.raises(UserError) as err:
+        run_data(compose_spec(f"data.path={path}"), tmp_path)
+    assert "line 5: not JSON" in str(err.value)
+
+
+def test_the_cli_refuses_a_non_utf8_file_with_exit_2_and_no_traceback(tmp_path):
+    from .helpers import runner_cli
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"\n".join([json.dumps(good_row(i)).encode() for i in range(5)] + [b"\xff\xfe{}"]) + b"\n")
+    r = runner_cli(f"data.path={path}", "stages=[data]", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and "line 6: not UTF-8" in r.stderr, r.stderr
+
+
+def test_the_trainer_reads_the_same_way(tmp_path):
+    from trainer.chats import load
+    from trainer.errors import TrainerInputError
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(json.dumps(good_row(i)).encode() for i in range(3)) + b"\r\n")
+    assert [r["messages"][1]["content"] for r in load(path)] == ["a0", "a1", "a2"]
+    path.write_bytes(b"\n\n" + json.dumps(good_row(0)).encode() + b"\n\xc3\x28\n")
+    with pytest.raises(TrainerInputError, match="line 4: not UTF-8"):
+        load(path)

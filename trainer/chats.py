@@ -30,19 +30,48 @@ def row_problem(row) -> str | None:
     return None
 
 
+class Unreadable(str):
+    """Why a line could not be read as JSON (bad UTF-8, not JSON): a problem, carried like a row."""
+
+
+def read_jsonl(data: bytes):
+    """(line number as editors show it, parsed value or Unreadable) for each non-blank line.
+
+    Accepts what other tools write: a UTF-8 byte-order mark (Windows, Excel), CRLF line ends, blank lines.
+    A line that is not UTF-8 or not JSON is one bad row, not the end of the file.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    for lineno, raw in enumerate(data.split(b"\n"), 1):
+        raw = raw.rstrip(b"\r")
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield lineno, Unreadable(f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
+                                     "save the file as UTF-8")
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield lineno, Unreadable(f"not JSON ({exc.msg} at column {exc.colno})")
+        except RecursionError:
+            yield lineno, Unreadable("not JSON this reader can take (nested too deeply)")
+
+
+def problem_of(value) -> str | None:
+    """Why a value read by read_jsonl cannot be trained on, or None."""
+    return str(value) if isinstance(value, Unreadable) else row_problem(value)
+
+
 def load(path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise TrainerInputError(f"{path}: no such file")
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TrainerInputError(f"{path}: line {lineno} is not JSON ({exc.msg})") from None
-        problem = row_problem(row)
+    for lineno, row in read_jsonl(path.read_bytes()):
+        problem = problem_of(row)
         if problem:
             raise TrainerInputError(f"{path}: line {lineno}: {problem}")
         rows.append({"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})

@@ -4,7 +4,7 @@ import json
 import math
 from pathlib import Path
 
-from trainer.chats import row_problem  # one definition of a trainable chat, shared with the trainer
+from trainer.chats import problem_of, read_jsonl  # one reader and one definition of a chat, shared with the trainer
 
 from .. import REPO_ROOT
 from ..errors import UserError
@@ -29,25 +29,13 @@ def resolve_path(path: str) -> Path:
     return REPO_ROOT / p
 
 
-def read_jsonl(path: Path) -> list:
+def read_rows(path: Path) -> list[tuple[str, object]]:
+    """(where, value) for each chat line of a JSONL file; where is 'line N' as an editor shows it."""
     if path.is_dir():
         raise UserError(f"data.path: {path} is a folder; point data.path at a JSONL file of chats")
     if not path.is_file():
         raise UserError(f"data.path: {path} does not exist; point data.path at a JSONL file of chats")
-    rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                rows.append(_Unparsable(f"line {lineno} is not JSON ({exc.msg})"))
-    return rows
-
-
-class _Unparsable(str):
-    """A line that did not parse; carried along so it is reported with the other bad rows."""
+    return [(f"line {lineno}", value) for lineno, value in read_jsonl(path.read_bytes())]
 
 
 def take_slice(rows: list, d) -> list:
@@ -76,14 +64,19 @@ def load_hub_rows(d) -> list:
 
 
 def check_rows(rows, source, on_bad_row):
+    """rows: (where, value) pairs. The trainable values; bad ones named by where they are, or refused."""
     good, bad = [], []
-    for i, row in enumerate(rows):
-        problem = str(row) if isinstance(row, _Unparsable) else row_problem(row)
-        (bad if problem else good).append((i, problem) if problem else row)
+    for where, value in rows:
+        problem = problem_of(value)
+        if problem:
+            bad.append((where, problem))
+        else:
+            good.append(value)
     if bad and on_bad_row == "error":
-        shown = [f"  {source}: row {i}: {p}" for i, p in bad[:MAX_REPORTED]]
+        shown = [f"  {source}: {where}: {problem}" for where, problem in bad[:MAX_REPORTED]]
         more = [f"  ... and {len(bad) - MAX_REPORTED} more"] if len(bad) > MAX_REPORTED else []
-        raise UserError([f"{len(bad)} bad row(s) in {source} (data.on_bad_row=skip drops them instead):", *shown, *more])
+        raise UserError([f"{len(bad)} bad row(s) in {source}: fix them, or add data.on_bad_row=skip to train on the "
+                         f"other {len(good)}:", *shown, *more])
     return good, len(bad)
 
 
@@ -108,10 +101,10 @@ def run(spec, ctx):
         path = resolve_path(d["path"])
         source = str(path)
         source_sha = file_sha256(path) if path.is_file() else None
-        rows = take_slice(read_jsonl(path), d)
+        rows = take_slice(read_rows(path), d)
     else:
         source = f"{d['dataset']}:{split_string(d)}"
-        rows = load_hub_rows(d)
+        rows = [(f"row {i}", value) for i, value in enumerate(load_hub_rows(d))]
     good, skipped = check_rows(rows, source, d["on_bad_row"])
     if skipped:
         ctx.warn(f"skipped {skipped} bad row(s) of {source}")
