@@ -1,5 +1,4 @@
 """The runner as plain functions: config -> spec -> validate -> plan or execute. __main__ only adds Hydra."""
-import shutil
 import sys
 import time
 import traceback
@@ -9,6 +8,7 @@ from .context import Context
 from .errors import StageFailed, UserError
 from .manifest import Manifest
 from .registry import module_for, selected
+from .rundir import remove_created
 from .spec import digest, dump_yaml, env_sourced_paths, get_path, redacted, to_spec
 from .validate import validate
 from trainer.files import write_atomic
@@ -124,22 +124,7 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print) -> int:
 
 
 def _refuse(exc: UserError, run_dir: Path, fresh: bool) -> int:
-    _remove_if_fresh(run_dir, fresh)
+    if fresh:
+        remove_created(run_dir)
     print(f"error: {exc}", file=sys.stderr)
     return exc.exit_code
-
-
-def _remove_if_fresh(run_dir: Path, fresh: bool):
-    """Hydra creates the run directory before we validate; take it back when it was ours and empty."""
-    if not fresh or not run_dir.exists():
-        return
-    if any(run_dir.iterdir()):
-        return
-    shutil.rmtree(run_dir, ignore_errors=True)
-    parent = run_dir.parent
-    for _ in range(2):  # outputs/<run.name>/ when we created it too
-        try:
-            parent.rmdir()
-        except OSError:
-            break
-        parent = parent.parent

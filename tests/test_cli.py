@@ -107,3 +107,14 @@ def test_a_corrupt_manifest_is_a_clear_error(tmp_path):
     (run_dir / "manifest.json").write_text("{bad")
     r = runner_cli("stages=[data]", cwd=tmp_path)
     assert r.returncode == 2 and "manifest.json is not valid JSON" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_refused_run_removes_only_the_folders_it_created(tmp_path):
+    (tmp_path / "mine").mkdir()  # an empty folder of the user's, there before the command
+    r = runner_cli("hydra.run.dir=mine/a/b", "data.test_size=5", cwd=tmp_path)
+    assert r.returncode == 2 and "data.test_size" in r.stderr
+    assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
+    r = runner_cli("hydra.run.dir=mine", "data.test_size=5", cwd=tmp_path)
+    assert r.returncode == 2 and (tmp_path / "mine").is_dir()
+    r = runner_cli("data.test_size=5", cwd=tmp_path)
+    assert r.returncode == 2 and not (tmp_path / "outputs").exists()  # all of outputs/ was this command's

@@ -1,0 +1,51 @@
+"""Taking back a run directory after a refusal: only the folders this command created.
+
+Hydra creates the run directory (and any missing parents) before the runner can validate anything. A Hydra
+callback notes, before that, the deepest folder on the way that already existed; a refused run removes its run
+directory and the empty folders above it up to that one, never a folder it did not create.
+"""
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+_existed: Path | None = None  # the deepest folder of the run (or sweep) directory's path that existed before
+
+
+def deepest_existing(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+class NoteExistingFolders(Callback):
+    """hydra.callbacks entry: runs before Hydra makes the run directory (or, for -m, the sweep directory)."""
+
+    def on_run_start(self, config, **kwargs):
+        self._note(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs):
+        self._note(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _note(config, key):
+        global _existed
+        from hydra.core.hydra_config import HydraConfig
+        from omegaconf import OmegaConf
+        try:
+            HydraConfig.instance().set_config(config)  # Hydra sets it only later; the run dir reads ${hydra:...}
+            _existed = deepest_existing(Path(str(OmegaConf.select(config, key))))
+        except Exception:  # unresolvable here: remove_created falls back to the run directory alone
+            _existed = None
+
+
+def remove_created(run_dir: Path, existed: Path | None = None):
+    """Remove run_dir if it is empty, and the empty folders above it that this command created."""
+    run_dir = Path(run_dir).absolute()
+    existed = existed or _existed or run_dir.parent
+    if run_dir == existed or existed not in run_dir.parents:
+        return  # it was there before this command: not ours to remove
+    path = run_dir
+    while path != existed and path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+        path = path.parent
