@@ -42,6 +42,8 @@ def ask(url: str, key: str, messages: list[dict], params: dict, timeout: float =
             raise EndpointError(f"the endpoint rejected the key ({err.code}); update the connection's api_key") from None
         if err.code == 400:
             raise EndpointError(f"the endpoint refused the request (400): {detail}") from None
+        if err.code == 504:
+            raise EndpointError(f"the endpoint gave up within its request timeout (504): {detail}") from None
         if err.code == 404:
             raise EndpointError(f"nothing answers at {url} (404): check the connection's endpoint_url") from None
         raise EndpointError(f"the endpoint failed ({err.code}): {detail}") from None

@@ -170,7 +170,7 @@ def test_deploy_is_blue_green_without_downtime(azure_ctx):
     assert d["traffic_share"] == 0
     dep = d["deployment"]
     assert dep.model == "phi3-chat-phi35:1" and dep.instance_type == "Standard_E4s_v3" and dep.instance_count == 1
-    assert dep.environment_variables == {"MAX_NEW_TOKENS_LIMIT": "256"}  # nothing the scoring script does not read
+    assert dep.environment_variables == {"MAX_NEW_TOKENS_LIMIT": "256", "REQUEST_TIMEOUT_MS": "180000"}  # nothing the scoring script does not read
     assert dep.request_settings.max_concurrent_requests_per_instance == 3
     assert dep.liveness_probe.initial_delay == 500 and dep.readiness_probe.success_threshold == 1
     assert dep.code_configuration.scoring_script == "trainer/scoring.py"

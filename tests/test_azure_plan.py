@@ -93,7 +93,7 @@ def test_plan_writes_files_the_sdk_loads(compose_spec, tmp_path, case):
     assert deployment.request_settings.request_timeout_ms == 180000
     for probe in (deployment.liveness_probe, deployment.readiness_probe):
         assert (probe.initial_delay, probe.period, probe.failure_threshold, probe.success_threshold) == (500, 100, 30, 1)
-    assert deployment.environment_variables == {"MAX_NEW_TOKENS_LIMIT": "256"}
+    assert deployment.environment_variables == {"MAX_NEW_TOKENS_LIMIT": "256", "REQUEST_TIMEOUT_MS": "180000"}
     assert deployment.endpoint_name == endpoint.name and endpoint.name.startswith("phi3-default-")
     assert json.loads((az / "sample-request.json").read_text())["input_data"] == ["Hello"]
 

@@ -1,5 +1,6 @@
 """The scoring module and the local endpoint server, on the session's fine-tuned tiny model."""
 import json
+import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -179,3 +180,58 @@ def test_a_bf16_model_is_served_in_float32_on_the_cpu(model_dir, tmp_path):
     assert json.loads((tmp_path / "bf16" / "model" / "config.json").read_text())["dtype"] == "bfloat16"
     scorer = sc.Scorer(tmp_path / "bf16")
     assert scorer.device == "cpu" and scorer.model.dtype == torch.float32
+
+
+def test_a_huge_prompt_is_refused_at_once_while_a_normal_one_is_answered(server, trained_run):
+    """200,000 characters used to hold the one model for minutes while /health said ok."""
+    question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
+    huge = {"input_data": ["why " * 50_000], "params": {"max_new_tokens": 64}}
+    normal = {"input_data": [question], "params": {"max_new_tokens": 96}}
+    timings = {}
+
+    def send(name, body):
+        t0 = time.monotonic()
+        result = ep.post(server.url, body, server.key, timeout=60)
+        timings[name] = time.monotonic() - t0
+        return result
+
+    with ThreadPoolExecutor(2) as pool:
+        long_reply, short_reply = pool.submit(send, "huge", huge), pool.submit(send, "normal", normal)
+        status, reply = long_reply.result()
+        assert short_reply.result() == (200, [answer])
+    assert status == 400 and "input_data[0] is" in reply["error"] and "over the 512 tokens" in reply["error"]
+    n = int(reply["error"].split(" is ", 1)[1].split(" tokens")[0])
+    assert n > 10_000  # the count is real
+    assert timings["normal"] < 10 and timings["huge"] < 10
+
+
+def test_a_prompt_that_fits_only_without_its_answer_is_refused_too(scoring):
+    limit = scoring._scorer.context
+    with pytest.raises(scoring.BadRequest, match=f"over the {limit} tokens") as err:
+        scoring.run(json.dumps({"input_data": ["word " * (limit - 40)], "params": {"max_new_tokens": 64}}))
+    assert "lower max_new_tokens" in str(err.value)
+
+
+def test_generation_stops_at_the_request_timeout(model_dir):
+    from trainer.scoring import Scorer, TimedOut
+    scorer = Scorer(model_dir, max_new_tokens_limit=256, request_timeout_ms=1)
+    t0 = time.monotonic()
+    with pytest.raises(TimedOut, match="request timeout of 1 ms"):
+        scorer.score({"input_data": ["tell me a long story"], "params": {"max_new_tokens": 256}})
+    assert time.monotonic() - t0 < 5
+
+
+def test_the_local_server_answers_504_past_its_request_timeout(model_dir, tmp_path):
+    from runner.local import server as local
+    key = tmp_path / "k" / "key"
+    local.new_key(key)
+    ready, log = tmp_path / "ready.json", tmp_path / "log"
+    proc = local.start(local.command(model_dir, key, ready, limit=256, timeout_ms=1), log)
+    try:
+        info = local.wait_ready(proc, "127.0.0.1", ready, log, timeout=120)
+        status, reply = ep.post(f"http://127.0.0.1:{info['port']}/score",
+                                {"input_data": ["hi"], "params": {"max_new_tokens": 200}}, key.read_text().strip())
+        assert status == 504 and "request timeout of 1 ms" in reply["error"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

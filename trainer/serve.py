@@ -34,7 +34,7 @@ def read_key(path: Path) -> str:
 
 
 def make_handler(scorer, key: str):
-    from .scoring import BadRequest
+    from .scoring import BadRequest, TimedOut
 
     expected = f"Bearer {key}".encode()
 
@@ -73,6 +73,8 @@ def make_handler(scorer, key: str):
                 answers = scorer.run(raw)
             except BadRequest as exc:
                 return self.reply(400, {"error": str(exc)})
+            except TimedOut as exc:
+                return self.reply(504, {"error": str(exc)})
             except Exception:
                 traceback.print_exc(file=sys.stdout)
                 return self.reply(500, {"error": "the model failed on this request; see the server log"})
@@ -97,6 +99,8 @@ def parse(argv=None):
     p.add_argument("--key-file", required=True, type=Path, help="file with the bearer key, mode 600")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (see --ready-file)")
+    p.add_argument("--request-timeout-ms", type=int, default=None,
+                   help="a request still generating after this long gets 504, as deploy.request_timeout_ms in Azure")
     p.add_argument("--max-new-tokens-limit", type=int, default=None,
                    help="requests asking for more new tokens get 400 (default: $MAX_NEW_TOKENS_LIMIT or 256)")
     p.add_argument("--ready-file", type=Path, help="written (JSON: pid, host, port) once the model is loaded "
@@ -113,7 +117,7 @@ def main(argv=None) -> int:
     server = Server((args.host, args.port), make_handler(scoring, key))
     port = server.server_address[1]
     t0 = time.time()
-    scoring.load(args.model_dir, args.max_new_tokens_limit)
+    scoring.load(args.model_dir, args.max_new_tokens_limit, args.request_timeout_ms)
     print(f"loaded {scoring._scorer.model_dir} in {time.time() - t0:.1f}s "
           f"(max_new_tokens limit {scoring._scorer.limit}, device {scoring._scorer.device})", flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the finally below runs on a plain kill

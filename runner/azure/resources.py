@@ -140,7 +140,9 @@ def deployment(spec, name: str, model_ref: str, endpoint_name: str) -> dict:
         "model": model_ref, "instance_type": d["instance_type"], "instance_count": d["instance_count"],
         "code_configuration": {"code": "code", "scoring_script": SCORING_SCRIPT},
         "environment": {"image": INFERENCE_IMAGE, "conda_file": "conda-inference.yml"},
-        "environment_variables": {"MAX_NEW_TOKENS_LIMIT": str(d["max_new_tokens_limit"])},  # read by scoring.py
+        # read by trainer/scoring.py, which stops generating at the request timeout instead of holding the model
+        "environment_variables": {"MAX_NEW_TOKENS_LIMIT": str(d["max_new_tokens_limit"]),
+                                  "REQUEST_TIMEOUT_MS": str(d["request_timeout_ms"])},
         "request_settings": {"request_timeout_ms": d["request_timeout_ms"],
                              "max_concurrent_requests_per_instance": d["max_concurrent_requests_per_instance"],
                              "max_queue_wait_ms": d["max_queue_wait_ms"]},

@@ -57,8 +57,8 @@ def run(spec, ctx):
     model_dir = model_folder(reg, p, ctx.log)
     server.new_key(p.key)
     t0 = time.time()
-    proc = server.start(server.command(model_dir, p.key, p.ready, d["host"], d["port"], d["max_new_tokens_limit"]),
-                        p.log)
+    proc = server.start(server.command(model_dir, p.key, p.ready, d["host"], d["port"], d["max_new_tokens_limit"],
+                                       d["request_timeout_ms"]), p.log)
     info = server.wait_ready(proc, d["host"], p.ready, p.log, d["ready_timeout_s"])
     base = f"http://{d['host']}:{info['port']}"
     ctx.log(f"[deploy] {reg['model_uri']} serving at {base}/score (pid {proc.pid}, ready in {time.time() - t0:.1f}s); "
@@ -88,5 +88,5 @@ def plan(spec, ctx):
     d = spec["deploy"]
     port = d["port"] or "chosen at start"
     return [f"local server: python -m {server.SERVER_MODULE} on {d['host']}, port {port}, "
-            f"max_new_tokens <= {d['max_new_tokens_limit']}",
+            f"max_new_tokens <= {d['max_new_tokens_limit']}, {d['request_timeout_ms']} ms per request",
             f"key: a new random key in {Paths(ctx.run_dir).key} (mode 600)"]
