@@ -71,6 +71,8 @@ BAD_ROWS = [
     ({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}, "expected system, user or assistant"),
     ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}, "content must be a string"),
     ({"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, "'role' and 'content'"),
+    ({"messages": [{"": None}, {"role": "assistant", "content": "x"}]}, "'role' and 'content'"),  # found by fuzzing
+    ({"messages": [{"role": "user", "content": "\ud800"}, {"role": "assistant", "content": "x"}]}, "lone surrogate"),
 ]
 
 

@@ -11,6 +11,15 @@ from .errors import TrainerInputError
 ROLES = {"system", "user", "assistant"}
 
 
+def is_text(s: str) -> bool:
+    """False for a str with lone surrogates (JSON lets "\\ud800" through; UTF-8 and tokenizers do not)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def row_problem(row) -> str | None:
     """Why a row cannot be trained on, or None when it is fine."""
     if not isinstance(row, dict):
@@ -19,12 +28,14 @@ def row_problem(row) -> str | None:
     if not isinstance(msgs, list) or not msgs:
         return "'messages' must be a non-empty list"
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or set(m) < {"role", "content"}:
+        if not isinstance(m, dict) or not {"role", "content"} <= set(m):
             return f"messages[{i}] must be an object with 'role' and 'content'"
         if m["role"] not in ROLES:
             return f"messages[{i}].role is {m['role']!r}; expected system, user or assistant"
         if not isinstance(m["content"], str):
             return f"messages[{i}].content must be a string, got {type(m['content']).__name__}"
+        if not is_text(m["content"]):
+            return f"messages[{i}].content holds a lone surrogate (a \\ud800-\\udfff escape), which is not text"
     if not any(m["role"] == "assistant" for m in msgs):
         return "no assistant turn: nothing to learn from"
     return None

@@ -6,8 +6,9 @@ Request body (the tutorial's payload):
      "params": {"max_new_tokens": 64, "temperature": 0.0, "do_sample": false, "top_p": 1.0, "return_full_text": false}}
 """
 import json
+import math
 
-from trainer.chats import ROLES
+from trainer.chats import ROLES, is_text
 from trainer.generation import PARAMS as GENERATION
 
 DEFAULT_LIMIT = 256
@@ -26,6 +27,8 @@ def parse_messages(item, index: int) -> list[dict]:
     if isinstance(item, str):
         if not item.strip():
             raise BadRequest(f"input_data[{index}] is an empty prompt")
+        if not is_text(item):
+            raise BadRequest(f"input_data[{index}] holds a lone surrogate (a \\ud800-\\udfff escape), which is not text")
         return [{"role": "user", "content": item}]
     if not isinstance(item, list) or not item:
         raise BadRequest(f"input_data[{index}] must be a prompt string or a non-empty list of "
@@ -34,6 +37,8 @@ def parse_messages(item, index: int) -> list[dict]:
         if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
             raise BadRequest(f"input_data[{index}][{j}] must be an object with role system|user|assistant "
                              "and a string content")
+        if not is_text(m["content"]):
+            raise BadRequest(f"input_data[{index}][{j}].content holds a lone surrogate, which is not text")
     return [{"role": m["role"], "content": m["content"]} for m in item]
 
 
@@ -51,6 +56,8 @@ def parse_params(params, limit: int) -> dict:
         is_bool = isinstance(value, bool)
         if (types is bool) != is_bool or not isinstance(value, types):
             raise BadRequest(f"params.{name} must be {'true or false' if types is bool else 'a number'}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadRequest(f"params.{name} must be a finite number, got {value!r}")
         out[name] = value
     if out["max_new_tokens"] < 1:
         raise BadRequest("params.max_new_tokens must be at least 1")
