@@ -23,7 +23,7 @@ def one_slice(spec):
 def test_size_range(spec):
     t = spec["data"]["test_size"]
     if not 0 < t < 1:
-        yield "data.test_size", f"{t} is outside (0, 1); use a fraction such as 0.2"
+        yield "data.test_size", f"{t} is outside (0, 1); use a fraction, e.g. data.test_size=0.2"
 
 
 def split_not_empty(spec):
@@ -40,18 +40,24 @@ def split_not_empty(spec):
 def source_fields(spec):
     d = spec["data"]
     if d["source"] == "file" and not d["path"]:
-        yield "data.path", "data.source=file needs data.path (a JSONL file)"
+        yield "data.path", "data.source=file needs data.path (a JSONL file), e.g. data.path=chats.jsonl"
     if d["source"] == "hub" and not d["dataset"]:
-        yield "data.dataset", "data.source=hub needs data.dataset (a hub id such as HuggingFaceH4/ultrachat_200k)"
+        yield "data.dataset", "data.source=hub needs data.dataset, e.g. data.dataset=HuggingFaceH4/ultrachat_200k"
     m = spec["model"]
     if m["source"] == "hub" and not m["id"]:
-        yield "model.id", "model.source=hub needs model.id (a hub id or a local folder)"
+        yield "model.id", ("model.source=hub needs model.id (a hub id or a local folder), "
+                           "e.g. model.id=microsoft/Phi-3-mini-4k-instruct")
     if m["source"] == "tiny" and not m["tiny"]:
-        yield "model.tiny", "model.source=tiny needs the model.tiny shape settings"
+        yield "model.tiny", "model.source=tiny needs the model.tiny shape settings: start from model=tiny"
     if m["source"] == "tiny" and m["tiny"]:
         h, heads = m["tiny"]["hidden_size"], m["tiny"]["num_attention_heads"]
         if h % heads:
-            yield "model.tiny.num_attention_heads", f"{heads} does not divide hidden_size {h}"
+            yield "model.tiny.num_attention_heads", (f"{heads} does not divide hidden_size {h}, "
+                                                     f"e.g. model.tiny.num_attention_heads={_divisor(h, heads)}")
+
+
+def _divisor(n: int, near: int) -> int:
+    return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - near))
 
 
 def azure_workspace_set(spec):
@@ -74,20 +80,21 @@ def chat_within_endpoint_limit(spec):
     asked, limit = spec["chat"]["max_new_tokens"], spec["deploy"]["max_new_tokens_limit"]
     if asked > limit:
         yield "chat.max_new_tokens", (f"{asked} is over the endpoint's deploy.max_new_tokens_limit={limit}; "
-                                      "lower chat.max_new_tokens or raise the limit")
+                                      f"e.g. chat.max_new_tokens={limit}, or raise deploy.max_new_tokens_limit")
 
 
 def cluster_size(spec):
     c = spec["compute"]
     if c["kind"] == "azureml" and c.get("instance_count", 1) > c.get("max_instances", 1):
         yield "compute.instance_count", (f"{c['instance_count']} nodes but the cluster grows to at most "
-                                         f"compute.max_instances={c['max_instances']}")
+                                         f"compute.max_instances={c['max_instances']}: e.g. "
+                                         f"compute.max_instances={c['instance_count']}")
 
 
 def max_length_fits_model(spec):
     if spec["train"]["max_length"] > _context_of(spec):
         yield "train.max_length", (f"{spec['train']['max_length']} exceeds the model's context "
-                                   f"({_context_of(spec)}); lower train.max_length")
+                                   f"({_context_of(spec)}), e.g. train.max_length={_context_of(spec)}")
 
 
 def _context_of(spec):

@@ -41,7 +41,9 @@ def _schema_problems(spec):
             yield f"{where}: {err.message}"
         elif err.validator in ("enum", "const"):
             options = err.validator_value if err.validator == "enum" else [err.validator_value]
-            yield f"{where}: {err.instance!r} is not one of {', '.join(map(repr, options))}"
+            in_list = any(isinstance(p, int) for p in err.absolute_path)
+            yield (f"{where}: {err.instance!r} is not one of {', '.join(map(repr, options))}"
+                   + ("" if in_list else f", e.g. {where}={options[0]}"))
         elif err.validator == "if":
             continue  # the 'then' errors say what is missing
         else:
