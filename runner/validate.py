@@ -29,8 +29,8 @@ def _path(parts):
     return ".".join(str(p) for p in parts) or "(spec)"
 
 
-def _schema_problems(spec):
-    for err in sorted(_validator().iter_errors(spec), key=lambda e: list(map(str, e.absolute_path))):
+def _schema_problems(spec, validator=None):
+    for err in sorted((validator or _validator()).iter_errors(spec), key=lambda e: list(map(str, e.absolute_path))):
         where = _path(err.absolute_path)
         if err.validator == "additionalProperties":
             known = list(err.schema.get("properties", {}))
@@ -66,9 +66,16 @@ def renamed_override(override: str) -> str | None:
     return None
 
 
-def problems(spec):
-    """Every problem with the spec, as 'path: message' lines; empty when valid."""
-    found = list(_schema_problems(spec))
+def problems(spec, schema_doc: dict | None = None):
+    """Every problem with the spec, as 'path: message' lines; empty when valid.
+
+    schema_doc: another version of spec.schema.json (the config review validates a base commit with its own).
+    """
+    validator = None
+    if schema_doc is not None:
+        from jsonschema import Draft202012Validator
+        validator = Draft202012Validator(schema_doc)
+    found = list(_schema_problems(spec, validator))
     bad = {p.split(":", 1)[0] for p in found}
     for rule in RULES:
         try:

@@ -1,0 +1,133 @@
+"""python -m runner.review on a throwaway git repository: what a YAML change does to every composed run."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from runner import CONF_DIR, REPO_ROOT
+
+pytestmark = pytest.mark.filterwarnings("ignore")
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git repository holding this project's conf/ and spec schema, committed once."""
+    shutil.copytree(CONF_DIR, tmp_path / "conf")
+    (tmp_path / "runner").mkdir()
+    shutil.copy(REPO_ROOT / "runner" / "spec.schema.json", tmp_path / "runner")
+    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"],
+                ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+        subprocess.run(["git", *cmd], cwd=tmp_path, check=True)
+    return tmp_path
+
+
+def review(repo, *args):
+    r = subprocess.run([sys.executable, "-m", "runner.review", "--repo", str(repo), *args], cwd=repo,
+                       capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+    return r.returncode, r.stdout, r.stderr
+
+
+def both(repo):
+    code, text, err = review(repo)  # base: the merge base with main, here HEAD
+    assert "Traceback" not in err, err
+    code_j, raw, _ = review(repo, "--format", "json")
+    assert code == code_j
+    return code, text, json.loads(raw)
+
+
+def edit(path, old, new):
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def by_status(result, status):
+    return [c for c in result["combinations"] if c["status"] == status]
+
+
+def test_no_change_is_one_line(repo):
+    code, text, result = both(repo)
+    assert code == 0 and "**0 of 27 combinations change**" in text and "27 combination(s) unchanged." in text
+    assert result["summary"]["unchanged"] == 27
+
+
+def test_a_learning_rate_in_a_recipe_retrains_the_combinations_that_use_it(repo):
+    edit(repo / "conf" / "train" / "seed_recipe.yaml", "learning_rate: 5.0e-6", "learning_rate: 1.0e-5")
+    code, text, result = both(repo)
+    changed = by_status(result, "changed")
+    assert code == 0 and len(changed) == 18 and {c["name"].split("_")[-2] for c in changed} == {"phi3", "phi35"}
+    for c in changed:
+        assert c["changes"] == [{"key": "train.learning_rate", "old": 5e-06, "new": 1e-05}]
+        assert c["verdict"] == "retrains" and c["redo"] == ["train", "register", "deploy"] and "azure" not in c
+    assert "**18 of 27 combinations change**" in text and "| `train.learning_rate` | `5e-06` | `1e-05` |" in text
+    assert "<details><summary>18 combination(s) retrains (train, register, deploy): 1 key(s)" in text
+    assert "9 combination(s) unchanged." in text
+
+
+def test_an_instance_type_shows_the_azure_and_cost_delta(repo):
+    edit(repo / "conf" / "compute" / "a100.yaml", "Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4")
+    code, text, result = both(repo)
+    changed = by_status(result, "changed")
+    assert code == 0 and len(changed) == 9 and all(c["name"].startswith("a100_") for c in changed)
+    c = changed[0]
+    assert c["azure"]["before"]["train_usd_per_hour"] == 3.67 and c["azure"]["after"]["train_usd_per_hour"] == 7.35
+    assert c["azure"]["before"]["serve_usd_per_hour"] == c["azure"]["after"]["serve_usd_per_hour"]
+    assert "- training: $3.67/h -> $7.35/h (+3.68 $/h)" in text
+    assert "- cluster: Standard_NC24ads_A100_v4, 0..1 dedicated nodes -> Standard_NC48ads_A100_v4" in text
+    assert "East US 2 list prices, 2025" in text
+
+
+def test_a_typo_that_breaks_validation_exits_2_with_the_message(repo):
+    edit(repo / "conf" / "compute" / "a100.yaml", "precision: bf16", "precision: bf61")
+    code, text, result = both(repo)
+    invalid = by_status(result, "invalid")
+    assert code == 2 and len(invalid) == 9 and all(c["was_valid"] for c in invalid)
+    assert "compute.precision: 'bf61' is not one of 'fp32', 'bf16', 'fp16'" in invalid[0]["problems"][0]
+    assert "### Fail validation (the review exits 2)" in text and "`a100_phi35_1pct` (stopped validating)" in text
+    code, out, _ = review(repo, "--validate-only")  # the pre-commit hook
+    assert code == 2 and "9 of 27 combinations do not validate" in out
+
+
+def test_a_new_data_option_adds_its_combinations(repo):
+    (repo / "conf" / "data" / "2pct.yaml").write_text(
+        "# python -m runner data=2pct\ndefaults: [_ultrachat, _self_]\npercent: 2\n")
+    code, text, result = both(repo)
+    new = by_status(result, "new")
+    assert code == 0 and result["options"]["added"] == {"data": ["2pct"]} and len(new) == 9
+    assert "- new: `data=2pct`" in text and "9 new combination(s)" in text
+    assert result["summary"]["unchanged"] == 27
+
+
+def test_a_base_that_is_not_a_commit_is_a_clear_error(repo):
+    code, _, err = review(repo, "--base", "no-such-branch")
+    assert code == 2 and "not a commit" in err and "Traceback" not in err
+
+
+def test_editor_schemas_are_current_and_catch_a_misspelt_key(tmp_path):
+    import yaml
+    from jsonschema import Draft202012Validator
+
+    from runner import editor_schemas
+    assert editor_schemas.main(["--check"]) == 0, "run python -m runner.editor_schemas"
+    settings = json.loads((REPO_ROOT / ".vscode" / "settings.json").read_text())["yaml.schemas"]
+    checked = 0
+    for schema_file, globs in settings.items():
+        validator = Draft202012Validator(json.loads((REPO_ROOT / schema_file).read_text()))
+        for pattern in globs:
+            for path in REPO_ROOT.glob(pattern):
+                errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
+                assert not errors, (path, [e.message for e in errors])
+                checked += 1
+    assert checked == len(list(CONF_DIR.rglob("*.yaml")))
+    a100 = yaml.safe_load((CONF_DIR / "compute" / "a100.yaml").read_text())
+    a100["instance_typ"] = a100.pop("instance_type")
+    compute = Draft202012Validator(json.loads((REPO_ROOT / "runner" / "schemas" / "compute.schema.json").read_text()))
+    assert [e.message for e in compute.iter_errors(a100)] == ["Additional properties are not allowed ('instance_typ' was unexpected)"]
+
+
+def test_parsing_each_file_once_composes_exactly_what_hydra_composes():
+    from runner.review import compose_all
+    from runner.validate import schema
+    assert compose_all(CONF_DIR, schema(), fast=True) == compose_all(CONF_DIR, schema(), fast=False)
