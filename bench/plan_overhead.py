@@ -22,16 +22,24 @@ def timed(cmd, cwd) -> float:
     return time.perf_counter() - t0
 
 
-def main(repeats: int = 10):
+PLAN = [sys.executable, "-m", "runner", *OVERRIDES, "plan=true"]
+
+
+def medians(commands: dict, repeats: int) -> dict:
+    """{name: median seconds}: each command as a fresh process, taken in turn so noise hits all alike."""
     with tempfile.TemporaryDirectory() as tmp:
-        plan = [sys.executable, "-m", "runner", *OVERRIDES, "plan=true"]
-        bare = [sys.executable, str(ROOT / "bench" / "bare_hydra_app.py"), *OVERRIDES, "hydra.run.dir=bare"]
-        timed(plan, tmp), timed(bare, tmp)  # warm the file cache
-        runs = {"plan": [], "bare": []}
+        for cmd in commands.values():
+            timed(cmd, tmp)  # warm the file cache
+        runs = {name: [] for name in commands}
         for _ in range(repeats):
-            runs["plan"].append(timed(plan, tmp))
-            runs["bare"].append(timed(bare, tmp))
-    med = {k: statistics.median(v) for k, v in runs.items()}
+            for name, cmd in commands.items():
+                runs[name].append(timed(cmd, tmp))
+    return {name: statistics.median(v) for name, v in runs.items()}
+
+
+def main(repeats: int = 10):
+    bare = [sys.executable, str(ROOT / "bench" / "bare_hydra_app.py"), *OVERRIDES, "hydra.run.dir=bare"]
+    med = medians({"plan": PLAN, "bare": bare}, repeats)
     ratio = med["plan"] / med["bare"]
     print(f"python -m runner {' '.join(OVERRIDES)} plan=true: median {med['plan']:.3f}s over {repeats} runs")
     print(f"bare Hydra app composing the same conf/:          median {med['bare']:.3f}s")

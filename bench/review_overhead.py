@@ -4,25 +4,16 @@ The review composes all compute x model x data combinations twice (base ref and 
 runs on every push, so it must stay cheap. Both run as fresh processes, taken alternately.
 Usage: .venv/bin/python bench/review_overhead.py [repeats]
 """
-import statistics
 import sys
-import tempfile
 
-from plan_overhead import OVERRIDES, ROOT, timed
+from plan_overhead import OVERRIDES, PLAN, ROOT, medians
 
 TARGET = 5.0
 
 
 def main(repeats: int = 5):
-    with tempfile.TemporaryDirectory() as tmp:
-        plan = [sys.executable, "-m", "runner", *OVERRIDES, "plan=true"]
-        review = [sys.executable, "-m", "runner.review", "--repo", str(ROOT), "--base", "HEAD"]
-        timed(plan, tmp), timed(review, tmp)  # warm the file cache
-        runs = {"plan": [], "review": []}
-        for _ in range(repeats):
-            runs["plan"].append(timed(plan, tmp))
-            runs["review"].append(timed(review, tmp))
-    med = {k: statistics.median(v) for k, v in runs.items()}
+    review = [sys.executable, "-m", "runner.review", "--repo", str(ROOT), "--base", "HEAD"]
+    med = medians({"plan": PLAN, "review": review}, repeats)
     ratio = med["review"] / med["plan"]
     print(f"python -m runner.review --base HEAD (27 combinations x 2): median {med['review']:.2f}s over {repeats} runs")
     print(f"python -m runner {' '.join(OVERRIDES)} plan=true:    median {med['plan']:.2f}s")

@@ -11,7 +11,6 @@ unknown keys and wrong types stay errors.
 import copy
 import json
 import sys
-from pathlib import Path
 
 from .validate import SCHEMA_PATH
 

@@ -23,9 +23,14 @@ def repo(tmp_path):
     return tmp_path
 
 
+SECRET = "00000000-feed-beef-0000-000000000000"
+
+
 def review(repo, *args):
+    env = {"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin", "AZURE_SUBSCRIPTION_ID": SECRET}
     r = subprocess.run([sys.executable, "-m", "runner.review", "--repo", str(repo), *args], cwd=repo,
-                       capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert SECRET not in r.stdout + r.stderr  # values from the environment stay redacted
     return r.returncode, r.stdout, r.stderr
 
 
