@@ -252,3 +252,28 @@ def test_force_retrains_from_scratch_instead_of_resuming_the_finished_run(tmp_pa
     manifest = json.loads((tmp_path / "outputs/default/local_tiny_sample/manifest.json").read_text())
     out = manifest["stages"]["train"]["outputs"]
     assert out["steps"] == 20 and out["train_loss"] > 0.5
+
+
+def test_the_loss_covers_assistant_turns_only_with_a_template_that_renders_as_the_models(trained_run):
+    """TRL swaps in the training variant of Phi-3's template: same text, assistant spans marked for the loss."""
+    from transformers import AutoTokenizer
+    from trl.chat_template_utils import get_training_chat_template
+
+    out = trained_run[2]["stages"]["train"]["outputs"]
+    assert trained_run[0]["train"]["assistant_only_loss"] is True  # the default of both recipes
+    tok = AutoTokenizer.from_pretrained(Path(out["mlflow_model_dir"]) / "components" / "tokenizer")
+    training = get_training_chat_template(tok)
+    assert training and "generation" in training and training != tok.chat_template
+    rows = [json.loads(line) for line in Path(trained_run[2]["stages"]["data"]["outputs"]["test_file"]).read_text()
+            .splitlines()]
+    assert any(r["messages"][0]["role"] == "system" for r in rows)
+    for row in rows:
+        msgs = row["messages"]
+        assert tok.apply_chat_template(msgs, tokenize=False) == tok.apply_chat_template(msgs, tokenize=False,
+                                                                                        chat_template=training)
+        enc = tok.apply_chat_template(msgs, tokenize=True, return_dict=True, return_assistant_tokens_mask=True,
+                                      chat_template=training)
+        learned = tok.decode([t for t, m in zip(enc["input_ids"], enc["assistant_masks"]) if m])
+        answers = "".join(m["content"] + "<|end|>\n" for m in msgs if m["role"] == "assistant")
+        assert learned == answers + (tok.eos_token if msgs[-1]["role"] == "assistant" else "")
+        assert "<|user|>" not in learned and "<|assistant|>" not in learned and "<|system|>" not in learned

@@ -136,7 +136,9 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation=spec["model"]["attn_implementation"])
-    model.config.use_cache = not spec["train"]["activation_checkpointing"]
+    # training never reuses a KV cache, and with one transformers does not look for the boundaries of packed rows:
+    # packed chats would attend to each other (tests/test_packing.py); record() turns it back on for serving
+    model.config.use_cache = False
 
     lengths = chats.token_lengths(train_rows, tokenizer)
     max_len = spec["train"]["max_length"]

@@ -10,15 +10,19 @@ import os
 import shutil
 from pathlib import Path
 
+BUILD = 2  # 2: Phi-3's own chat template and <|endoftext|> as eos, as in microsoft/Phi-3-mini-4k-instruct
 SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
-# Phi-3's chat format: each turn is "<|role|>\n{content}<|end|>\n"; a generation prompt opens the assistant turn.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '<|end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% else %}{{ '<|endoftext|>' }}{% endif %}"
-)
+
+
+def chat_template() -> str:
+    """Phi-3-mini's own chat template, as TRL ships it: each turn "<|role|>\n{content}<|end|>\n".
+
+    The same text as the real model's, so TRL recognises it and trains on assistant turns only with its
+    training variant (generation markers), exactly as it does for microsoft/Phi-3-mini-4k-instruct.
+    """
+    from importlib.resources import files
+    return (files("trl") / "chat_templates" / "phi3.jinja").read_text(encoding="utf-8")
 
 
 def chat_texts(rows) -> list[str]:
@@ -26,7 +30,8 @@ def chat_texts(rows) -> list[str]:
 
 
 def cache_key(shape: dict, texts: list[str]) -> str:
-    h = hashlib.sha256(json.dumps(shape, sort_keys=True).encode())
+    # BUILD: bumped when the tokenizer or model is built differently, so a stale cached copy is not reused
+    h = hashlib.sha256(json.dumps({**shape, "build": BUILD}, sort_keys=True).encode() + chat_template().encode())
     for t in texts:
         h.update(t.encode())
         h.update(b"\0")
@@ -44,9 +49,9 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|end|>", pad_token="<|endoftext|>",
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
                                    additional_special_tokens=SPECIAL_TOKENS[1:4])
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = chat_template()
     fast.model_max_length = 1 << 20
     return fast
 

@@ -1,0 +1,83 @@
+"""Packing never lets one conversation see another: a chat's per-token loss is the same packed as alone.
+
+TRL's bfd packing is padding-free: rows are concatenated and position_ids restart at each chat, with no attention
+mask. The model must then attend within each chat only, under every attention implementation the spec offers.
+"""
+import pytest
+import torch
+
+from runner.validate import schema
+
+IMPLEMENTATIONS = schema()["properties"]["model"]["properties"]["attn_implementation"]["enum"]
+SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+             vocab_size=300, max_position_embeddings=128, seed=0)
+CHATS = [[{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris"}],
+         [{"role": "system", "content": "be brief"}, {"role": "user", "content": "two plus two"},
+          {"role": "assistant", "content": "four, as always"}]]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.tiny import build_or_load
+    folder = build_or_load([{"messages": c} for c in CHATS], SHAPE, tmp_path_factory.mktemp("tiny"))
+    return folder, AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM
+
+
+def token_losses(model, ids, position_ids=None):
+    with torch.no_grad():  # as in training: no KV cache (with one, transformers does not look for packed rows)
+        logits = model(input_ids=ids, position_ids=position_ids, use_cache=False).logits[0, :-1]
+    return torch.nn.functional.cross_entropy(logits.float(), ids[0, 1:], reduction="none")
+
+
+@pytest.mark.parametrize("attn", [a for a in IMPLEMENTATIONS if a != "flash_attention_2"])
+def test_a_packed_chat_scores_as_it_does_alone(tiny, attn):
+    folder, tok, auto = tiny
+    model = auto.from_pretrained(folder, attn_implementation=attn).eval()
+    rows = [tok.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in CHATS]
+    packed = torch.tensor([rows[0] + rows[1]])
+    positions = torch.tensor([list(range(len(rows[0]))) + list(range(len(rows[1])))])
+    packed_losses = token_losses(model, packed, positions)
+    for i, row in enumerate(rows):
+        alone = token_losses(model, torch.tensor([row]))
+        start = 0 if i == 0 else len(rows[0])
+        # the tokens of chat i, predicted from chat i alone (the first token of chat 1 follows chat 0: not compared)
+        got = packed_losses[start:start + len(row) - 1]
+        assert torch.allclose(got, alone, atol=1e-5), (attn, i, (got - alone).abs().max())
+
+
+def test_flash_attention_is_offered_only_where_it_installs():
+    """flash_attention_2 needs the flash-attn package and a GPU; it is in the schema for GPU clusters."""
+    assert "flash_attention_2" in IMPLEMENTATIONS and "sdpa" in IMPLEMENTATIONS and "eager" in IMPLEMENTATIONS
+
+
+def test_with_a_kv_cache_packed_chats_would_see_each_other(tiny):
+    """Why the trainer turns the cache off: transformers looks for packed rows only when there is no cache."""
+    folder, tok, auto = tiny
+    model = auto.from_pretrained(folder, attn_implementation="sdpa").eval()
+    rows = [tok.apply_chat_template(c, tokenize=True, return_dict=True)["input_ids"] for c in CHATS]
+    packed = torch.tensor([rows[0] + rows[1]])
+    positions = torch.tensor([list(range(len(rows[0]))) + list(range(len(rows[1])))])
+    with torch.no_grad():
+        cached = model(input_ids=packed, position_ids=positions, use_cache=True).logits[0, len(rows[0]):]
+        alone = model(input_ids=torch.tensor([rows[1]]), use_cache=False).logits[0]
+    assert not torch.allclose(cached, alone, atol=1e-3)
+
+
+def test_the_trainer_trains_packed_rows_without_a_kv_cache(tiny, tmp_path):
+    import json
+
+    import yaml
+
+    from trainer.fit import setup
+    from tests.conftest import compose_once
+    spec = compose_once(tmp_path / "o", "train.packing=true", "train.activation_checkpointing=false")
+    spec["model"]["tiny"] = dict(SHAPE)
+    rows = "".join(json.dumps({"messages": c}) + "\n" for c in CHATS * 3)
+    for name in ("train.jsonl", "eval.jsonl"):
+        (tmp_path / name).write_text(rows)
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    job = setup(spec, tmp_path / "train.jsonl", tmp_path / "eval.jsonl", tmp_path / "out", tmp_path / "ckpt",
+                tmp_path / "cache", lambda *_: None)
+    assert job.trainer.padding_free and job.trainer.model.config.use_cache is False
