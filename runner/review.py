@@ -25,6 +25,10 @@ from .spec import env_sourced_paths, get_path, redacted, to_spec
 from .validate import problems
 
 GROUPS = ("compute", "model", "data")
+# Hydra's own groups that no run spec reads (help texts, logging, launcher, sweeper, env, output): dropped from each
+# composition's defaults list, about 40 % of its time; the spec composed is the same (a test compares)
+HYDRA_UNUSED = ["~hydra/help", "~hydra/hydra_help", "~hydra/hydra_logging", "~hydra/launcher", "~hydra/sweeper",
+                "~hydra/env", "~hydra/output"]
 ABSENT = "<absent>"
 
 
@@ -79,8 +83,9 @@ def compose_all(conf_dir: Path, schema: dict, fast: bool = True) -> dict:
                 initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
             for combo in itertools.product(*(opts[g] for g in GROUPS)):
                 name = "_".join(combo)
+                overrides = [f"{g}={o}" for g, o in zip(GROUPS, combo)] + ["plan=true"] + (HYDRA_UNUSED if fast else [])
                 try:  # plan=true: a review needs no workspace, as plan mode needs none
-                    cfg = compose("config", overrides=[f"{g}={o}" for g, o in zip(GROUPS, combo)] + ["plan=true"])
+                    cfg = compose("config", overrides=overrides)
                     spec = to_spec(cfg)
                     out[name] = {"spec": redacted(spec, env_sourced_paths(cfg)), "problems": problems(spec, schema)}
                 except Exception as exc:  # a file that no longer composes is a finding, not a crash
