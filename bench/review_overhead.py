@@ -6,19 +6,15 @@ Usage: .venv/bin/python bench/review_overhead.py [repeats]
 """
 import sys
 
-from plan_overhead import OVERRIDES, PLAN, ROOT, medians
+from plan_overhead import OVERRIDES, PLAN, ROOT, compare
 
 TARGET = 5.0
 
 
 def main(repeats: int = 5):
     review = [sys.executable, "-m", "runner.review", "--repo", str(ROOT), "--base", "HEAD"]
-    med = medians({"plan": PLAN, "review": review}, repeats)
-    ratio = med["review"] / med["plan"]
-    print(f"python -m runner.review --base HEAD (27 combinations x 2): median {med['review']:.2f}s over {repeats} runs")
-    print(f"python -m runner {' '.join(OVERRIDES)} plan=true:    median {med['plan']:.2f}s")
-    print(f"ratio review/plan: {ratio:.2f}x (target <= {TARGET:g}x) -> {'OK' if ratio <= TARGET else 'OVER TARGET'}")
-    return ratio
+    return compare(("python -m runner.review --base HEAD (27 combinations x 2)", review),
+                   (f"python -m runner {' '.join(OVERRIDES)} plan=true", PLAN), repeats, TARGET)
 
 
 if __name__ == "__main__":
