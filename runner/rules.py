@@ -7,7 +7,7 @@ from .spec import azure_env
 
 def bf16_needs_a_gpu(spec):
     c = spec["compute"]
-    if c["precision"] in ("bf16", "fp16") and c["device"] == "cpu":
+    if c["precision"] in ("bf16", "bf16-mixed", "fp16") and c["device"] == "cpu":
         yield "compute.precision", (f"{c['precision']!r} needs a GPU but compute.device is 'cpu'; "
                                     "use compute.precision=fp32 or a GPU compute such as compute=a100")
 

@@ -81,7 +81,7 @@ def sft_config(spec: dict, checkpoints: Path, precision: str, device: str):
         t["gradient_checkpointing"] = t.pop("activation_checkpointing")
     return SFTConfig(
         output_dir=str(checkpoints), **t, data_seed=t["seed"], save_strategy="steps",
-        bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=device == "cpu", report_to="none",
+        bf16=precision in ("bf16", "bf16-mixed"), fp16=precision == "fp16", use_cpu=device == "cpu", report_to="none",
         dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=False, logging_first_step=True,
     )
 
@@ -134,7 +134,9 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
+    # bf16: bf16 weights and optimizer state; bf16-mixed: fp32 master weights, bf16 autocast (updates below bf16's
+    # resolution still land: bench/train_recipes.py --precision-check measures it)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "bf16-mixed": torch.float32}[precision]
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation=spec["model"]["attn_implementation"])
     # training never reuses a KV cache, and with one transformers does not look for the boundaries of packed rows:
     # packed chats would attend to each other (tests/test_packing.py); record() turns it back on for serving
