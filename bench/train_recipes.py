@@ -40,10 +40,13 @@ RECIPES = {  # name -> (model overrides, train overrides, precision); the seed r
     "sdpa + bfd + fused AdamW": (SDPA_BFD[0], {**SDPA_BFD[1], "optim": "adamw_torch_fused"}, "bf16"),
     "sdpa + bfd + torch.compile": (SDPA_BFD[0], {**SDPA_BFD[1], "torch_compile": True}, "bf16"),
     "sdpa + bfd + Liger kernels": (SDPA_BFD[0], {**SDPA_BFD[1], "use_liger_kernel": True}, "bf16"),
+    "flash-attn 2 + bfd": ({"attn_implementation": "flash_attention_2"}, SDPA_BFD[1], "bf16"),
     "sdpa + bfd, fp32 master (bf16-mixed)": (*SDPA_BFD, "bf16-mixed"),
 }
 NOT_ON_CPU = {"sdpa + bfd + torch.compile": "compiling takes minutes on 2 CPU cores",
-              "sdpa + bfd + Liger kernels": "Triton kernels: GPU only"}
+              "sdpa + bfd + Liger kernels": "Triton kernels: GPU only",
+              "flash-attn 2 + bfd": "flash-attn: GPU only"}
+NEEDS = {"sdpa + bfd + Liger kernels": "liger_kernel", "flash-attn 2 + bfd": "flash_attn"}  # recipe -> module
 
 
 def spec_for(recipe: str, model_dir: Path, device: str, steps: int, max_length: int, batch: int) -> dict:
@@ -90,11 +93,10 @@ def run_one(recipe: str, args) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and recipe in NOT_ON_CPU:
         return {"recipe": recipe, "skipped": NOT_ON_CPU[recipe]}
-    if "Liger" in recipe:
-        try:
-            import liger_kernel  # noqa: F401
-        except ImportError:
-            return {"recipe": recipe, "skipped": "liger-kernel is not installed"}
+    if recipe in NEEDS:
+        import importlib.util
+        if importlib.util.find_spec(NEEDS[recipe]) is None:
+            return {"recipe": recipe, "skipped": f"{NEEDS[recipe]} is not installed"}
     work = Path(args.work)
     model_dir, data = build(work, args.shape)
     spec = spec_for(recipe, model_dir, device, args.steps, args.max_length, args.batch)
