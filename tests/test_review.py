@@ -89,7 +89,7 @@ def test_a_typo_that_breaks_validation_exits_2_with_the_message(repo):
     code, text, result = both(repo)
     invalid = by_status(result, "invalid")
     assert code == 2 and len(invalid) == 9 and all(c["was_valid"] for c in invalid)
-    assert "compute.precision: 'bf61' is not one of 'fp32', 'bf16', 'fp16'" in invalid[0]["problems"][0]
+    assert "compute.precision: 'bf61' is not one of 'fp32', 'bf16', 'bf16-mixed', 'fp16'" in invalid[0]["problems"][0]
     assert "### Fail validation (the review exits 2)" in text and "`a100_phi35_1pct` (stopped validating)" in text
     code, out, _ = review(repo, "--validate-only")  # the pre-commit hook
     assert code == 2 and "9 of 27 combinations do not validate" in out
