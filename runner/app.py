@@ -9,7 +9,7 @@ from .errors import StageFailed, UserError
 from .manifest import Manifest
 from .registry import module_for, selected
 from .rundir import remove_created
-from .spec import digest, dump_yaml, env_sourced_paths, get_path, redacted, to_spec
+from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, redacted, to_spec
 from .validate import validate
 from trainer.files import write_atomic
 
@@ -50,7 +50,7 @@ def plan(spec, run_dir: Path, env_paths=None, out=print) -> list[str]:
             lines += [f"      {x}" for x in module.plan(spec, ctx)]
     text = "\n".join(lines) + "\n"
     write_atomic(Path(run_dir) / "plan.txt", text)
-    out(dump_yaml(redacted(spec, env_paths or {})).rstrip())
+    out(dump_yaml(redacted(spec, {**azure_env_paths(), **(env_paths or {})})).rstrip())
     out("---")
     out(text.rstrip())
     return lines
@@ -82,7 +82,8 @@ def execute(spec, run_dir: Path, out=print) -> dict:
 
 
 def write_spec(spec, run_dir: Path, env_paths=None):
-    write_atomic(Path(run_dir) / "spec.yaml", dump_yaml(redacted(spec, env_paths or {})))
+    # azure.* values are always redacted, also when given on the command line instead of the environment
+    write_atomic(Path(run_dir) / "spec.yaml", dump_yaml(redacted(spec, {**azure_env_paths(), **(env_paths or {})})))
 
 
 def main(cfg, run_dir, out=print) -> int:

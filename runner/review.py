@@ -154,7 +154,7 @@ def review(base: dict, head: dict, base_opts: dict, head_opts: dict) -> dict:
         if h is None:
             entry.update(status="removed")
         elif h["problems"]:
-            entry.update(status="invalid", was_valid=bool(b) and not b["problems"])
+            entry.update(status="invalid", was_valid=None if b is None else not b["problems"])
         elif b is None:
             entry.update(status="new")
         elif b["problems"] or b["spec"] is None:

@@ -39,7 +39,7 @@ def markdown(r: dict) -> str:
     if invalid:
         out += ["### Fail validation (the review exits 2)", ""]
         for c in invalid:
-            when = "stopped validating" if c.get("was_valid") else "new, invalid" if c.get("was_valid") is False else ""
+            when = {True: "stopped validating", False: "still invalid", None: "new"}[c.get("was_valid")]
             out.append(f"- `{c['name']}`{' (' + when + ')' if when else ''}:")
             out += [f"  - {p.strip().lstrip('- ')}" for p in c["problems"] if not p.endswith("is invalid:")]
         out.append("")

@@ -41,6 +41,9 @@ def source_fields(spec):
     d = spec["data"]
     if d["source"] == "file" and not d["path"]:
         yield "data.path", "data.source=file needs data.path (a JSONL file), e.g. data.path=chats.jsonl"
+    if d["source"] == "hub" and d["percent"] is not None and d["percent"] != int(d["percent"]):
+        yield "data.percent", (f"{d['percent']} is not a whole percent, which a hub split needs (train_sft[:N%]); "
+                               f"e.g. data.percent={max(1, round(d['percent']))}, or data.rows for a finer slice")
     if d["source"] == "hub" and not d["dataset"]:
         yield "data.dataset", "data.source=hub needs data.dataset, e.g. data.dataset=HuggingFaceH4/ultrachat_200k"
     m = spec["model"]

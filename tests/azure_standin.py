@@ -132,6 +132,7 @@ class FakeML:
         return created
 
     def _stream(self, name):
+        print(f"RunId: {name}\nWeb View: {studio_url(name)}")  # as azure-ai-ml prints while it streams
         if self.job_status == "Failed":
             error = json.dumps({"code": "UserError", "message": "CUDA out of memory"}, indent=4)
             raise JobException(message=f"Exception : \n {error} ", no_personal_data_message="failed job")

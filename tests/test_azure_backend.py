@@ -255,7 +255,7 @@ def test_an_aad_token_endpoint_is_a_clear_error_not_a_missing_key(azure_ctx):
     assert "deploy.endpoint_name" in str(err.value)
 
 
-def test_a_full_recorded_run_keeps_no_subscription_or_tenant_id(azure_ctx):
+def test_a_full_recorded_run_keeps_no_subscription_or_tenant_id(azure_ctx, capsys):
     """Studio URLs and ARM ids carry them; the run directory and the log keep job names and name:version."""
     spec, ctx, fake, logs = azure_ctx
     for stage, module in (("train", az_train), ("register", az_register), ("deploy", az_deploy)):
@@ -265,7 +265,9 @@ def test_a_full_recorded_run_keeps_no_subscription_or_tenant_id(azure_ctx):
     assert any(SUBSCRIPTION in str(job.studio_url) and TENANT in job.studio_url for job in fake.jobs_by_name.values())
     files = [p for p in ctx.run_dir.rglob("*") if p.is_file()]
     assert len(files) > 10
-    for text in [p.read_text(errors="replace") for p in files] + logs:
+    printed = capsys.readouterr()
+    assert "Web View: https://ml.azure.com/runs/" in printed.out  # the SDK's own line, scrubbed
+    for text in [p.read_text(errors="replace") for p in files] + logs + [printed.out, printed.err]:
         assert SUBSCRIPTION not in text and TENANT not in text and "/subscriptions/" not in text.replace(
             "<from $AZURE_MANAGED_IDENTITY_RESOURCE_ID>", ""), text[:300]
 
@@ -319,3 +321,23 @@ def test_expired_login_mid_stage_is_a_user_error(azure_ctx):
     fake.failures["environments.create_or_update"] = [ClientAuthenticationError("token expired")]
     with pytest.raises(UserError, match="az login"):
         az_train.run(spec, ctx)
+
+
+def test_azure_error_messages_lose_the_ids_they_carry(azure_ctx):
+    spec, ctx, fake, logs = azure_ctx
+    scope = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-test/providers/Microsoft.MachineLearningServices"
+    fake.failures["environments.create_or_update"] = [http_error(403, f"AuthorizationFailed over scope '{scope}'")]
+    with pytest.raises(StageFailed) as err:
+        az_train.run(spec, ctx)
+    assert "AuthorizationFailed" in str(err.value) and "/subscriptions/<subscription>/" in str(err.value)
+    assert SUBSCRIPTION not in str(err.value)
+
+
+def test_a_check_that_fails_does_not_turn_into_a_second_registration(azure_ctx):
+    spec, ctx, fake, _ = azure_ctx
+    ctx.manifest.record("train", "done", "h", {"job_name": "job-7", "model_path": resources.model_path("job-7")})
+    fake.failures_after["models.create_or_update"] = [http_error(503)]
+    fake.failures["models.list"] = [http_error(503) for _ in range(retry.TRIES)]  # the check gives up too
+    with pytest.raises(StageFailed):
+        az_register.run(spec, ctx)
+    assert fake.names().count("models.create_or_update") == 1 and len(fake.models_by_name["phi3-chat-phi35"]) == 1

@@ -235,3 +235,8 @@ def test_the_local_server_answers_504_past_its_request_timeout(model_dir, tmp_pa
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_a_request_without_max_new_tokens_is_never_refused_for_the_default():
+    from trainer.contract import parse_params
+    assert parse_params({}, 32)["max_new_tokens"] == 32 and parse_params({}, 256)["max_new_tokens"] == 64

@@ -149,3 +149,16 @@ def test_no_questions_is_an_error(compose_spec):
 def test_a_value_the_schema_rejects_gets_one_message_not_rule_noise(compose_spec):
     found = problems(compose_spec("data.rows=1.5"))
     assert len(found) == 1 and found[0].startswith("data.rows: 1.5 is invalid")
+
+
+def test_a_hub_split_takes_whole_percents(compose_spec):
+    assert "data.percent=1" in _msgs(compose_spec("data=1pct", "data.percent=0.5"))
+    assert problems(compose_spec("data.percent=50")) == []  # a local file takes any fraction
+
+
+def test_azure_values_given_on_the_command_line_are_redacted_too(tmp_path):
+    from .helpers import runner_cli
+    r = runner_cli("compute=a100", "plan=true", "azure.subscription_id=1234-not-for-files", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    written = "".join(p.read_text() for p in (tmp_path / "outputs").rglob("*") if p.is_file())
+    assert "1234-not-for-files" not in written + r.stdout

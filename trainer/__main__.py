@@ -1,5 +1,6 @@
 """python -m trainer --spec spec.yaml --train-file train.jsonl --eval-file test.jsonl --output-dir out/"""
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def main(argv=None) -> int:
         train(spec, args.spec, args.train_file, args.eval_file, args.output_dir, args.tracking_uri,
               args.experiment, args.cache_dir, checkpoint_dir=args.checkpoint_dir,
               save_model_only=args.save_model_only)
-        if args.delete_checkpoints_when_done and args.checkpoint_dir:
+        # rank 0 alone, after it saved the model: other ranks return from train() as soon as they finish
+        if args.delete_checkpoints_when_done and args.checkpoint_dir and int(os.environ.get("RANK", "0")) == 0:
             empty(args.checkpoint_dir)
     except TrainerInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -52,6 +52,8 @@ def parse_params(params, limit: int) -> dict:
         raise BadRequest(f"unknown params {unknown}; accepted: {sorted(PARAMS)}")
     out = {}
     for name, (types, default) in PARAMS.items():
+        if name == "max_new_tokens":
+            default = min(default, limit)  # a request that leaves it out is never refused for the default
         value = params.get(name, default)
         is_bool = isinstance(value, bool)
         if (types is bool) != is_bool or not isinstance(value, types):

@@ -66,7 +66,8 @@ def progress_callback():
             numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
             if numbers and state.is_world_process_zero:
                 import mlflow
-                tracking.best_effort("log metrics", mlflow.log_metrics, numbers, step=state.global_step)
+                if mlflow.active_run() is not None:  # none when fit() runs without recording (the benchmark)
+                    tracking.best_effort("log metrics", mlflow.log_metrics, numbers, step=state.global_step)
 
     return LossLines()
 

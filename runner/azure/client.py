@@ -10,7 +10,7 @@ import io
 from ..errors import StageFailed, UserError
 from ..spec import dump_yaml
 from . import resources
-from .retry import call
+from .retry import call, scrub
 
 LOGIN_HELP = ["could not get Azure credentials ({reason}). Log in first, one of:",
               "  az login                      (then re-run; add --use-device-code on a machine without a browser)",
@@ -90,7 +90,7 @@ def rel(ctx, name) -> str:
 def summary(exc) -> str:
     text = str(getattr(exc, "message", None) or exc).strip()
     text = " ".join(line.strip() for line in text.splitlines() if line.strip())  # the SDK indents JSON errors
-    return text[:500] if text else type(exc).__name__
+    return scrub(text[:500]) if text else type(exc).__name__
 
 
 def login_help(exc) -> list[str]:

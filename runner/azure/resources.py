@@ -34,7 +34,7 @@ CHECKPOINT_OUTPUT = "checkpoints"                    # a separate job output: ne
 MODEL_SUBDIR = "mlflow_model"                        # the trainer writes <output-dir>/mlflow_model/MLmodel
 JOB_NAME_PLACEHOLDER = "<job-name-from-train>"
 JOB_TAG = "job_name"                                 # on each model version: the job that trained it
-SAMPLE_REQUEST = {"input_data": ["Hello"], "params": {"max_new_tokens": 8}}
+SMOKE_TOKENS = 8                                     # the deploy stage's test request asks for this many
 
 SCHEMA = "https://azuremlschemas.azureedge.net/latest/{}.schema.json"
 
@@ -217,7 +217,8 @@ def prepare_register(spec, ctx, path: str, job_name: str) -> dict:
 def prepare_deploy(spec, ctx, deployment_name: str, model_ref: str) -> dict:
     stage_code(ctx)  # every time: a fixed scoring script must reach the next deployment
     write(ctx, "conda-inference.yml", environments.conda(environments.inference_pip()))
-    write_atomic(folder(ctx) / "sample-request.json", json.dumps(SAMPLE_REQUEST) + "\n")
+    request = {"input_data": ["Hello"], "params": {"max_new_tokens": min(SMOKE_TOKENS, spec["deploy"]["max_new_tokens_limit"])}}
+    write_atomic(folder(ctx) / "sample-request.json", json.dumps(request) + "\n")
     name = endpoint_name(spec)  # from the real spec: the files show the same name
     return written(ctx, spec, lambda s: {"endpoint.yml": endpoint(s, name),
                                          "deployment.yml": deployment(s, deployment_name, model_ref, name)})

@@ -2,6 +2,7 @@
 
 Everything else (401, 404, a rejected resource) fails at once: retrying would only delay the message.
 """
+import re
 import time
 
 TRIES = 5
@@ -47,8 +48,33 @@ def call(what: str, fn, *args, log=None, tries: int = TRIES, **kwargs):
 
 
 def _first_line(exc) -> str:
-    text = str(exc).strip()
+    text = scrub(str(exc).strip())
     return text.splitlines()[0][:200] if text else "no message"
+
+
+_IDS = re.compile(r"(https://ml\.azure\.com/[^\s?'\"]*)\?[^\s'\"]*|(/subscriptions/)[^/\s'\"]+|(\btid=)[^&\s'\"]+", re.I)
+
+
+def scrub(text: str) -> str:
+    """Text from Azure without the subscription and tenant ids: Studio links lose their query, ARM paths their id."""
+    def repl(m):
+        if m.group(1):
+            return m.group(1)
+        return m.group(2) + "<subscription>" if m.group(2) else m.group(3) + "<tenant>"
+    return _IDS.sub(repl, str(text))
+
+
+class ScrubbedStream:
+    """A stdout that scrubs what passes through: azure-ai-ml prints the job's Studio link while streaming."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        return self.stream.write(scrub(text))
+
+    def flush(self):
+        self.stream.flush()
 
 
 def call_once(what: str, fn, *args, check, log=None, tries: int = TRIES, **kwargs):
@@ -63,7 +89,12 @@ def call_once(what: str, fn, *args, check, log=None, tries: int = TRIES, **kwarg
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            done = check()
+            try:
+                done = check()
+            except Exception as failed:  # cannot tell whether it took effect: do not risk doing it twice
+                from ..errors import StageFailed
+                raise StageFailed(f"could not {what} ({_first_line(exc)}), and could not check whether it took "
+                                  f"effect ({_first_line(failed)}): look in the workspace before re-running") from exc
             if done is not None:
                 if log:
                     log(f"[azure] {what}: the call failed ({_first_line(exc)}) but had taken effect; not repeating it")

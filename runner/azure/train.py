@@ -55,9 +55,15 @@ def ensure_compute(ml, ctx, wanted):
 
 def follow(ml, job, log):
     """Stream the job's logs until it ends. Returns the error streaming raised (a failed job raises one)."""
+    import contextlib
+    import sys
+
     from azure.ai.ml.exceptions import MlException
+
+    from .retry import ScrubbedStream
     try:
-        call("stream the job's logs", ml.jobs.stream, job.name, log=log)
+        with contextlib.redirect_stdout(ScrubbedStream(sys.stdout)):  # the SDK prints Studio links with the ids
+            call("stream the job's logs", ml.jobs.stream, job.name, log=log)
     except MlException as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):
             log(f"[train] job {job.name} keeps running on Azure; stop it with: az ml job cancel -n {job.name}")
