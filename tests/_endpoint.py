@@ -13,8 +13,6 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .helpers import first_turn  # noqa: F401  (tests use it from here too)
-
 _HOME = Path(tempfile.mkdtemp(prefix="phi3-tests-pf-"))
 atexit.register(shutil.rmtree, _HOME, ignore_errors=True)
 os.environ["PF_HOME_DIRECTORY"] = str(_HOME / "promptflow")

@@ -20,8 +20,9 @@ from runner.registry import implementation
 from runner.spec import azure_env_paths
 
 from . import azure_envs
-from ._endpoint import first_turn, post, single_turn_pairs, training_rows
+from ._endpoint import post, single_turn_pairs, training_rows
 from .conftest import compose_once
+from .helpers import first_turn
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from . import _endpoint as ep
-from .helpers import NOT_IN_TRAINER, imported_by
+from .helpers import NOT_IN_TRAINER, first_turn, imported_by
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_greedy_answers_to_training_prompts_are_the_training_answers(scoring, tr
 
 def test_chat_message_input_gets_the_chat_template(scoring, trained_run):
     with_system = next(r for r in ep.training_rows(trained_run[2]) if r["messages"][0]["role"] == "system")
-    prompt, answer = ep.first_turn(with_system)
+    prompt, answer = first_turn(with_system)
     assert score(scoring, prompt, do_sample=False) == [answer]
     question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
     # a plain string is the same as one user message
