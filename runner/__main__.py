@@ -8,7 +8,6 @@ from omegaconf import DictConfig
 from . import CONF_DIR
 
 _task_started = False
-_exit_codes = []  # one per run; a multirun goes on past a bad point and exits with the worst status
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
@@ -16,9 +15,17 @@ def _hydra_main(cfg: DictConfig):
     global _task_started
     _task_started = True
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     from . import app
-    _exit_codes.append(app.main(cfg, HydraConfig.get().runtime.output_dir))
+    hc = HydraConfig.get()
+    sweep = None
+    if hc.mode == RunMode.MULTIRUN:  # our launcher says which point this is; another launcher, only its overrides
+        from .launcher import current_point
+        sweep = current_point() or {"overrides": list(hc.overrides.task), "point": {}}
+    code = app.main(cfg, hc.runtime.output_dir, sweep=sweep)
+    app.exit_codes.append(code)
+    return code
 
 
 def main():
@@ -35,7 +42,8 @@ def main():
         if exc.code == 1 and not _task_started:
             sys.exit(2)
         raise
-    sys.exit(max(_exit_codes, default=0))
+    from .app import exit_codes
+    sys.exit(max(exit_codes, default=0))
 
 
 if __name__ == "__main__":

@@ -5,13 +5,16 @@ import traceback
 from pathlib import Path
 
 from .context import Context
-from .errors import StageFailed, UserError
+from .errors import Detached, StageFailed, UserError
 from .manifest import Manifest
 from .registry import module_for, selected
 from .rundir import remove_created
 from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, redacted, to_spec
 from .validate import validate
 from trainer.files import write_atomic
+
+
+exit_codes = []  # one per run of `python -m runner`; a -m sweep goes on past a failed point, exits with the worst
 
 
 def inputs_hash(stage, spec, manifest) -> str:
@@ -56,9 +59,12 @@ def plan(spec, run_dir: Path, env_paths=None, out=print) -> list[str]:
     return lines
 
 
-def execute(spec, run_dir: Path, out=print) -> dict:
-    """Run the selected stages in order, skipping those whose inputs are unchanged."""
-    ctx = Context(Path(run_dir), Manifest(run_dir), log=out)
+def execute(spec, run_dir: Path, out=print, point=None) -> dict:
+    """Run the selected stages in order, skipping those whose inputs are unchanged.
+
+    point: set by the sweep launcher (its name, the sweep's MLflow parent run, whether Azure jobs detach).
+    """
+    ctx = Context(Path(run_dir), Manifest(run_dir), log=out, point=point or {})
     for stage in selected(spec["stages"]):
         module = module_for(stage, spec)
         h = inputs_hash(stage, spec, ctx.manifest)
@@ -66,15 +72,20 @@ def execute(spec, run_dir: Path, out=print) -> dict:
             out(f"[{stage.name}] skipped: inputs unchanged since the last run (force=true redoes it)")
             continue
         out(f"[{stage.name}] running")
-        ctx.inputs_hash = h
+        ctx.inputs_hash, ctx.stage = h, stage.name
         ctx.previous = ctx.manifest.entry(stage.name)
         ctx.manifest.record(stage.name, "running", h)
         t0 = time.time()
         try:
             outputs = module.run(spec, ctx)
+        except Detached as exc:  # its work goes on elsewhere: the sweep launcher waits, then runs this again
+            ctx.manifest.record(stage.name, "submitted", h, exc.outputs)
+            out(f"[{stage.name}] {exc}")
+            break
         except BaseException as exc:
             reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            ctx.manifest.record(stage.name, "failed", h, error=reason)
+            # what the stage noted (a submitted job's name) is kept: the next attempt picks it up
+            ctx.manifest.record(stage.name, "failed", h, ctx.manifest.outputs(stage.name), error=reason)
             raise
         ctx.manifest.record(stage.name, "done", h, outputs, seconds=round(time.time() - t0, 1))
         out(f"[{stage.name}] done in {time.time() - t0:.1f}s")
@@ -86,20 +97,28 @@ def write_spec(spec, run_dir: Path, env_paths=None):
     write_atomic(Path(run_dir) / "spec.yaml", dump_yaml(redacted(spec, {**azure_env_paths(), **(env_paths or {})})))
 
 
-def main(cfg, run_dir, out=print) -> int:
-    """A composed config in, an exit status out: what `python -m runner` does once Hydra has composed."""
+def main(cfg, run_dir, out=print, sweep: dict | None = None) -> int:
+    """A composed config in, an exit status out: what `python -m runner` does once Hydra has composed.
+
+    sweep: in a -m sweep, {"overrides": [...], "point": {...}} (runner/launcher.py); None for a single run.
+    """
     run_dir = Path(run_dir)
     fresh = not run_dir.exists() or not any(run_dir.iterdir())  # Hydra made it just now, or it was empty
     try:
         spec = to_spec(cfg)
     except UserError as exc:
         return _refuse(exc, run_dir, fresh)
-    return run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out)
+    from .sweep import settle
+    spec = settle(spec, None if sweep is None else sweep["overrides"])
+    return run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out,
+               point=None if sweep is None else sweep.get("point"))
 
 
-def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print) -> int:
+def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None) -> int:
     """Validate, then plan or execute. Returns the exit status."""
     run_dir = Path(run_dir)
+    from .sweep import settle
+    spec = settle(spec, None) if spec["data"].get("eval") == "auto" else spec
     try:
         validate(spec)
     except UserError as exc:
@@ -110,7 +129,7 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print) -> int:
         if spec["plan"]:
             plan(spec, run_dir, env_paths, out)
         else:
-            execute(spec, run_dir, out)
+            execute(spec, run_dir, out, point)
     except (UserError, StageFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

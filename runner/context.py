@@ -18,6 +18,8 @@ class Context:
     log: callable = field(default=_print)
     inputs_hash: str = ""  # of the stage being run: names folders whose content depends on its inputs
     previous: dict = field(default_factory=dict)  # the stage's manifest entry before this attempt
+    stage: str = ""  # the stage being run
+    point: dict = field(default_factory=dict)  # in a -m sweep: name, parent MLflow run, whether to detach
 
     def upstream(self, stage: str) -> dict:
         entry = self.manifest.entry(stage)
@@ -25,6 +27,11 @@ class Context:
             raise UserError(f"the {stage} stage has not finished in {self.run_dir}: run it first, "
                             f"e.g. python -m runner stages=[{stage}] (same config overrides)")
         return entry["outputs"]
+
+    def note(self, outputs: dict):
+        """Record outputs of the running stage now (e.g. a submitted job's name), so a kill does not lose them."""
+        entry = self.manifest.entry(self.stage)
+        self.manifest.record(self.stage, "running", entry.get("inputs_hash"), {**entry.get("outputs", {}), **outputs})
 
     def warn(self, msg: str):
         print(f"warning: {msg}", file=sys.stderr, flush=True)

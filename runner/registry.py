@@ -56,6 +56,11 @@ STAGES = [
 ]
 
 
+# compute.kind -> module whose points a -m sweep runs detached: plan(specs) -> lines, and
+# wait_all([(spec, run_dir, name)], log) follows what their train stages submitted (runner/launcher.py)
+DETACHED_IN_SWEEPS = {AZUREML: "runner.azure.sweep"}
+
+
 def selected(names):
     """Stages named in the spec, in pipeline order."""
     return [s for s in STAGES if s.name in names]
@@ -69,3 +74,9 @@ def module_for(stage: Stage, spec):
 def implementation(stage_name: str, spec):
     """module_for by stage name, e.g. the chat stage asking the deploy backend for the endpoint's key."""
     return module_for(next(s for s in STAGES if s.name == stage_name), spec)
+
+
+def sweep_backend(spec):
+    """The module that follows this point's detached work in a sweep, or None where points run here, in turn."""
+    name = DETACHED_IN_SWEEPS.get(spec["compute"]["kind"])
+    return import_module(name) if name else None

@@ -29,7 +29,7 @@ def test_size_range(spec):
 def split_not_empty(spec):
     d = spec["data"]
     n, t = d["rows"], d["test_size"]
-    if n is None or not 0 < t < 1:
+    if n is None or not 0 < t < 1 or d.get("eval") == "fixed":  # fixed: held out of the whole source, not of n
         return
     n_test = math.ceil(n * t)  # datasets rounds the test share up
     if n_test < 1 or n - n_test < 1:
@@ -44,6 +44,9 @@ def source_fields(spec):
     if d["source"] == "hub" and d["percent"] is not None and d["percent"] != int(d["percent"]):
         yield "data.percent", (f"{d['percent']} is not a whole percent, which a hub split needs (train_sft[:N%]); "
                                f"e.g. data.percent={max(1, round(d['percent']))}, or data.rows for a finer slice")
+    if d["source"] == "file" and d.get("eval_split"):
+        yield "data.eval_split", ("a JSONL file has no splits: data.eval_split=null holds a seeded share out of the "
+                                  "whole file instead (data.eval_rows=N sets its size)")
     if d["source"] == "hub" and not d["dataset"]:
         yield "data.dataset", "data.source=hub needs data.dataset, e.g. data.dataset=HuggingFaceH4/ultrachat_200k"
     m = spec["model"]

@@ -57,7 +57,11 @@ class FakeML:
     (the request went through, the answer was lost).
     """
 
-    def __init__(self, job_status="Completed", answer='["Hi there"]', auth_mode="key"):
+    def __init__(self, job_status="Completed", answer='["Hi there"]', auth_mode="key", lifecycle=(), job_summary=None):
+        """lifecycle: the statuses a job shows, one per status read, before job_status (streaming waits it out).
+        job_summary(job entity) -> the summary.json the trainer writes to the job's outputs/ (None: none written).
+        """
+        self.lifecycle, self.job_summary = tuple(lifecycle), job_summary
         self.calls, self.failures, self.failures_after = [], {}, {}
         self.job_status, self.answer, self.auth_mode = job_status, answer, auth_mode
         self.computes, self.endpoints, self.deployments, self.jobs_by_name, self.models_by_name = {}, {}, {}, {}, {}
@@ -66,7 +70,8 @@ class FakeML:
                                        begin_create_or_update=self.op("compute.begin_create_or_update", self._compute))
         self.jobs = SimpleNamespace(create_or_update=self.op("jobs.create_or_update", self._job),
                                     stream=self.op("jobs.stream", self._stream),
-                                    get=self.op("jobs.get", self._job_get))
+                                    get=self.op("jobs.get", self._job_get),
+                                    download=self.op("jobs.download", self._job_download))
         self.models = SimpleNamespace(create_or_update=self.op("models.create_or_update", self._model),
                                       list=self.op("models.list", self._model_list))
         self.online_endpoints = SimpleNamespace(
@@ -127,11 +132,13 @@ class FakeML:
             raise http_error(409, f"job {job.name} already exists and is running")
         self.note(entity=dump(job), job=job)
         created = SimpleNamespace(name=job.name, studio_url=studio_url(job.name), status="Starting",
-                                  id=f"{WORKSPACE_ID}/jobs/{job.name}")
+                                  id=f"{WORKSPACE_ID}/jobs/{job.name}", display_name=job.display_name,
+                                  tags=dict(job.tags or {}), reads=0, entity=job)
         self.jobs_by_name[job.name] = created
         return created
 
     def _stream(self, name):
+        self.jobs_by_name[name].reads = len(self.lifecycle)  # streaming returns when the job has ended
         print(f"RunId: {name}\nWeb View: {studio_url(name)}")  # as azure-ai-ml prints while it streams
         if self.job_status == "Failed":
             error = json.dumps({"code": "UserError", "message": "CUDA out of memory"}, indent=4)
@@ -141,8 +148,24 @@ class FakeML:
         if name not in self.jobs_by_name:
             raise ResourceNotFoundError(f"job {name} not found")
         job = self.jobs_by_name[name]
-        job.status = self.job_status
+        job.status = self.lifecycle[job.reads] if job.reads < len(self.lifecycle) else self.job_status
+        job.reads += 1
+        self.note(name=name, status=job.status)
         return job
+
+    def _job_download(self, name, download_path=".", output_name=None, all=False):
+        """As the SDK: only an ended job; its default artifacts (outputs/, logs) land in <download_path>/artifacts."""
+        job = self.jobs_by_name[name]
+        if job.status not in ("Completed", "Failed", "Canceled", "NotResponding"):
+            raise JobException(message=f"This job is in state {job.status}. Download is allowed only in states "
+                                       "['Completed', 'Failed', 'Canceled', 'NotResponding']", no_personal_data_message="x")
+        from pathlib import Path
+        root = Path(download_path) / "artifacts"
+        (root / "user_logs").mkdir(parents=True, exist_ok=True)
+        (root / "user_logs" / "std_log.txt").write_text("training...\n")
+        if self.job_summary is not None:
+            (root / "outputs").mkdir(exist_ok=True)
+            (root / "outputs" / "summary.json").write_text(json.dumps(self.job_summary(job.entity)))
 
     def _model(self, model):
         assert isinstance(model, Model)

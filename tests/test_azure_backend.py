@@ -40,7 +40,7 @@ def azure_ctx(compose_spec, tmp_path, monkeypatch):
     for name in ("train.jsonl", "test.jsonl"):
         (data / name).write_text('{"messages": []}\n')
     logs = []
-    ctx = Context(run_dir, Manifest(run_dir), log=logs.append)
+    ctx = Context(run_dir, Manifest(run_dir), log=logs.append, stage="train")
     ctx.manifest.record("data", "done", "h", {"train_file": str(data / "train.jsonl"), "test_file": str(data / "test.jsonl")})
     fake = FakeML()
     for stage in (az_train, az_register, az_deploy, az_teardown):
@@ -57,7 +57,7 @@ def test_train_creates_environment_compute_and_job_then_streams(azure_ctx):
     spec, ctx, fake, logs = azure_ctx
     out = az_train.run(spec, ctx)
     assert fake.names() == ["environments.create_or_update", "compute.get", "compute.begin_create_or_update",
-                            "jobs.create_or_update", "jobs.stream", "jobs.get"]
+                            "jobs.create_or_update", "jobs.stream", "jobs.get", "jobs.download"]
     env = details(fake, "environments.create_or_update")[0]["entity"]
     pip = env["conda_file"]["dependencies"][-1]["pip"]
     assert env["image"] == spec["compute"]["image"] and "torch==2.13.0+cu126" in pip and "azureml-mlflow==1.62.0.post6" in pip

@@ -94,11 +94,12 @@ def test_compose_validate_and_plan_import_no_heavy_library(tmp_path):
     assert imported_by(code, cwd=tmp_path) & HEAVY == set()
 
 
-def test_a_bad_sweep_point_does_not_stop_the_others(tmp_path):
+def test_a_bad_sweep_point_refuses_the_sweep_before_any_point_runs(tmp_path):
     r = runner_cli("-m", "data.test_size=0.2,5,0.3", "plan=true", cwd=tmp_path)
-    assert r.returncode == 2 and "data.test_size" in r.stderr
-    specs = sorted(p.parent.name for p in (tmp_path / "outputs/default/local_tiny_sample").glob("*/spec.yaml"))
-    assert specs == ["data.test_size=0.2", "data.test_size=0.3"]
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "the sweep is invalid (3 points; nothing ran)" in r.stderr
+    assert "data.test_size: 5 is outside (0, 1)" in r.stderr and "[data.test_size=5]" in r.stderr
+    assert not (tmp_path / "outputs").exists()  # not even Hydra's multirun.yaml
 
 
 def test_a_corrupt_manifest_is_a_clear_error(tmp_path):

@@ -23,6 +23,8 @@ def parse(argv=None):
                         "server (Azure ML jobs: the workspace registers that folder)")
     p.add_argument("--delete-checkpoints-when-done", action="store_true",
                    help="remove --checkpoint-dir once the model is saved (they exist to resume an interrupted run)")
+    p.add_argument("--summary-file", type=Path,
+                   help="also write the run's summary.json here (Azure ML jobs: outputs/, kept with the job's logs)")
     return p.parse_args(argv)
 
 
@@ -41,9 +43,15 @@ def main(argv=None) -> int:
             raise TrainerInputError(f"--spec {args.spec}: no such file")
         spec = yaml.safe_load(args.spec.read_text())
         from .fit import train
-        train(spec, args.spec, args.train_file, args.eval_file, args.output_dir, args.tracking_uri,
-              args.experiment, args.cache_dir, checkpoint_dir=args.checkpoint_dir,
-              save_model_only=args.save_model_only)
+        summary = train(spec, args.spec, args.train_file, args.eval_file, args.output_dir, args.tracking_uri,
+                        args.experiment, args.cache_dir, checkpoint_dir=args.checkpoint_dir,
+                        save_model_only=args.save_model_only)
+        if args.summary_file and int(os.environ.get("RANK", "0")) == 0:
+            import json
+
+            from .files import write_atomic
+            args.summary_file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(args.summary_file, json.dumps(summary, indent=2))
         # rank 0 alone, after it saved the model: other ranks return from train() as soon as they finish
         if args.delete_checkpoints_when_done and args.checkpoint_dir and int(os.environ.get("RANK", "0")) == 0:
             empty(args.checkpoint_dir)

@@ -112,7 +112,7 @@ class Job:
 
 
 def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, checkpoints: Path, cache_dir: Path | None,
-          log) -> Job:
+          log, tiny_corpus: Path | None = None) -> Job:
     """Check the inputs, then build the model, tokenizer and SFTTrainer. Writes nothing before the checks pass."""
     go_offline_unless_reachable()  # before any huggingface import: offline means no retry loops
     train_rows, eval_rows = chats.load(train_file), chats.load(eval_file)
@@ -120,7 +120,10 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
     precision = spec["compute"]["precision"]
     if precision != "fp32" and device == "cpu":
         raise TrainerInputError(f"compute.precision={precision} needs a GPU; this run is on the CPU")
-    base = base_model_dir(spec, train_rows, Path(cache_dir or output_dir / "cache"))
+    # the tiny model's tokenizer is learnt from its training rows, or from tiny_corpus: the rows every point of a
+    # sweep could train on, so all points start from one base model and their eval losses count the same tokens
+    corpus = chats.load(tiny_corpus) if tiny_corpus and spec["model"]["source"] == "tiny" else train_rows
+    base = base_model_dir(spec, corpus, Path(cache_dir or output_dir / "cache"))
     output_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be usable
 
     import datasets
@@ -206,24 +209,27 @@ def record(job: Job, metrics: dict, output_dir: Path, save_only: bool) -> dict:
 
 def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output_dir: Path,
           tracking_uri: str | None = None, experiment: str | None = None, cache_dir: Path | None = None,
-          log=print, checkpoint_dir: Path | None = None, save_model_only: bool = False) -> dict:
+          log=print, checkpoint_dir: Path | None = None, save_model_only: bool = False,
+          mlflow_run: dict | None = None, tiny_corpus: Path | None = None) -> dict:
     """Set up, fit, record. The same summary shape on every rank; only rank 0 records to MLflow and logs the model.
 
     checkpoint_dir: where checkpoints go (default <output_dir>/checkpoints); a re-run resumes from the last one.
     save_model_only: write the model folder instead of logging it to the tracking server (the Azure ML job).
+    mlflow_run: run_name, tags and parent_run_id of a new MLflow run (what it is, and the sweep it belongs to).
+    tiny_corpus: JSONL chats the tiny model's tokenizer is learnt from (default: the training rows).
     """
     output_dir = Path(output_dir)
     checkpoints = Path(checkpoint_dir or output_dir / "checkpoints")
-    job = setup(spec, train_file, eval_file, output_dir, checkpoints, cache_dir, log)
+    job = setup(spec, train_file, eval_file, output_dir, checkpoints, cache_dir, log, tiny_corpus)
     experiment = experiment or spec["run"]["experiment_name"]
     uri = tracking.tracking_uri(tracking_uri, output_dir)
     # with several processes (torchrun / Azure ML's PyTorch distribution) all train, rank 0 alone records
     main = int(os.environ.get("RANK", "0")) == 0
     if not main:
-        log = _silent
+        log = lambda *_: None  # noqa: E731
     summary = {"run_id": None, "model_uri": None, "mlflow_model_dir": None, "loss_plot": None, "tracking_uri": uri,
                "experiment": experiment, "device": job.device, "precision": job.precision, "base_model": job.base}
-    with tracking.start(uri, experiment, output_dir / "mlflow_run.json") if main else contextlib.nullcontext() as run:
+    with tracking.start(uri, experiment, output_dir / "mlflow_run.json", **(mlflow_run or {})) if main else contextlib.nullcontext() as run:
         if main and job.resume_from is None:
             tracking.best_effort("log the run spec", tracking.log_spec, spec, Path(spec_path))
         metrics = fit(job, spec["train"]["num_train_epochs"], main, log)
@@ -238,7 +244,3 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
         f"{summary['eval_loss']:.4f}" + (f" (was {before:.4f})" if before is not None else "")
         + (f"; model {summary['model_uri'] or summary['mlflow_model_dir']}" if main else ""))
     return summary
-
-
-def _silent(*_):
-    pass

@@ -13,25 +13,38 @@ def tracking_uri(cli_value: str | None, output_dir: Path) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cli_value or f"sqlite:///{Path(output_dir).resolve() / 'mlflow.db'}"
 
 
-def start(uri: str, experiment: str, resume_file: Path):
-    """Start (or, after a crash, resume) the MLflow run of this training."""
+def use_experiment(uri: str, experiment: str) -> str:
+    """Point MLflow at uri and experiment (made when missing); returns the experiment's id."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
     mlflow.set_tracking_uri(uri)
-    if os.environ.get("MLFLOW_RUN_ID"):  # inside an Azure ML job the run already exists
-        return mlflow.start_run()
-    if uri.startswith("sqlite:///"):
+    if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
         # a SQLite store would put artifacts in ./mlruns of whatever directory we run in: pin them beside the db
         artifacts = Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
-        if mlflow.get_experiment_by_name(experiment) is None:
-            mlflow.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri())
-    mlflow.set_experiment(experiment)
+        mlflow.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri())
+    return mlflow.set_experiment(experiment).experiment_id
+
+
+def start(uri: str, experiment: str, resume_file: Path, run_name: str | None = None, tags: dict | None = None,
+          parent_run_id: str | None = None):
+    """Start (or, after a crash, resume) the MLflow run of this training.
+
+    run_name and tags say what the run is (the runner passes its run directory); parent_run_id nests it under a
+    sweep's run.
+    """
+    import mlflow
+
+    if os.environ.get("MLFLOW_RUN_ID"):  # inside an Azure ML job the run already exists
+        mlflow.set_tracking_uri(uri)
+        return mlflow.start_run()
+    use_experiment(uri, experiment)
     if resume_file.exists():
         prev = json.loads(resume_file.read_text())
         if prev.get("tracking_uri") == uri:
             return mlflow.start_run(run_id=prev["run_id"])
-    run = mlflow.start_run()
+    tags = {**(tags or {}), **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+    run = mlflow.start_run(run_name=run_name, tags=tags or None)
     resume_file.write_text(json.dumps({"run_id": run.info.run_id, "tracking_uri": uri}))
     return run
 

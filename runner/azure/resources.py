@@ -71,11 +71,12 @@ def compute(spec) -> dict:
             "idle_time_before_scale_down": c["idle_time_before_scale_down"]}
 
 
-def job(spec, env: dict, train_file: str, eval_file: str) -> dict:
+def job(spec, env: dict, train_file: str, eval_file: str, point: str = "") -> dict:
+    """point: a sweep point's name (data.percent=2): in the display name and tags, to tell the jobs apart."""
     c = spec["compute"]
     return {
         "$schema": SCHEMA.format("commandJob"), "type": "command",
-        "display_name": f"{spec['run']['name']}-{spec['model']['name']}",
+        "display_name": f"{spec['run']['name']}-{spec['model']['name']}" + (f" {point}" if point else ""),
         "experiment_name": spec["run"]["experiment_name"],
         "code": "code",  # trainer/ and the run's spec.yaml, staged next to this file
         # the model is saved into model_output (registered as it is: Azure's tracking server has no logged-model
@@ -83,7 +84,8 @@ def job(spec, env: dict, train_file: str, eval_file: str) -> dict:
         # deleted once the model is saved (a 3.8B full fine-tune keeps two of about 45 GB with optimizer state)
         "command": ("python -m trainer --spec spec.yaml --train-file ${{inputs.train_file}} "
                     "--eval-file ${{inputs.eval_file}} --output-dir ${{outputs.%s}} "
-                    "--checkpoint-dir ${{outputs.%s}} --save-model-only --delete-checkpoints-when-done"
+                    "--checkpoint-dir ${{outputs.%s}} --save-model-only --delete-checkpoints-when-done "
+                    "--summary-file outputs/summary.json"
                     % (MODEL_OUTPUT, CHECKPOINT_OUTPUT)),
         "environment": f"azureml:{env['name']}:{env['version']}",
         "compute": f"azureml:{c['cluster_name']}",
@@ -93,7 +95,9 @@ def job(spec, env: dict, train_file: str, eval_file: str) -> dict:
         # Azure starts processes_per_instance copies per node with torch.distributed's variables set
         "distribution": {"type": "pytorch", "process_count_per_instance": c["processes_per_instance"]},
         "resources": {"instance_count": c["instance_count"]},
-        "tags": {"run": spec["run"]["name"], "model": str(spec["model"]["id"] or spec["model"]["name"])},
+        "limits": {"timeout": int(c["max_hours"] * 3600)},  # seconds; bounds what the job can cost
+        "tags": {"run": spec["run"]["name"], "model": str(spec["model"]["id"] or spec["model"]["name"]),
+                 **({"sweep_point": point} if point else {})},
     }
 
 
@@ -204,7 +208,7 @@ def prepare_train(spec, ctx, data: dict, job_name: str | None = None) -> dict:
 
     def build(s):
         env = environment(s)
-        job_dict = job(s, env, *inputs)
+        job_dict = job(s, env, *inputs, point=ctx.point.get("name", ""))
         return {"environment.yml": env, "compute.yml": compute(s),
                 "job.yml": {"name": job_name, **job_dict} if job_name else job_dict}
     return written(ctx, spec, build)

@@ -3,18 +3,52 @@ import re
 import secrets
 from pathlib import Path
 
-from ..errors import StageFailed
+from ..errors import Detached, StageFailed
 from . import prices, resources
 from .client import azure_errors, client, get_or_none, load, rel, summary, without_ids
 from .retry import call, call_once
 
 
+TERMINAL = ("Completed", "Failed", "Canceled", "NotResponding")
+
+
 @azure_errors
 def run(spec, ctx) -> dict:
+    """Submit the job (or pick up the one an interrupted attempt submitted), follow it, and read its summary.
+
+    In a sweep's first pass (ctx.point["detach"]) it stops after submitting: the launcher follows every job at once.
+    """
     data = ctx.upstream("data")
+    ml, log = client(spec), ctx.log
+    job = attachable(ml, spec, ctx)
+    if job is None:
+        job = submit(ml, spec, ctx, data)
+    ctx.note({"job_name": job.name})  # a kill from here on does not lose the job: the next run follows it
+    if ctx.point.get("detach") and job.status not in TERMINAL:
+        raise Detached({"job_name": job.name}, f"job {job.name} submitted; the sweep follows it with the others")
+    streamed_error = follow(ml, job, log)
+    final = call("read the job's status", ml.jobs.get, job.name, log=log)
+    if final.status != "Completed":
+        detail = f"\n{summary(streamed_error)}" if streamed_error else ""
+        raise StageFailed(f"Azure ML job {job.name} ended with status {final.status}; "
+                          f"az ml job show --name {job.name} --web opens it in Studio{detail}")
+    metrics = job_summary(ml, ctx, job.name)
+    c = spec["compute"]
+    price = prices.APPROX_USD_PER_HOUR.get(c["instance_type"])
+    seconds = ctx.previous.get("outputs", {}).get("running_s") or metrics.get("train_runtime_s")
+    return {"job_name": job.name, "status": final.status,
+            "model_path": resources.model_path(job.name), "environment": ctx.manifest.outputs("train").get("environment"),
+            "compute": c["cluster_name"], "experiment": spec["run"]["experiment_name"],
+            **{k: metrics.get(k) for k in ("eval_loss_before", "eval_loss", "train_loss", "train_runtime_s",
+                                           "tokens_per_s", "steps")},
+            # node-hours at the list price: from the time the sweep saw it running, else the training time alone
+            "cost_usd": round(seconds / 3600 * c["instance_count"] * price, 2) if seconds and price else None}
+
+
+def submit(ml, spec, ctx, data):
+    log = ctx.log
     job_name = new_job_name(spec)  # chosen here so a retried submit cannot start a second job
     res = resources.prepare_train(spec, ctx, data, job_name=job_name)
-    ml, log = client(spec), ctx.log
     env = call("create the environment", ml.environments.create_or_update,
                load(ctx, "environment.yml", res["environment.yml"]), log=log)
     log(f"[train] environment {env.name}:{env.version} ({spec['compute']['image']})")
@@ -22,18 +56,42 @@ def run(spec, ctx) -> dict:
     # a retried submit of the same name would be refused (409) while the first one runs: look for it first
     job = call_once("submit the job", ml.jobs.create_or_update, load(ctx, "job.yml", res["job.yml"]),
                     check=lambda: get_or_none("look up the job", ml.jobs.get, job_name, log), log=log)
+    ctx.note({"environment": f"{env.name}:{env.version}"})
     # Studio's links carry the subscription and tenant ids: neither is printed nor kept
     log(f"[train] job {job.name} submitted ({without_ids(job.studio_url)}); az ml job show --name {job.name} --web "
         "opens it in Studio")
-    streamed_error = follow(ml, job, log)
-    final = call("read the job's status", ml.jobs.get, job.name, log=log)
-    if final.status != "Completed":
-        detail = f"\n{summary(streamed_error)}" if streamed_error else ""
-        raise StageFailed(f"Azure ML job {job.name} ended with status {final.status}; "
-                          f"az ml job show --name {job.name} --web opens it in Studio{detail}")
-    return {"job_name": job.name, "status": final.status,
-            "model_path": resources.model_path(job.name), "environment": f"{env.name}:{env.version}",
-            "compute": spec["compute"]["cluster_name"], "experiment": spec["run"]["experiment_name"]}
+    return job
+
+
+def attachable(ml, spec, ctx):
+    """The job an earlier attempt of this stage submitted with the same inputs, unless it ended badly."""
+    prev = ctx.previous
+    name = prev.get("outputs", {}).get("job_name")
+    if not name or spec["force"] or prev.get("inputs_hash") != ctx.inputs_hash:
+        return None
+    # submitted (a sweep's first pass), running or interrupted: the job goes on in the cloud. A stage that failed
+    # for another reason is tried afresh (a failed or cancelled job is submitted again).
+    if prev.get("status") == "failed" and prev.get("error") != "interrupted":
+        return None
+    job = get_or_none("look up the job", ml.jobs.get, name, ctx.log)
+    if job is None or (job.status in TERMINAL and job.status != "Completed" and prev.get("status") != "submitted"):
+        return None
+    ctx.log(f"[train] following job {name} (submitted by an earlier attempt; status {job.status})")
+    if prev.get("outputs", {}).get("environment"):
+        ctx.note({"environment": prev["outputs"]["environment"]})
+    return job
+
+
+def job_summary(ml, ctx, job_name) -> dict:
+    """The trainer's summary.json, which the job writes to outputs/ (kept with its logs); {} when unavailable."""
+    import json
+    dest = resources.folder(ctx) / "job-artifacts" / job_name
+    try:
+        call("download the job's summary", ml.jobs.download, job_name, download_path=str(dest), log=ctx.log)
+        return json.loads((dest / "artifacts" / "outputs" / "summary.json").read_text())
+    except Exception as exc:  # the metrics are for the sweep table; the model is what matters
+        ctx.warn(f"could not read job {job_name}'s summary.json ({summary(exc)}); its metrics are in Studio")
+        return {}
 
 
 def new_job_name(spec) -> str:
@@ -48,9 +106,15 @@ def ensure_compute(ml, ctx, wanted):
         ctx.log(f"[train] creating compute cluster {wanted.name} ({wanted.size}, "
                 f"{wanted.min_instances}..{wanted.max_instances} nodes)")
         call("create the compute cluster", lambda: ml.compute.begin_create_or_update(wanted).result(), log=ctx.log)
-    elif str(getattr(existing, "size", "")).lower() != wanted.size.lower():
+        return
+    if str(getattr(existing, "size", "")).lower() != wanted.size.lower():
         ctx.warn(f"compute cluster {wanted.name} exists with size {existing.size}, not {wanted.size}; "
                  "the job runs on it as it is (rename compute.cluster_name to get a new one)")
+    has = getattr(existing, "max_instances", None)
+    if has is not None and has < wanted.max_instances:  # a sweep's jobs would queue more than its plan said
+        ctx.warn(f"compute cluster {wanted.name} exists with max_instances={has}, not {wanted.max_instances}: at most "
+                 f"{has} node(s) run at once (az ml compute update -n {wanted.name} --max-instances "
+                 f"{wanted.max_instances} raises it)")
 
 
 def follow(ml, job, log):
@@ -76,6 +140,14 @@ def is_current(outputs, spec, ctx) -> bool:
     return bool(outputs.get("job_name"))
 
 
+def max_cost(spec) -> str:
+    c = spec["compute"]
+    price = prices.APPROX_USD_PER_HOUR.get(c["instance_type"])
+    hours = c["max_hours"] * c["instance_count"]
+    return (f"at most {c['max_hours']} h (compute.max_hours, the job's time limit)"
+            + (f", about ${hours * price:.2f}" if price else ""))
+
+
 def plan(spec, ctx) -> list[str]:
     c = spec["compute"]
     data = ctx.manifest.outputs("data")
@@ -94,7 +166,7 @@ def plan(spec, ctx) -> list[str]:
         f"scales to {c['min_instances']} after {c['idle_time_before_scale_down']} s idle",
         f"{rel(ctx, 'job.yml')}: command job in experiment {spec['run']['experiment_name']}, "
         f"{c['instance_count']} node(s) x {c['processes_per_instance']} process(es), code {rel(ctx, 'code')}, "
-        f"inputs {job['inputs']['train_file']['path']}, {job['inputs']['eval_file']['path']}",
+        f"inputs {job['inputs']['train_file']['path']}, {job['inputs']['eval_file']['path']}; {max_cost(spec)}",
         f"by hand: az ml job create -f {resources.folder(ctx) / 'job.yml'} (after creating the environment and compute)",
     ]
 

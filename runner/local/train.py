@@ -23,10 +23,24 @@ def run(spec, ctx):
         fresh_start(out)  # resuming is for an attempt that was killed or failed, not for redoing a finished one
     try:
         summary = train(spec, ctx.run_dir / "spec.yaml", Path(data["train_file"]), Path(data["test_file"]), out,
-                        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", cache_dir=root / "cache", log=ctx.log)
+                        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", cache_dir=root / "cache", log=ctx.log,
+                        mlflow_run=mlflow_run(spec, ctx), tiny_corpus=data.get("pool_file") and Path(data["pool_file"]))
     except TrainerInputError as exc:
         raise UserError(str(exc)) from None
     return {"output_dir": str(out), **{k: summary.get(k) for k in KEEP}}
+
+
+def run_name(spec, run_dir: Path) -> str:
+    """What the run is: its run directory under run.output_root, e.g. default/local_tiny_sample/data.percent=25."""
+    run_dir, root = Path(run_dir).resolve(), output_root(spec)
+    return str(run_dir.relative_to(root)) if root in run_dir.parents else run_dir.name
+
+
+def mlflow_run(spec, ctx) -> dict:
+    tags = {"runner.run_dir": str(Path(ctx.run_dir).resolve()), "runner.run": spec["run"]["name"]}
+    if ctx.point.get("name"):
+        tags["runner.point"] = ctx.point["name"]
+    return {"run_name": run_name(spec, ctx.run_dir), "tags": tags, "parent_run_id": ctx.point.get("parent_run_id")}
 
 
 def fresh_start(out: Path):

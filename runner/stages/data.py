@@ -13,12 +13,18 @@ from ..manifest import write_atomic
 MAX_REPORTED = 10
 
 
-def split_string(d) -> str:
-    """The datasets split expression, e.g. train_sft[:10] or train_sft[:1%]."""
+def split_string(d, split=None) -> str:
+    """The datasets split expression, e.g. train_sft[:10] or train_sft[:1%]; the whole split when split is given."""
+    if split is not None:
+        return split
     if d["rows"] is not None:
         return f"{d['split']}[:{d['rows']}]"
     pct = d["percent"]
     return d["split"] if pct == 100 else f"{d['split']}[:{pct:g}%]"
+
+
+def eval_split_string(d) -> str:
+    return f"{d['eval_split']}[:{d['eval_rows']}]" if d["eval_rows"] else d["eval_split"]
 
 
 def resolve_path(path: str) -> Path:
@@ -27,6 +33,12 @@ def resolve_path(path: str) -> Path:
     if p.is_absolute() or p.exists():
         return p.resolve()
     return REPO_ROOT / p
+
+
+def dataset_location(name: str) -> str:
+    """A hub id as it is; a local folder (data.dataset=./my_ultrachat) as an absolute path."""
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.is_dir() else name
 
 
 def read_rows(path: Path) -> list[tuple[str, object]]:
@@ -44,14 +56,14 @@ def take_slice(rows: list, d) -> list:
     return rows[: int(round(len(rows) * d["percent"] / 100))]
 
 
-def load_hub_rows(d) -> list:
+def load_hub_rows(d, split: str) -> list:
     from trainer.hub import go_offline_unless_reachable
     online = go_offline_unless_reachable()
     import datasets
     datasets.logging.set_verbosity_error()
-    split = split_string(d)
+    datasets.disable_progress_bars()
     try:
-        ds = datasets.load_dataset(d["dataset"], d["config_name"], split=split)
+        ds = datasets.load_dataset(dataset_location(d["dataset"]), d["config_name"], split=split)
     except Exception as exc:  # the hub and the cache raise many different types
         if online:
             raise UserError(f"could not load {d['dataset']} ({d['config_name']}, {split}): {exc}") from None
@@ -81,46 +93,96 @@ def check_rows(rows, source, on_bad_row):
 
 
 def split_rows(rows, test_size, seed):
-    n_test = math.ceil(len(rows) * test_size)
+    """A seeded shuffle into train and test; test_size is a fraction, or a row count when an int."""
+    n_test = test_size if isinstance(test_size, int) else math.ceil(len(rows) * test_size)
     if n_test < 1 or len(rows) - n_test < 1:
-        raise UserError(f"{len(rows)} usable rows with test_size={test_size} leave an empty train or test set; "
-                        "use more data (data.rows / data.percent) or change data.test_size")
+        what = f"eval_rows={test_size}" if isinstance(test_size, int) else f"test_size={test_size}"
+        raise UserError(f"{len(rows)} usable rows with {what} leave an empty train or test set; "
+                        f"use more data (data.rows / data.percent) or change data.{what.split('=')[0]}")
     import datasets
     parts = datasets.Dataset.from_list(rows).train_test_split(test_size=test_size, seed=seed)
     return parts["train"].to_list(), parts["test"].to_list()
 
 
 def _jsonl(rows) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    # the chat alone: other columns (ultrachat's prompt, prompt_id) are not trained on
+    return "".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in rows)
+
+
+def source_rows(d, whole: bool = False):
+    """(source label, [(where, value)], sha256 of a local file or None): the slice, or the whole source."""
+    if d["source"] == "file":
+        path = resolve_path(d["path"])
+        rows = read_rows(path)
+        return str(path), (rows if whole else take_slice(rows, d)), file_sha256(path)
+    split = split_string(d, d["split"] if whole else None)
+    return (f"{d['dataset']}:{split}", [(f"row {i}", v) for i, v in enumerate(load_hub_rows(d, split))], None)
+
+
+def hub_eval_rows(d, on_bad_row, warn):
+    where = f"{d['dataset']}:{eval_split_string(d)}"
+    rows = [(f"row {i}", v) for i, v in enumerate(load_hub_rows(d, eval_split_string(d)))]
+    good, skipped = check_rows(rows, where, on_bad_row)
+    if skipped:
+        warn(f"skipped {skipped} bad row(s) of {where}")
+    if not good:
+        raise UserError(f"{where} has no usable rows to evaluate on; check data.eval_split and data.eval_rows")
+    return where, good
+
+
+def make_split(d, ctx):
+    """train rows, test rows, how they were chosen (for the manifest and the log), and the pool of a fixed split."""
+    mode = d["eval"] if d["eval"] != "auto" else "split"
+    pool = None  # fixed, held out of the whole source: the rows not held out, which any slice is taken from
+    if mode == "fixed" and d["source"] == "hub" and d["eval_split"]:
+        source, rows, source_sha = source_rows(d)
+        train, skipped = check_rows(rows, source, d["on_bad_row"])
+        where, test = hub_eval_rows(d, d["on_bad_row"], ctx.warn)
+        how = f"{where}, the same whatever the slice"
+        if not train:
+            raise UserError(f"{source} has no usable rows to train on; use more data (data.rows / data.percent)")
+    elif mode == "fixed":
+        # held out of the whole source before the slice: the same rows whatever data.percent / data.rows say
+        source, rows, source_sha = source_rows(d, whole=True)
+        good, skipped = check_rows(rows, source, d["on_bad_row"])
+        pool, test = split_rows(good, d["eval_rows"] or d["test_size"], d["seed"])
+        train = take_slice(pool, d)
+        if not train:
+            raise UserError(f"data.{'rows' if d['rows'] else 'percent'} leaves no training rows of the {len(pool)} "
+                            f"not held out; raise it")
+        how = f"{len(test)} rows held out of {source} (seed {d['seed']}) before the slice"
+    else:
+        source, rows, source_sha = source_rows(d)
+        good, skipped = check_rows(rows, source, d["on_bad_row"])
+        train, test = split_rows(good, d["test_size"], d["seed"])
+        how = f"test_size={d['test_size']} of the slice (seed {d['seed']})"
+    if skipped:
+        ctx.warn(f"skipped {skipped} bad row(s) of {source}")
+    return source, source_sha, train, test, skipped, mode, how, pool
 
 
 def run(spec, ctx):
     d = spec["data"]
-    source_sha = None
-    if d["source"] == "file":
-        path = resolve_path(d["path"])
-        source = str(path)
-        source_sha = file_sha256(path) if path.is_file() else None
-        rows = take_slice(read_rows(path), d)
-    else:
-        source = f"{d['dataset']}:{split_string(d)}"
-        rows = [(f"row {i}", value) for i, value in enumerate(load_hub_rows(d))]
-    good, skipped = check_rows(rows, source, d["on_bad_row"])
-    if skipped:
-        ctx.warn(f"skipped {skipped} bad row(s) of {source}")
-    train, test = split_rows(good, d["test_size"], d["seed"])
+    source, source_sha, train, test, skipped, mode, how, pool = make_split(d, ctx)
     out_dir = ctx.run_dir / "data"
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = {"train.jsonl": _jsonl(train), "test.jsonl": _jsonl(test)}
+    if pool is not None:  # every row a slice can take: the tiny model learns its tokenizer from these, in every point
+        texts["pool.jsonl"] = _jsonl(pool)
+    else:
+        (out_dir / "pool.jsonl").unlink(missing_ok=True)
     for name, text in texts.items():
         write_atomic(out_dir / name, text)
+    sha = {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()}
     ctx.log(f"[data] {source}: {len(train)} train / {len(test)} test rows"
             + (f", {skipped} skipped" if skipped else "") + f" -> {out_dir}")
+    ctx.log(f"[data] eval set ({mode}): {how}; sha256 {sha['test.jsonl'][:12]}")
     return {
         "train_file": str(out_dir / "train.jsonl"), "test_file": str(out_dir / "test.jsonl"),
         "train_rows": len(train), "test_rows": len(test), "skipped_rows": skipped, "source": source,
-        "sha256": {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()},
-        "source_sha256": source_sha,
+        "sha256": sha, "source_sha256": source_sha,
+        "eval": {"mode": mode, "from": how, "sha256": sha["test.jsonl"]},  # sweep summaries compare only equal ones
+        **({"pool_file": str(out_dir / "pool.jsonl")} if pool is not None else {}),
     }
 
 
@@ -137,3 +199,15 @@ def is_current(outputs, spec, ctx) -> bool:
         if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != outputs["sha256"][name]:
             return False
     return True
+
+
+def plan(spec, ctx):
+    d = spec["data"]
+    mode = d["eval"] if d["eval"] != "auto" else "split"
+    if mode == "split":
+        return [f"eval:   split: test_size={d['test_size']} of the slice (the tutorial's 80/20); "
+                "it changes with the slice, so slices of different size do not compare"]
+    if d["source"] == "hub" and d["eval_split"]:
+        return [f"eval:   fixed: {d['dataset']}:{eval_split_string(d)} for every slice; the slice trains whole"]
+    share = f"{d['eval_rows']} rows" if d["eval_rows"] else f"test_size={d['test_size']}"
+    return [f"eval:   fixed: {share} held out of the whole source (seed {d['seed']}) before the slice is taken"]

@@ -1,0 +1,230 @@
+"""The Hydra launcher of -m sweeps (hydra/launcher=runner, registered by hydra_plugins/phi3_runner_launcher).
+
+1. Composes and validates every point first: a bad point refuses the whole sweep before anything runs.
+2. plan=true: each point's plan, then how the sweep would run and what its Azure jobs cost at most.
+3. Azure ML points: every point's data stage and job submission first, then all jobs followed together
+   (the sweep takes about as long as its slowest job, within compute.max_instances), then each point's
+   remaining stages. Local points run one after another in this process (this machine's cores are few).
+4. The summary at the sweep's root (runner/sweep.py), the sweep's MLflow parent run, and with
+   sweep.deploy=best the best point deployed.
+
+A point that is interrupted (Ctrl-C) stops the sweep; the same command resumes it: finished points are skipped,
+a training run goes on from its checkpoint, a submitted Azure job is followed again rather than submitted twice.
+"""
+import copy
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf, open_dict, read_write
+
+from .errors import UserError
+
+log = logging.getLogger(__name__)
+
+_current: dict = {}  # the point being run: read by runner.__main__ for app.main(sweep=...)
+INTERRUPTED = 130
+
+
+def current_point() -> dict:
+    return _current
+
+
+class Point:
+    def __init__(self, idx, overrides, config, run_dir, spec=None, error=None):
+        self.idx, self.overrides, self.config, self.run_dir = idx, list(overrides), config, Path(run_dir)
+        self.spec, self.error, self.name = spec, error, ""
+
+    @property
+    def detached(self):
+        """The module that follows this point's cloud job in a sweep (registry.DETACHED_IN_SWEEPS), or None."""
+        from .registry import sweep_backend
+        return sweep_backend(self.spec)
+
+
+def compose_point(launcher, idx, overrides) -> Point:
+    from hydra.core.hydra_config import HydraConfig
+
+    from .spec import to_spec
+    from .sweep import settle
+    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    with open_dict(config):
+        config.hydra.job.id = idx
+        config.hydra.job.num = idx
+    before = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(config)  # the run directory reads ${hydra:runtime.choices.*}
+    try:
+        run_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
+        task = copy.deepcopy(config)
+        with read_write(task), open_dict(task):
+            del task["hydra"]
+        try:
+            return Point(idx, overrides, config, run_dir, spec=settle(to_spec(task), list(overrides)))
+        except UserError as exc:
+            return Point(idx, overrides, config, run_dir, error=str(exc))
+    finally:
+        if before is not None:
+            HydraConfig.instance().cfg = before
+
+
+def sweep_problems(points) -> list[str]:
+    """Every point's problems (the same one in every point said once), then the sweep's own."""
+    from . import sweep
+    from .validate import problems
+    by_problem = {}
+    for p in points:
+        for msg in ([p.error] if p.error else problems(p.spec)):
+            by_problem.setdefault(msg, []).append(p.name)
+    lines = []
+    for msg, names in by_problem.items():
+        where = "every point" if len(names) == len(points) and len(points) > 1 else ", ".join(names)
+        lines.append(f"  - {msg}" + (f"  [{where}]" if len(points) > 1 else ""))
+    ok = [p for p in points if not p.error]
+    lines += [f"  - {m}" for m in sweep.problems([{"overrides": p.overrides, "spec": p.spec} for p in ok])]
+    return lines
+
+
+def _launcher_base():
+    from hydra.plugins.launcher import Launcher
+    return Launcher
+
+
+class SweepLauncher(_launcher_base()):
+    def __init__(self) -> None:
+        super().__init__()
+        self.config = self.task_function = self.hydra_context = None
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides, initial_job_idx):
+        from hydra.core.utils import configure_log, setup_globals
+
+        from . import sweep
+        from .app import exit_codes
+        setup_globals()
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        points = [compose_point(self, initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
+        for p, name in zip(points, sweep.varying([{"overrides": p.overrides} for p in points])):
+            p.name = " ".join(name) or "defaults"
+        bad = sweep_problems(points)
+        if bad:
+            print("\n".join([f"error: the sweep is invalid ({len(points)} points; nothing ran):", *bad]), file=sys.stderr)
+            exit_codes.append(2)
+            _take_back(sweep_dir)
+            return []
+        specs = [p.spec for p in points]
+        if all(s["plan"] for s in specs):
+            returns = [self._run(p) for p in points]
+            _print_plan(sweep_dir, points)
+            return returns
+        return self._execute(sweep_dir, points)
+
+    # ---- running points -----------------------------------------------------------------------
+
+    def _run(self, p: Point, detach=False, parent=None, extra=()):
+        from hydra.core.utils import run_job
+        global _current
+        config = p.config
+        if extra:
+            config = self.hydra_context.config_loader.load_sweep_config(self.config, [*p.overrides, *extra])
+            with open_dict(config):
+                config.hydra.job.id = config.hydra.job.num = p.idx
+        _current = {"overrides": [*p.overrides, *extra], "point": {"name": p.name, "detach": detach,
+                                                                   "parent_run_id": (parent or {}).get("run_id")}}
+        try:
+            return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
+                           job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+        finally:
+            _current = {}
+
+    def _execute(self, sweep_dir, points):
+        from . import sweep
+        from .app import exit_codes
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        local = [p for p in points if not p.detached]
+        cloud = [p for p in points if p.detached]
+        parent = None
+        if any("train" in p.spec["stages"] for p in local):
+            parent = sweep.start_parent(local[0].spec, sweep_dir, [p.name for p in points],
+                                        [str(o) for o in OmegaConf.to_container(self.config.hydra.overrides.task)])
+        print(f"[sweep] {len(points)} points: " + (f"{len(cloud)} in the cloud (jobs submitted together)" if cloud else "")
+              + (", " if cloud and local else "") + (f"{len(local)} here, one after another" if local else ""), flush=True)
+        returns, stopped = {}, False
+        # cloud points first: their jobs run there while the local points train here
+        for p in cloud:
+            returns[p.idx] = self._run(p, detach=True)
+            if _interrupted(returns[p.idx]):
+                stopped = True
+                break
+        for p in [] if stopped else local:
+            print(f"[sweep] point {p.name}", flush=True)
+            returns[p.idx] = self._run(p, parent=parent)
+            if _interrupted(returns[p.idx]):
+                stopped = True
+                break
+        if cloud and not stopped:
+            try:
+                for backend in {p.detached for p in cloud}:
+                    backend.wait_all([(p.spec, p.run_dir, p.name) for p in cloud if p.detached is backend],
+                                     log=lambda m: print(m, flush=True))
+            except KeyboardInterrupt:
+                print("[sweep] interrupted while following the jobs; they keep running on Azure ML. The same "
+                      "command follows them again.", file=sys.stderr)
+                exit_codes.append(INTERRUPTED)
+                stopped = True
+            for p in [] if stopped else cloud:
+                returns[p.idx] = self._run(p)
+        if stopped:
+            print("[sweep] stopped; re-run the same command to resume (finished points are skipped)", file=sys.stderr)
+        summary = sweep.summarize(sweep_dir, [{"name": p.name, "overrides": p.overrides, "run_dir": p.run_dir}
+                                              for p in points])
+        if parent:
+            sweep.end_parent(parent, summary, sweep_dir, ok=not stopped and max(exit_codes, default=0) == 0)
+        deploy_best = points[0].spec.get("sweep", {}).get("deploy") == "best"
+        if deploy_best and not stopped:
+            best = summary["best"]
+            if best is None:
+                print("[sweep] sweep.deploy=best: no point to deploy (none finished, or eval sets differ)", file=sys.stderr)
+                exit_codes.append(1)
+            else:
+                p = next(p for p in points if p.name == best["point"])
+                print(f"[sweep] deploying the best point, {p.name}", flush=True)
+                self._run(p, extra=["stages=[deploy,chat]"])
+        return [returns[p.idx] for p in points if p.idx in returns]
+
+
+def _interrupted(ret) -> bool:
+    return getattr(ret, "_return_value", None) == INTERRUPTED
+
+
+def _print_plan(sweep_dir: Path, points):
+    from trainer.files import write_atomic
+
+    lines = [f"sweep: {len(points)} points under {sweep_dir}"]
+    local = [p for p in points if not p.detached]
+    if local:
+        lines.append(f"{len(local)} local point(s): one after another on this machine")
+    for backend in {p.detached for p in points} - {None}:
+        lines += backend.plan([p.spec for p in points if p.detached is backend])
+    lines.append("every point is evaluated on the same eval rows (data.eval=fixed)" if all(
+        p.spec["data"]["eval"] == "fixed" for p in points) else
+        "points evaluate on different eval rows (data.eval=split): the summary will not compare them")
+    lines.append("then: the summary (sweep.md, sweep.csv, sweep.png) at the sweep's root, with the command that deploys "
+                 "the best point" + (" (sweep.deploy=best: deployed when the sweep ends)"
+                                     if points[0].spec.get("sweep", {}).get("deploy") == "best" else ""))
+    text = "\n".join(lines) + "\n"
+    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(sweep_dir) / "sweep-plan.txt", text)
+    print("---\n" + text.rstrip(), flush=True)
+
+
+def _take_back(sweep_dir: Path):
+    """A refused sweep leaves nothing: Hydra's multirun.yaml and the folders this command made go."""
+    from . import rundir
+    existed = rundir._existed
+    if existed is not None and (sweep_dir.absolute() == existed or existed not in sweep_dir.absolute().parents):
+        return  # the sweep folder was there before: leave it as it was (multirun.yaml aside, rewritten by Hydra)
+    (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+    rundir.remove_created(sweep_dir)
