@@ -4,11 +4,25 @@ Hydra creates the run directory (and any missing parents) before the runner can 
 callback notes, before that, the deepest folder on the way that already existed; a refused run removes its run
 directory and the empty folders above it up to that one, never a folder it did not create.
 """
+import hashlib
+import re
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 _existed: Path | None = None  # the deepest folder of the run (or sweep) directory's path that existed before
+
+
+def point_folder(override_dirname: str) -> str:
+    """A sweep point's folder name from its overrides: one folder, even when a value is a path (data.dataset=/a/b)."""
+    name = re.sub(r"[/\\:]+", "_", str(override_dirname)).strip("_") or "defaults"
+    return name if len(name) <= 120 else f"{name[:100]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+# conf/config.yaml's hydra.sweep.subdir calls it; Hydra loads this module (its callback) before any folder is named
+if not OmegaConf.has_resolver("point_folder"):
+    OmegaConf.register_new_resolver("point_folder", point_folder)
 
 
 def deepest_existing(path: Path) -> Path:

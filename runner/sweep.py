@@ -86,7 +86,7 @@ def row_of(name: str, run_dir: Path) -> dict:
             "eval loss before": train.get("eval_loss_before"), "eval loss after": train.get("eval_loss"),
             "train time (s)": train.get("train_runtime_s"), "tokens/s": train.get("tokens_per_s"),
             "cost (USD)": train.get("cost_usd"), "eval set": (data.get("eval") or {}).get("sha256"),
-            "run directory": str(run_dir), "registered": m.outputs("register").get("version")}
+            "run directory": str(run_dir), "registered": m.entry("register").get("status") == "done"}
 
 
 def _fmt(value) -> str:

@@ -161,17 +161,24 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
                len(train_rows), len(eval_rows), last)
 
 
-def fit(job: Job, epochs: float, main: bool, log) -> dict:
-    """Evaluate (unless resuming), train, evaluate again. Returns the metrics every rank reports."""
+def fit(job: Job, epochs: float, main: bool, log, before_file: Path | None = None) -> dict:
+    """Evaluate (unless resuming: before_file keeps the first attempt's figure), train, evaluate again.
+
+    Returns the metrics every rank reports.
+    """
     before = None
     if job.resume_from is None:
         before = job.trainer.evaluate()["eval_loss"]
         if main:
             import mlflow
             tracking.best_effort("log eval_loss_before", mlflow.log_metric, "eval_loss_before", before, step=0)
+            if before_file:
+                write_atomic(before_file, json.dumps({"eval_loss_before": before}))
         log(f"[train] eval loss before training: {before:.4f}")
     else:
         log(f"[train] resuming from {job.resume_from}")
+        if before_file and before_file.is_file():
+            before = json.loads(before_file.read_text())["eval_loss_before"]
     t0 = time.time()
     result = job.trainer.train(resume_from_checkpoint=job.resume_from)
     seconds = time.time() - t0
@@ -232,7 +239,7 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
     with tracking.start(uri, experiment, output_dir / "mlflow_run.json", **(mlflow_run or {})) if main else contextlib.nullcontext() as run:
         if main and job.resume_from is None:
             tracking.best_effort("log the run spec", tracking.log_spec, spec, Path(spec_path))
-        metrics = fit(job, spec["train"]["num_train_epochs"], main, log)
+        metrics = fit(job, spec["train"]["num_train_epochs"], main, log, output_dir / "eval_loss_before.json")
         summary.update(metrics)
         if main:
             summary.update(run_id=run.info.run_id, **record(job, metrics, output_dir, save_model_only))
