@@ -31,8 +31,11 @@ def stage_is_current(stage, module, spec, ctx, h) -> bool:
     return check(entry["outputs"], spec, ctx) if check else True
 
 
-def plan(spec, run_dir: Path, env_paths=None, out=print) -> list[str]:
-    """Print the spec and what each selected stage would do; write spec.yaml and plan.txt only."""
+def plan(spec, run_dir: Path, env_paths=None, out=print, show_spec=True) -> list[str]:
+    """Print the spec and what each selected stage would do; write spec.yaml and plan.txt only.
+
+    show_spec=False (a sweep's points): the spec stays in the point's spec.yaml, the plan names it.
+    """
     ctx = Context(Path(run_dir), Manifest(run_dir))
     lines = [f"run directory: {run_dir}", "stages:"]
     for stage in selected(spec["stages"]):
@@ -53,8 +56,11 @@ def plan(spec, run_dir: Path, env_paths=None, out=print) -> list[str]:
             lines += [f"      {x}" for x in module.plan(spec, ctx)]
     text = "\n".join(lines) + "\n"
     write_atomic(Path(run_dir) / "plan.txt", text)
-    out(dump_yaml(redacted(spec, {**azure_env_paths(), **(env_paths or {})})).rstrip())
-    out("---")
+    if show_spec:
+        out(dump_yaml(redacted(spec, {**azure_env_paths(), **(env_paths or {})})).rstrip())
+        out("---")
+    else:
+        out(f"--- sweep point: the resolved spec is in {Path(run_dir) / 'spec.yaml'}")
     out(text.rstrip())
     return lines
 
@@ -127,7 +133,7 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None) -
     write_spec(spec, run_dir, env_paths)
     try:
         if spec["plan"]:
-            plan(spec, run_dir, env_paths, out)
+            plan(spec, run_dir, env_paths, out, show_spec=not (point or {}).get("name"))
         else:
             execute(spec, run_dir, out, point)
     except (UserError, StageFailed) as exc:

@@ -162,11 +162,7 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
 
 
 def fit(job: Job, epochs: float, main: bool, log, before_file: Path | None = None) -> dict:
-    """Evaluate (unless resuming: before_file keeps the first attempt's figure), train, evaluate again.
-
-    Returns the metrics every rank reports.
-    """
-    before = None
+    """Evaluate (unless resuming: before_file keeps the first attempt's), train, evaluate again; every rank's metrics."""
     if job.resume_from is None:
         before = job.trainer.evaluate()["eval_loss"]
         if main:
@@ -177,8 +173,7 @@ def fit(job: Job, epochs: float, main: bool, log, before_file: Path | None = Non
         log(f"[train] eval loss before training: {before:.4f}")
     else:
         log(f"[train] resuming from {job.resume_from}")
-        if before_file and before_file.is_file():
-            before = json.loads(before_file.read_text())["eval_loss_before"]
+        before = json.loads(before_file.read_text())["eval_loss_before"] if before_file and before_file.is_file() else None
     t0 = time.time()
     result = job.trainer.train(resume_from_checkpoint=job.resume_from)
     seconds = time.time() - t0
