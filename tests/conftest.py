@@ -17,6 +17,14 @@ from runner import CONF_DIR  # noqa: E402
 from runner.spec import to_spec  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def _no_tracking_uri_leaks():
+    """A test that points mlflow somewhere must not send the next test's runner there through the environment."""
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+
+
 def compose_once(output_root, *overrides):
     """The resolved run spec of conf/ with these overrides, outputs under output_root."""
     GlobalHydra.instance().clear()

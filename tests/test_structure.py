@@ -96,11 +96,11 @@ def test_generation_defaults_have_one_home(trained_run):
     """The scoring defaults, the MLflow signature and the flow all come from trainer/generation.py."""
     import mlflow
 
-    from trainer import contract
+    from trainer import contract, tracking
     from trainer.generation import DEFAULTS
     assert {k: contract.PARAMS[k][1] for k in DEFAULTS} == DEFAULTS
     out = trained_run[2]["stages"]["train"]["outputs"]
-    mlflow.set_tracking_uri(out["tracking_uri"])
+    tracking.point_at(out["tracking_uri"])
     sig = mlflow.models.get_model_info(out["model_uri"]).signature
     assert {p.name: p.default for p in sig.params.params} == {**DEFAULTS, "return_full_text": False}
     flow = yaml.safe_load((REPO_ROOT / "flow" / "flow.dag.yaml").read_text())

@@ -70,6 +70,8 @@ def test_eval_loss_falls_well_below_its_value_before_training(trained_run):
 
 def test_mlflow_run_records_params_metrics_artifacts_and_a_servable_model(trained_run):
     import mlflow
+
+    from trainer import tracking
     from mlflow.tracking import MlflowClient
     spec, run_dir, manifest = trained_run
     out = manifest["stages"]["train"]["outputs"]
@@ -84,7 +86,7 @@ def test_mlflow_run_records_params_metrics_artifacts_and_a_servable_model(traine
     names = {a.path for a in client.list_artifacts(out["run_id"])}
     assert {"spec.yaml", "loss.png"} <= names
     assert Path(out["loss_plot"]).read_bytes()[:4] == b"\x89PNG"
-    mlflow.set_tracking_uri(out["tracking_uri"])
+    tracking.point_at(out["tracking_uri"])
     info = mlflow.models.get_model_info(out["model_uri"])
     assert "transformers" in info.flavors
     assert {p.name for p in info.signature.params.params} == {"max_new_tokens", "temperature", "do_sample", "top_p",
@@ -277,3 +279,20 @@ def test_the_loss_covers_assistant_turns_only_with_a_template_that_renders_as_th
         answers = "".join(m["content"] + "<|end|>\n" for m in msgs if m["role"] == "assistant")
         assert learned == answers + (tok.eos_token if msgs[-1]["role"] == "assistant" else "")
         assert "<|user|>" not in learned and "<|assistant|>" not in learned and "<|system|>" not in learned
+
+
+def test_pointing_mlflow_somewhere_does_not_export_it_to_the_environment(tmp_path, monkeypatch):
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; a sweep's next point would take it for the user's."""
+    import mlflow
+
+    from trainer import tracking
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'a.db'}"
+    tracking.point_at(uri, registry=True)
+    assert mlflow.get_tracking_uri() == uri and mlflow.get_registry_uri() == uri
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    assert tracking.tracking_uri(None, tmp_path / "run") == f"sqlite:///{(tmp_path / 'run').resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")  # the user's choice stays
+    tracking.point_at(uri)
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"

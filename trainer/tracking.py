@@ -7,6 +7,22 @@ from .files import pinned_requirements
 from .generation import PARAMS
 
 
+def point_at(uri: str, registry: bool = False):
+    """mlflow.set_tracking_uri (and set_registry_uri) without their side effect of exporting MLFLOW_*_URI to this
+    process's environment, where the next run (a later sweep point, a child process) would take it for the user's."""
+    import mlflow
+
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {n: os.environ.get(n) for n in names}
+    mlflow.set_tracking_uri(uri)
+    if registry:
+        mlflow.set_registry_uri(uri)
+    for n, value in before.items():
+        if value is None:
+            os.environ.pop(n, None)
+        else:
+            os.environ[n] = value
+
 
 def tracking_uri(cli_value: str | None, output_dir: Path) -> str:
     """MLFLOW_TRACKING_URI set by the user (or Azure ML) wins; else the given one; else SQLite beside the output."""
@@ -18,7 +34,7 @@ def use_experiment(uri: str, experiment: str) -> str:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
-    mlflow.set_tracking_uri(uri)
+    point_at(uri)
     if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
         # a SQLite store would put artifacts in ./mlruns of whatever directory we run in: pin them beside the db
         artifacts = Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
@@ -36,7 +52,7 @@ def start(uri: str, experiment: str, resume_file: Path, run_name: str | None = N
     import mlflow
 
     if os.environ.get("MLFLOW_RUN_ID"):  # inside an Azure ML job the run already exists
-        mlflow.set_tracking_uri(uri)
+        point_at(uri)
         return mlflow.start_run()
     use_experiment(uri, experiment)
     if resume_file.exists():

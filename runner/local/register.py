@@ -7,9 +7,9 @@ def run(spec, ctx):
     name = spec["register"]["model_name"]
     import mlflow
 
+    from trainer.tracking import point_at
     # the registry lives in the store the model was logged to, whatever MLFLOW_TRACKING_URI says now
-    mlflow.set_tracking_uri(train["tracking_uri"])
-    mlflow.set_registry_uri(train["tracking_uri"])
+    point_at(train["tracking_uri"], registry=True)
     version = mlflow.register_model(train["model_uri"], name, tags={"run_dir": str(ctx.run_dir)})
     ctx.log(f"[register] {name} version {version.version} <- {train['model_uri']} in {train['tracking_uri']}")
     return {"model_name": name, "model_version": str(version.version),
