@@ -85,7 +85,7 @@ def execute(spec, run_dir: Path, out=print, point=None) -> dict:
         try:
             outputs = module.run(spec, ctx)
         except Detached as exc:  # its work goes on elsewhere: the sweep launcher waits, then runs this again
-            ctx.manifest.record(stage.name, "submitted", h, exc.outputs)
+            ctx.manifest.record(stage.name, "submitted", h, {**ctx.manifest.outputs(stage.name), **exc.outputs})
             out(f"[{stage.name}] {exc}")
             break
         except BaseException as exc:

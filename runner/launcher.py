@@ -13,6 +13,7 @@ a training run goes on from its checkpoint, a submitted Azure job is followed ag
 """
 import copy
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -79,6 +80,14 @@ def sweep_problems(points) -> list[str]:
     for msg, names in by_problem.items():
         where = "every point" if len(names) == len(points) and len(points) > 1 else ", ".join(names)
         lines.append(f"  - {msg}" + (f"  [{where}]" if len(points) > 1 else ""))
+    by_dir = {}
+    for p in points:
+        by_dir.setdefault(p.run_dir.resolve(), []).append(p.name)
+    for run_dir, names in by_dir.items():
+        if len(names) > 1:
+            lines.append(f"  - points {' and '.join(names)} would share one run directory, {run_dir}, and overwrite "
+                         "each other: vary a value that names the folder (overrides other than compute, model, data "
+                         "and run.*), or run them as separate commands with different run.name")
     ok = [p for p in points if not p.error]
     lines += [f"  - {m}" for m in sweep.problems([{"overrides": p.overrides, "spec": p.spec} for p in ok])]
     return lines
@@ -145,10 +154,17 @@ class SweepLauncher(_launcher_base()):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         local = [p for p in points if not p.detached]
         cloud = [p for p in points if p.detached]
+        runs = [{"name": p.name, "overrides": sweep.shown(p.overrides),
+                 "run_dir": os.path.relpath(p.run_dir, sweep_dir)} for p in points]
+        prev = sweep.belongs_to(sweep_dir, runs)  # one point of a recorded sweep redone: summarise the whole sweep
+        record = {**prev} if prev else {"runs": runs}
+        summarised = any(s in p.spec["stages"] for p in points for s in ("data", "train", "register"))
         parent = None
         if any("train" in p.spec["stages"] for p in local):
-            parent = sweep.start_parent(local[0].spec, sweep_dir, [p.name for p in points],
-                                        [str(o) for o in OmegaConf.to_container(self.config.hydra.overrides.task)])
+            parent = sweep.start_parent(local[0].spec, sweep_dir, prev, self._overrides(), len(record["runs"]))
+            record.update(tracking_uri=parent["tracking_uri"], parent_run_id=parent["run_id"])
+        if summarised:
+            sweep.remember(sweep_dir, record)
         print(f"[sweep] {len(points)} points: " + (f"{len(cloud)} in the cloud (jobs submitted together)" if cloud else "")
               + (", " if cloud and local else "") + (f"{len(local)} here, one after another" if local else ""), flush=True)
         returns, stopped = {}, False
@@ -165,34 +181,68 @@ class SweepLauncher(_launcher_base()):
                 stopped = True
                 break
         if cloud and not stopped:
-            try:
-                for backend in {p.detached for p in cloud}:
-                    backend.wait_all([(p.spec, p.run_dir, p.name) for p in cloud if p.detached is backend],
-                                     log=lambda m: print(m, flush=True))
-            except KeyboardInterrupt:
-                print("[sweep] interrupted while following the jobs; they keep running on Azure ML. The same "
-                      "command follows them again.", file=sys.stderr)
-                exit_codes.append(INTERRUPTED)
-                stopped = True
-            for p in [] if stopped else cloud:
+            stopped = self._follow(cloud)
+            # each point's own run again: it reads its finished job (or says why it failed), then registers.
+            # A point whose first pass failed (its data, its submission) is not tried a second time.
+            for p in [] if stopped else [p for p in cloud if _code(returns[p.idx]) == 0]:
                 returns[p.idx] = self._run(p)
+                if _interrupted(returns[p.idx]):
+                    stopped = True
+                    break
         if stopped:
             print("[sweep] stopped; re-run the same command to resume (finished points are skipped)", file=sys.stderr)
-        summary = sweep.summarize(sweep_dir, [{"name": p.name, "overrides": p.overrides, "run_dir": p.run_dir}
-                                              for p in points])
+        summary = {"best": None}
+        if summarised:
+            summary = sweep.summarize(sweep_dir, [{**r, "run_dir": sweep_dir / r["run_dir"]} for r in record["runs"]])
         if parent:
             sweep.end_parent(parent, summary, sweep_dir, ok=not stopped and max(exit_codes, default=0) == 0)
-        deploy_best = points[0].spec.get("sweep", {}).get("deploy") == "best"
-        if deploy_best and not stopped:
-            best = summary["best"]
-            if best is None:
-                print("[sweep] sweep.deploy=best: no point to deploy (none finished, or eval sets differ)", file=sys.stderr)
-                exit_codes.append(1)
-            else:
-                p = next(p for p in points if p.name == best["point"])
-                print(f"[sweep] deploying the best point, {p.name}", flush=True)
-                self._run(p, extra=["stages=[deploy,chat]"])
+        if points[0].spec.get("sweep", {}).get("deploy") == "best" and not stopped:
+            self._deploy_best(points, summary)
         return [returns[p.idx] for p in points if p.idx in returns]
+
+    def _overrides(self) -> list[str]:
+        return [str(o) for o in OmegaConf.to_container(self.config.hydra.overrides.task)]
+
+    def _follow(self, cloud) -> bool:
+        """Follow every submitted job together; True when the sweep has to stop (Ctrl-C, Azure unreachable)."""
+        from .app import exit_codes
+        try:
+            for backend in {p.detached for p in cloud}:
+                backend.wait_all([(p.spec, p.run_dir, p.name) for p in cloud if p.detached is backend],
+                                 log=lambda m: print(m, flush=True))
+            return False
+        except KeyboardInterrupt:
+            print("[sweep] interrupted while following the jobs; they keep running on Azure ML. The same "
+                  "command follows them again.", file=sys.stderr)
+            exit_codes.append(INTERRUPTED)
+        except Exception as exc:  # the network, an expired login, a deleted job: the jobs themselves go on
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            print(f"error: lost track of the sweep's Azure ML jobs ({type(exc).__name__}: {first[:300]}); they keep "
+                  "running there. Re-run the same command to follow them again.", file=sys.stderr)
+            exit_codes.append(1)
+        return True
+
+    def _deploy_best(self, points, summary):
+        from .app import exit_codes
+        best = summary["best"]
+        if best is None:
+            print("[sweep] sweep.deploy=best: no point to deploy (none finished, or eval sets differ)", file=sys.stderr)
+            exit_codes.append(1)
+            return
+        p = next((p for p in points if p.name == best["point"]), None)
+        if p is None:  # the best is a point of the recorded sweep that this command did not run
+            print(f"[sweep] sweep.deploy=best: the best point, {best['point']}, is not among this command's points; "
+                  "deploy it with the command in sweep.md", file=sys.stderr)
+            exit_codes.append(1)
+            return
+        stages = "deploy,chat" if best["registered"] else "register,deploy,chat"  # a sweep of stages=[data,train]
+        print(f"[sweep] deploying the best point, {p.name}", flush=True)
+        self._run(p, extra=[f"stages=[{stages}]"])
+
+
+def _code(ret) -> int:
+    value = getattr(ret, "_return_value", None)
+    return value if isinstance(value, int) else 1
 
 
 def _interrupted(ret) -> bool:

@@ -37,6 +37,30 @@ def split_not_empty(spec):
                             "both need at least one: raise data.rows or change data.test_size")
 
 
+def fixed_slice_not_empty(spec):
+    """data.eval=fixed on a file: the held-out rows come out of the whole file first, the slice from the rest. Counted
+    from the file's lines here, so a sweep point that would train on nothing is refused before any point runs."""
+    d = spec["data"]
+    if d.get("eval") != "fixed" or d["source"] != "file" or not d["path"] or not 0 < d["test_size"] < 1:
+        return
+    from .stages.data import resolve_path
+    path = resolve_path(d["path"])
+    if not path.is_file():
+        return  # the data stage says so
+    with open(path, "rb") as f:
+        lines = sum(1 for line in f if line.strip())
+    held = d["eval_rows"] or math.ceil(lines * d["test_size"])
+    if held >= lines:
+        yield "data.eval_rows", (f"{path.name} has {lines} rows; holding {held} out for evaluation leaves none to "
+                                 "train on: lower data.eval_rows")
+        return
+    pool = lines - held
+    take = d["rows"] if d["rows"] is not None else int(round(pool * (d["percent"] or 0) / 100))
+    if d["rows"] is None and take < 1:
+        yield "data.percent", (f"{d['percent']}% of the {pool} rows of {path.name} not held out for evaluation is "
+                               f"{take} rows: raise data.percent (at least {math.ceil(50 / pool)}), or use data.rows")
+
+
 def source_fields(spec):
     d = spec["data"]
     if d["source"] == "file" and not d["path"]:
@@ -47,6 +71,9 @@ def source_fields(spec):
     if d["source"] == "file" and d.get("eval_split"):
         yield "data.eval_split", ("a JSONL file has no splits: data.eval_split=null holds a seeded share out of the "
                                   "whole file instead (data.eval_rows=N sets its size)")
+    if d["source"] == "hub" and d.get("eval") == "fixed" and d.get("eval_split") and d["eval_split"] == d["split"]:
+        yield "data.eval_split", (f"evaluating on {d['eval_split']}, the split the slice trains on, would score rows "
+                                  "the model may have trained on: name another split (ultrachat_200k: test_sft)")
     if d["source"] == "hub" and not d["dataset"]:
         yield "data.dataset", "data.source=hub needs data.dataset, e.g. data.dataset=HuggingFaceH4/ultrachat_200k"
     m = spec["model"]
@@ -108,5 +135,5 @@ def _context_of(spec):
     return tiny["max_position_embeddings"] if spec["model"]["source"] == "tiny" and tiny else 1 << 30
 
 
-RULES = [bf16_needs_a_gpu, one_slice, test_size_range, split_not_empty, source_fields,
+RULES = [bf16_needs_a_gpu, one_slice, test_size_range, split_not_empty, fixed_slice_not_empty, source_fields,
          azure_workspace_set, azure_endpoint_name, chat_within_endpoint_limit, cluster_size, max_length_fits_model]

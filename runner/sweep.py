@@ -24,6 +24,11 @@ def key_of(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def shown(overrides) -> list[str]:
+    """The overrides that may be printed and kept: azure.* values (a subscription id) belong in the shell only."""
+    return [o for o in overrides if not key_of(o).startswith("azure.")]
+
+
 def settle(spec: dict, overrides) -> dict:
     """The spec a run actually runs. overrides: the point's command-line overrides in a -m sweep, None otherwise.
 
@@ -45,15 +50,15 @@ def varying(points) -> list[list[str]]:
     """Each point's overrides that differ between points (data.percent=25), for names and the table."""
     keys = {}
     for p in points:
-        for o in p["overrides"]:
+        for o in shown(p["overrides"]):
             keys.setdefault(key_of(o), set()).add(o)
     vary = {k for k, vals in keys.items() if len(vals) > 1 or any(k not in map(key_of, p["overrides"]) for p in points)}
-    return [[o for o in p["overrides"] if key_of(o) in vary] or list(p["overrides"]) for p in points]
+    return [[o for o in shown(p["overrides"]) if key_of(o) in vary] or shown(p["overrides"]) for p in points]
 
 
 def point_command(overrides, stages: str) -> str:
     """The command that runs these stages in a sweep point's own folder: -m with one point keeps the folder."""
-    kept = [o for o in overrides if key_of(o) not in NOT_IN_POINT_COMMANDS]
+    kept = [o for o in shown(overrides) if key_of(o) not in NOT_IN_POINT_COMMANDS]
     return " ".join(["python -m runner -m", *map(shlex.quote, kept), f"stages=[{stages}]"])
 
 
@@ -78,14 +83,21 @@ COLUMNS = ["point", "status", "train rows", "eval rows", "eval loss before", "ev
 
 
 def row_of(name: str, run_dir: Path) -> dict:
+    """A point's row. Its eval losses count only when its training finished on the eval rows its data stage now
+    holds (a point whose data was redone after it trained shows no loss until it trains again)."""
     m = Manifest(run_dir)
     data, train = m.outputs("data"), m.outputs("train")
     status = {s: m.entry(s).get("status") for s in ("data", "train", "register")}
     last = next((f"{s} {st}" for s, st in reversed(status.items()) if st), "not run")
+    eval_set = (data.get("eval") or {}).get("sha256")
+    trained = status["train"] == "done" and train.get("eval_sha256") is not None
+    if trained and train["eval_sha256"] != eval_set:
+        trained, last = False, "train out of date (its data changed)"
+    figures = train if trained else {}
     return {"point": name, "status": last, "train rows": data.get("train_rows"), "eval rows": data.get("test_rows"),
-            "eval loss before": train.get("eval_loss_before"), "eval loss after": train.get("eval_loss"),
-            "train time (s)": train.get("train_runtime_s"), "tokens/s": train.get("tokens_per_s"),
-            "cost (USD)": train.get("cost_usd"), "eval set": (data.get("eval") or {}).get("sha256"),
+            "eval loss before": figures.get("eval_loss_before"), "eval loss after": figures.get("eval_loss"),
+            "train time (s)": figures.get("train_runtime_s"), "tokens/s": figures.get("tokens_per_s"),
+            "cost (USD)": figures.get("cost_usd"), "eval set": eval_set,
             "run directory": str(run_dir), "registered": m.entry("register").get("status") == "done"}
 
 
@@ -107,9 +119,9 @@ def summarize(sweep_dir: Path, points, out=print) -> dict:
     rows = [row_of(p["name"], Path(p["run_dir"])) for p in points]
     for r in rows:
         r["run directory"] = os.path.relpath(r["run directory"], sweep_dir)
-    eval_sets = {r["eval set"] for r in rows if r["eval set"]}
-    comparable = len(eval_sets) == 1
     done = [r for r in rows if r["eval loss after"] is not None]
+    eval_sets = {r["eval set"] for r in done}
+    comparable = len(eval_sets) == 1
     best = min(done, key=lambda r: r["eval loss after"]) if comparable and done else None
     for r in rows:
         r["eval set"] = (r["eval set"] or "")[:12]
@@ -127,6 +139,9 @@ def summarize(sweep_dir: Path, points, out=print) -> dict:
         notes.append(f"Not compared: the points were evaluated on {len(eval_sets)} different eval sets (column 'eval "
                      "set'), so their eval losses say nothing about the training data. Re-run the sweep with "
                      "data.eval=fixed (the default in -m sweeps) to evaluate every point on the same rows.")
+    if any(key_of(o).startswith("azure.") for p in points for o in p["overrides"]):
+        notes.append("azure.* values given on the command line are left out of the commands here: export them in "
+                     "your shell (AZURE_SUBSCRIPTION_ID, ...).")
     plot = plot_losses(rows, sweep_dir / "sweep.png") if comparable and done else None
     if plot is None:
         (sweep_dir / "sweep.png").unlink(missing_ok=True)  # a plot of an earlier sweep would mislead
@@ -170,8 +185,10 @@ def plot_losses(rows, path: Path) -> Path | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
@@ -182,24 +199,49 @@ def tracking_uri(spec) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
 
 
-def start_parent(spec, sweep_dir: Path, names: list[str], overrides: list[str]) -> dict:
-    """The sweep's MLflow run, which each point's training run names as its parent; reused by a re-run."""
+# ---- the sweep's record (sweep.json at its root) ---------------------------------------------------
+
+def record_of(sweep_dir: Path) -> dict:
+    path = Path(sweep_dir) / "sweep.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def remember(sweep_dir: Path, record: dict):
+    write_atomic(Path(sweep_dir) / "sweep.json", json.dumps(record, indent=2) + "\n")
+
+
+def belongs_to(sweep_dir: Path, runs: list[dict]) -> dict:
+    """The recorded sweep these points are all part of ({} if none): re-running one point of it (the summary's
+    deploy command, a point redone) summarises the whole sweep again rather than that point alone."""
+    prev = record_of(sweep_dir)
+    known = {r["run_dir"] for r in prev.get("runs", [])}
+    return prev if known and {r["run_dir"] for r in runs} <= known else {}
+
+
+# ---- MLflow: one parent run per sweep -------------------------------------------------------------
+
+def start_parent(spec, sweep_dir: Path, prev: dict, overrides: list[str], points: int) -> dict:
+    """The sweep's MLflow run, which each point's training run names as its parent; a re-run of the same sweep
+    (prev: its record) reuses it while it is still in the store."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from trainer import tracking
     import mlflow
 
     uri, experiment = tracking_uri(spec), spec["run"]["experiment_name"]
-    record = Path(sweep_dir) / "sweep.json"
-    prev = json.loads(record.read_text()) if record.is_file() else {}
-    if prev.get("tracking_uri") == uri and prev.get("points") == names and prev.get("parent_run_id"):
-        return {"tracking_uri": uri, "run_id": prev["parent_run_id"]}
     client = mlflow.MlflowClient(uri)
-    run = client.create_run(tracking.use_experiment(uri, experiment),
-                            run_name=f"{spec['run']['name']} sweep: " + " ".join(overrides),
-                            tags={"runner.sweep_dir": str(Path(sweep_dir).resolve()),
-                                  "runner.sweep": " ".join(overrides), "runner.points": str(len(names))})
-    write_atomic(record, json.dumps({"tracking_uri": uri, "parent_run_id": run.info.run_id, "points": names},
-                                    indent=2) + "\n")
+    if prev.get("tracking_uri") == uri and prev.get("parent_run_id"):
+        try:
+            client.get_run(prev["parent_run_id"])
+            return {"tracking_uri": uri, "run_id": prev["parent_run_id"]}
+        except Exception:  # the store was replaced since: a new parent
+            pass
+    what = " ".join(shown(overrides))
+    run = client.create_run(tracking.use_experiment(uri, experiment), run_name=f"{spec['run']['name']} sweep: {what}",
+                            tags={"runner.sweep_dir": str(Path(sweep_dir).resolve()), "runner.sweep": what,
+                                  "runner.points": str(points)})
     return {"tracking_uri": uri, "run_id": run.info.run_id}
 
 
@@ -217,4 +259,5 @@ def end_parent(parent: dict, summary: dict, sweep_dir: Path, ok: bool):
         tracking.best_effort("log the best point", client.set_tag, parent["run_id"], "runner.best_point", best["point"])
         tracking.best_effort("log the best eval loss", client.log_metric, parent["run_id"], "best_eval_loss",
                              float(best["eval loss after"]))
-    client.set_terminated(parent["run_id"], status="FINISHED" if ok else "FAILED")
+    tracking.best_effort("close the sweep's run", client.set_terminated, parent["run_id"],
+                         status="FINISHED" if ok else "FAILED")

@@ -59,6 +59,7 @@ class FakeML:
 
     def __init__(self, job_status="Completed", answer='["Hi there"]', auth_mode="key", lifecycle=(), job_summary=None):
         """lifecycle: the statuses a job shows, one per status read, before job_status (streaming waits it out).
+        job_status: the status a job ends with, or job_status(job entity) -> that status, job by job.
         job_summary(job entity) -> the summary.json the trainer writes to the job's outputs/ (None: none written).
         """
         self.lifecycle, self.job_summary = tuple(lifecycle), job_summary
@@ -140,7 +141,7 @@ class FakeML:
     def _stream(self, name):
         self.jobs_by_name[name].reads = len(self.lifecycle)  # streaming returns when the job has ended
         print(f"RunId: {name}\nWeb View: {studio_url(name)}")  # as azure-ai-ml prints while it streams
-        if self.job_status == "Failed":
+        if self._final(self.jobs_by_name[name]) == "Failed":
             error = json.dumps({"code": "UserError", "message": "CUDA out of memory"}, indent=4)
             raise JobException(message=f"Exception : \n {error} ", no_personal_data_message="failed job")
 
@@ -148,10 +149,13 @@ class FakeML:
         if name not in self.jobs_by_name:
             raise ResourceNotFoundError(f"job {name} not found")
         job = self.jobs_by_name[name]
-        job.status = self.lifecycle[job.reads] if job.reads < len(self.lifecycle) else self.job_status
+        job.status = self.lifecycle[job.reads] if job.reads < len(self.lifecycle) else self._final(job)
         job.reads += 1
         self.note(name=name, status=job.status)
         return job
+
+    def _final(self, job):
+        return self.job_status(job.entity) if callable(self.job_status) else self.job_status
 
     def _job_download(self, name, download_path=".", output_name=None, all=False):
         """As the SDK: only an ended job; its default artifacts (outputs/, logs) land in <download_path>/artifacts."""

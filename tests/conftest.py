@@ -19,10 +19,12 @@ from runner.spec import to_spec  # noqa: E402
 
 @pytest.fixture(autouse=True)
 def _no_tracking_uri_leaks():
-    """A test that points mlflow somewhere must not send the next test's runner there through the environment."""
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which the next runner would take for the user's choice:
+    code that points mlflow somewhere uses trainer.tracking.point_at. A leak fails the test that made it."""
     yield
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    os.environ.pop("MLFLOW_REGISTRY_URI", None)
+    leaked = {v: os.environ.pop(v) for v in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI") if v in os.environ}
+    if leaked:
+        pytest.fail(f"left in the environment: {leaked}")
 
 
 def compose_once(output_root, *overrides):

@@ -102,6 +102,25 @@ def test_a_bad_sweep_point_refuses_the_sweep_before_any_point_runs(tmp_path):
     assert not (tmp_path / "outputs").exists()  # not even Hydra's multirun.yaml
 
 
+def test_a_sweep_that_would_deploy_every_point_over_one_endpoint_is_refused(tmp_path):
+    r = runner_cli("-m", "data.percent=50,100", "stages=[data,train,register,deploy]", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "2 of the 2 points would deploy, each over the same endpoint" in r.stderr
+    assert "python -m runner -m data.percent=50 stages=[deploy,chat]" in r.stderr  # the command that deploys once
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_points_that_would_share_a_run_directory_are_refused(tmp_path):
+    # azure.* values never name folders (a subscription id stays out of paths): these two points are one folder
+    r = runner_cli("-m", "azure.resource_group=rg-a,rg-b", "stages=[data]", cwd=tmp_path)
+    assert r.returncode == 2 and "would share one run directory" in r.stderr and "rg-a" not in r.stderr
+    # the train recipe names its folder: two recipes are two points
+    r = runner_cli("-m", "train=quick,seed_recipe", "train.max_length=512", "stages=[data]", "plan=true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "local_tiny_sample/train.max_length=512,train=quick/spec.yaml" in r.stdout
+    assert "local_tiny_sample/train.max_length=512,train=seed_recipe/spec.yaml" in r.stdout
+
+
 def test_a_corrupt_manifest_is_a_clear_error(tmp_path):
     run_dir = tmp_path / "outputs/default/local_tiny_sample"
     run_dir.mkdir(parents=True)

@@ -71,6 +71,20 @@ def test_a_file_has_no_eval_split(compose_spec):
     assert any(p.startswith("data.eval_split: a JSONL file has no splits") for p in found)
 
 
+def test_a_fixed_eval_set_that_leaves_nothing_to_train_on_is_refused_before_anything_runs(compose_spec):
+    n = len(read_jsonl(SAMPLE))
+    found = problems(compose_spec("data.eval=fixed", f"data.eval_rows={n}"))
+    assert any(p.startswith(f"data.eval_rows: chat_sample.jsonl has {n} rows; holding {n} out") for p in found), found
+    found = problems(compose_spec("data.eval=fixed", "data.percent=0.5"))  # 0.5 % of the 76 rows left: 0 rows
+    assert any(p.startswith("data.percent: 0.5% of the 76 rows of chat_sample.jsonl") for p in found), found
+    assert not problems(compose_spec("data.eval=fixed", "data.percent=2"))
+
+
+def test_evaluating_on_the_split_that_trains_is_refused(compose_spec):
+    found = problems(compose_spec("data=1pct", "data.eval=fixed", "data.eval_split=train_sft"))
+    assert any(p.startswith("data.eval_split: evaluating on train_sft, the split the slice trains on") for p in found)
+
+
 def test_the_hub_path_slices_a_train_split_and_splits_it_80_20(compose_spec, tmp_path, ultrachat_folder):
     out = outputs(run_data(compose_spec("data=1pct", f"data.dataset={ultrachat_folder}", "data.percent=10"), tmp_path))
     assert out["source"] == f"{ultrachat_folder}:train_sft[:10%]"
@@ -91,6 +105,8 @@ def test_the_hub_path_evaluates_on_test_sft_when_fixed(compose_spec, tmp_path, u
     test = read_jsonl(out["test_file"])
     assert [r["messages"] for r in test] == [r["messages"] for r in read_jsonl(SAMPLE)[N_TRAIN_SFT:N_TRAIN_SFT + 5]]
     assert out["eval"]["from"].startswith(f"{ultrachat_folder}:test_sft[:5]")
+    # the tiny model's tokenizer corpus is the eval split, whatever the slice: one base model for every point
+    assert read_jsonl(out["pool_file"]) == test
 
 
 def test_a_hub_sweep_evaluates_every_point_on_test_sft(tmp_path, ultrachat_folder):

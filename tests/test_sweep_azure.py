@@ -10,6 +10,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from runner import app
+from runner.azure import deploy as az_deploy
 from runner.azure import register as az_register
 from runner.azure import retry
 from runner.azure import sweep as az_sweep
@@ -37,7 +38,7 @@ def trainer_summary(job):
 @pytest.fixture
 def cloud(monkeypatch, tmp_path):
     fake = FakeML(lifecycle=("Queued", "Running", "Running"), job_summary=trainer_summary)
-    for module in (az_train, az_register, az_sweep):
+    for module in (az_train, az_register, az_sweep, az_deploy):
         monkeypatch.setattr(module, "client", lambda spec: fake)
     monkeypatch.setattr(retry, "_sleep", lambda s: None)
     for k, v in ENV.items():
@@ -114,13 +115,53 @@ def test_a_sweep_stopped_while_following_its_jobs_follows_the_same_jobs_again(cl
     assert {m["stages"]["register"]["status"] for m in runs.values()} == {"done"}
 
 
-def test_a_failed_job_fails_its_point_only(cloud, monkeypatch, tmp_path):
-    cloud.job_status = "Failed"
+def test_a_failed_job_fails_its_point_only(cloud, monkeypatch, tmp_path, capsys):
+    cloud.job_status = lambda job: "Failed" if job.tags["sweep_point"] == "data.percent=50" else "Completed"
     assert runner_main(monkeypatch, *SWEEP) == 1
     runs = manifests(tmp_path)
-    assert {m["stages"]["train"]["status"] for m in runs.values()} == {"failed"}
+    status = {p: m["stages"]["train"]["status"] for p, m in runs.items()}
+    assert status == {"data.percent=25": "done", "data.percent=50": "failed", "data.percent=100": "done"}
+    assert {p for p, m in runs.items() if m["stages"].get("register", {}).get("status") == "done"} == {
+        "data.percent=25", "data.percent=100"}
+    assert capsys.readouterr().err.count("CUDA out of memory") == 1  # said once
     text = (tmp_path / "outputs/default/sweep.md").read_text()
-    assert text.count("train failed") == 3 and "Deploy it" not in text
+    assert "| data.percent=50 | train failed |" in text
+    assert "Deploy it: python -m runner -m compute=a100 model=phi35 data.percent=100 stages=[deploy,chat]" in text
+
+    # the same command again: the failed point alone gets a new job (the finished ones are skipped)
+    cloud.job_status = "Completed"
+    submitted = cloud.names().count("jobs.create_or_update")
+    assert runner_main(monkeypatch, *SWEEP) == 0
+    assert cloud.names().count("jobs.create_or_update") == submitted + 1
+    assert {m["stages"]["register"]["status"] for m in manifests(tmp_path).values()} == {"done"}
+
+
+def test_losing_azure_while_following_stops_the_sweep_with_a_clear_error_and_the_jobs_are_followed_again(
+        cloud, monkeypatch, tmp_path, capsys):
+    from azure.core.exceptions import ServiceRequestError
+    cloud.failures["jobs.get"] = [ServiceRequestError("connection reset")] * 20  # more than the retries take
+    assert runner_main(monkeypatch, *SWEEP) == 1
+    err = capsys.readouterr().err
+    assert "error: lost track of the sweep's Azure ML jobs" in err and "Traceback" not in err
+    assert "Re-run the same command to follow them again" in err
+    assert (tmp_path / "outputs/default/sweep.md").is_file()  # the summary says where each point stands
+    cloud.failures["jobs.get"] = []
+    assert runner_main(monkeypatch, *SWEEP) == 0
+    assert cloud.names().count("jobs.create_or_update") == 3
+
+
+def test_deploying_the_best_point_keeps_the_whole_sweeps_summary(cloud, monkeypatch, tmp_path):
+    assert runner_main(monkeypatch, *SWEEP) == 0
+    table = (tmp_path / "outputs/default/sweep.md").read_text()
+    # the summary's deploy command is a one-point sweep: it must not rewrite the summary as a one-row table
+    assert runner_main(monkeypatch, "-m", "compute=a100", "model=phi35", "data.percent=100", "stages=[deploy]") == 0
+    assert "online_deployments.begin_create_or_update" in cloud.names()
+    assert (tmp_path / "outputs/default/sweep.md").read_text() == table
+    # redoing one point (its register stage) summarises the whole sweep again
+    assert runner_main(monkeypatch, "-m", "compute=a100", "model=phi35", "data.percent=50", "stages=[register]",
+                       "force=true") == 0
+    text = (tmp_path / "outputs/default/sweep.md").read_text()
+    assert all(f"| data.percent={p} | " in text for p in (25, 50, 100))
 
 
 def test_the_plan_says_how_the_points_run_and_what_they_cost_at_most(monkeypatch, tmp_path, capsys):

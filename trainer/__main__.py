@@ -24,7 +24,7 @@ def parse(argv=None):
     p.add_argument("--delete-checkpoints-when-done", action="store_true",
                    help="remove --checkpoint-dir once the model is saved (they exist to resume an interrupted run)")
     p.add_argument("--summary-file", type=Path,
-                   help="also write the run's summary.json here (Azure ML jobs: outputs/, kept with the job's logs)")
+                   help="also write the run's figures here (Azure ML jobs: outputs/summary.json, read by the runner)")
     return p.parse_args(argv)
 
 
@@ -51,7 +51,10 @@ def main(argv=None) -> int:
 
             from .files import write_atomic
             args.summary_file.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(args.summary_file, json.dumps(summary, indent=2))
+            # the figures alone: in an Azure ML job the tracking URI names the subscription, and this file is downloaded
+            figures = {k: v for k, v in summary.items() if k not in ("tracking_uri", "model_uri", "mlflow_model_dir",
+                                                                      "loss_plot")}
+            write_atomic(args.summary_file, json.dumps(figures, indent=2))
         # rank 0 alone, after it saved the model: other ranks return from train() as soon as they finish
         if args.delete_checkpoints_when_done and args.checkpoint_dir and int(os.environ.get("RANK", "0")) == 0:
             empty(args.checkpoint_dir)

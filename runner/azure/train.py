@@ -39,6 +39,7 @@ def run(spec, ctx) -> dict:
     return {"job_name": job.name, "status": final.status,
             "model_path": resources.model_path(job.name), "environment": ctx.manifest.outputs("train").get("environment"),
             "compute": c["cluster_name"], "experiment": spec["run"]["experiment_name"],
+            "eval_sha256": (data.get("sha256") or {}).get("test.jsonl"),  # the eval rows these losses are on (sweep summaries)
             **{k: metrics.get(k) for k in ("eval_loss_before", "eval_loss", "train_loss", "train_runtime_s",
                                            "tokens_per_s", "steps")},
             # node-hours at the list price: from the time the sweep saw it running, else the training time alone
@@ -48,6 +49,7 @@ def run(spec, ctx) -> dict:
 def submit(ml, spec, ctx, data):
     log = ctx.log
     job_name = new_job_name(spec)  # chosen here so a retried submit cannot start a second job
+    ctx.note({"job_name": job_name})  # before submitting (the code upload takes a while): a kill loses no job
     res = resources.prepare_train(spec, ctx, data, job_name=job_name)
     env = call("create the environment", ml.environments.create_or_update,
                load(ctx, "environment.yml", res["environment.yml"]), log=log)
@@ -67,7 +69,14 @@ def attachable(ml, spec, ctx):
     """The job an earlier attempt of this stage submitted with the same inputs, unless it ended badly."""
     prev = ctx.previous
     name = prev.get("outputs", {}).get("job_name")
-    if not name or spec["force"] or prev.get("inputs_hash") != ctx.inputs_hash:
+    if not name:
+        return None
+    if spec["force"] or prev.get("inputs_hash") != ctx.inputs_hash:
+        if prev.get("status") in ("running", "submitted", "failed"):
+            old = get_or_none("look up the earlier job", ml.jobs.get, name, ctx.log)
+            if old is not None and old.status not in TERMINAL:
+                ctx.warn(f"job {name} of an earlier attempt (other inputs) is still {old.status}; it is not followed "
+                         f"any more: az ml job cancel -n {name} stops it")
         return None
     # submitted (a sweep's first pass), running or interrupted: the job goes on in the cloud. A stage that failed
     # for another reason is tried afresh (a failed or cancelled job is submitted again).
@@ -83,8 +92,13 @@ def attachable(ml, spec, ctx):
 
 
 def job_summary(ml, ctx, job_name) -> dict:
-    """The trainer's summary.json, which the job writes to outputs/ (kept with its logs); {} when unavailable."""
+    """The trainer's figures (outputs/summary.json of the job); {} when unavailable.
+
+    The download (the job's default artifacts: its logs too, which may name the workspace) is removed once read;
+    the figures go to the manifest.
+    """
     import json
+    import shutil
     dest = resources.folder(ctx) / "job-artifacts" / job_name
     try:
         call("download the job's summary", ml.jobs.download, job_name, download_path=str(dest), log=ctx.log)
@@ -92,6 +106,8 @@ def job_summary(ml, ctx, job_name) -> dict:
     except Exception as exc:  # the metrics are for the sweep table; the model is what matters
         ctx.warn(f"could not read job {job_name}'s summary.json ({summary(exc)}); its metrics are in Studio")
         return {}
+    finally:
+        shutil.rmtree(dest.parent, ignore_errors=True)
 
 
 def new_job_name(spec) -> str:

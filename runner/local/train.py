@@ -27,7 +27,8 @@ def run(spec, ctx):
                         mlflow_run=mlflow_run(spec, ctx), tiny_corpus=data.get("pool_file") and Path(data["pool_file"]))
     except TrainerInputError as exc:
         raise UserError(str(exc)) from None
-    return {"output_dir": str(out), **{k: summary.get(k) for k in KEEP}}
+    return {"output_dir": str(out), **{k: summary.get(k) for k in KEEP},
+            "eval_sha256": (data.get("sha256") or {}).get("test.jsonl")}  # the eval rows these losses are on (sweep summaries)
 
 
 def run_name(spec, run_dir: Path) -> str:

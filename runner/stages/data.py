@@ -133,19 +133,22 @@ def hub_eval_rows(d, on_bad_row, warn):
 def make_split(d, ctx):
     """train rows, test rows, how they were chosen (for the manifest and the log), and the pool of a fixed split."""
     mode = d["eval"] if d["eval"] != "auto" else "split"
-    pool = None  # fixed, held out of the whole source: the rows not held out, which any slice is taken from
+    # pool: rows every point of a fixed-eval sweep shares, whatever its slice; the tiny model learns its tokenizer
+    # from them, so every point starts from the same base model (else each slice would build its own vocabulary)
+    pool = None
     if mode == "fixed" and d["source"] == "hub" and d["eval_split"]:
         source, rows, source_sha = source_rows(d)
         train, skipped = check_rows(rows, source, d["on_bad_row"])
         where, test = hub_eval_rows(d, d["on_bad_row"], ctx.warn)
         how = f"{where}, the same whatever the slice"
+        pool = test  # the eval split: the same for every slice
         if not train:
             raise UserError(f"{source} has no usable rows to train on; use more data (data.rows / data.percent)")
     elif mode == "fixed":
         # held out of the whole source before the slice: the same rows whatever data.percent / data.rows say
         source, rows, source_sha = source_rows(d, whole=True)
         good, skipped = check_rows(rows, source, d["on_bad_row"])
-        pool, test = split_rows(good, d["eval_rows"] or d["test_size"], d["seed"])
+        pool, test = split_rows(good, d["eval_rows"] or d["test_size"], d["seed"])  # pool: all a slice can take
         train = take_slice(pool, d)
         if not train:
             raise UserError(f"data.{'rows' if d['rows'] else 'percent'} leaves no training rows of the {len(pool)} "
@@ -167,7 +170,7 @@ def run(spec, ctx):
     out_dir = ctx.run_dir / "data"
     out_dir.mkdir(parents=True, exist_ok=True)
     texts = {"train.jsonl": _jsonl(train), "test.jsonl": _jsonl(test)}
-    if pool is not None:  # every row a slice can take: the tiny model learns its tokenizer from these, in every point
+    if pool is not None:  # the tiny model's tokenizer corpus, the same in every point
         texts["pool.jsonl"] = _jsonl(pool)
     else:
         (out_dir / "pool.jsonl").unlink(missing_ok=True)
