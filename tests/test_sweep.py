@@ -106,7 +106,9 @@ def test_a_killed_sweep_resumes_and_deploys_its_best_point(tmp_path):
         assert f"[sweep] deploying the best point, data.percent={best}" in r.stdout
         assert manifest(tmp_path, best)["deploy"]["status"] == "done" and "[chat]" in r.stdout
         assert "deploy" not in manifest(tmp_path, other) and manifest(tmp_path, other)["register"]["status"] == "done"
+        table = (tmp_path / "outputs/default/sweep.md").read_text()
     finally:
         down = runner_cli("-m", f"data.percent={best}", "stages=[teardown]", cwd=tmp_path)
     assert down.returncode == 0, down.stderr[-2000:]
     assert manifest(tmp_path, best)["deploy"]["status"] == "stopped"
+    assert (tmp_path / "outputs/default/sweep.md").read_text() == table  # the summary's teardown command keeps it
