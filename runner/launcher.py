@@ -1,25 +1,25 @@
 """The Hydra launcher of -m sweeps (hydra/launcher=runner, registered by hydra_plugins/phi3_runner_launcher).
 
-1. Composes and validates every point first: a bad point refuses the whole sweep before anything runs.
+1. Composes and validates every point first (runner/sweep_points.py): a bad point refuses the whole sweep before
+   anything runs.
 2. plan=true: each point's plan, then how the sweep would run and what its Azure jobs cost at most.
 3. Azure ML points: every point's data stage and job submission first, then all jobs followed together
    (the sweep takes about as long as its slowest job, within compute.max_instances), then each point's
    remaining stages. Local points run one after another in this process (this machine's cores are few).
-4. The summary at the sweep's root (runner/sweep.py), the sweep's MLflow parent run, and with
+4. The summary at the sweep's root (runner/sweep_summary.py), the sweep's MLflow parent run (runner/sweep.py), and with
    sweep.deploy=best the best point deployed.
 
 A point that is interrupted (Ctrl-C) stops the sweep; the same command resumes it: finished points are skipped,
 a training run goes on from its checkpoint, a submitted Azure job is followed again rather than submitted twice.
 """
-import copy
 import logging
 import os
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf, open_dict, read_write
+from omegaconf import OmegaConf, open_dict
 
-from .errors import UserError
+from .sweep_points import Point, compose_point, print_plan, sweep_problems, take_back
 
 log = logging.getLogger(__name__)
 
@@ -29,68 +29,6 @@ INTERRUPTED = 130
 
 def current_point() -> dict:
     return _current
-
-
-class Point:
-    def __init__(self, idx, overrides, config, run_dir, spec=None, error=None):
-        self.idx, self.overrides, self.config, self.run_dir = idx, list(overrides), config, Path(run_dir)
-        self.spec, self.error, self.name = spec, error, ""
-
-    @property
-    def detached(self):
-        """The module that follows this point's cloud job in a sweep (registry.DETACHED_IN_SWEEPS), or None."""
-        from .registry import sweep_backend
-        return sweep_backend(self.spec)
-
-
-def compose_point(launcher, idx, overrides) -> Point:
-    from hydra.core.hydra_config import HydraConfig
-
-    from .spec import to_spec
-    from .sweep import settle
-    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
-    with open_dict(config):
-        config.hydra.job.id = idx
-        config.hydra.job.num = idx
-    before = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(config)  # the run directory reads ${hydra:runtime.choices.*}
-    try:
-        run_dir = Path(str(OmegaConf.select(config, "hydra.sweep.dir"))) / str(OmegaConf.select(config, "hydra.sweep.subdir"))
-        task = copy.deepcopy(config)
-        with read_write(task), open_dict(task):
-            del task["hydra"]
-        try:
-            return Point(idx, overrides, config, run_dir, spec=settle(to_spec(task), list(overrides)))
-        except UserError as exc:
-            return Point(idx, overrides, config, run_dir, error=str(exc))
-    finally:
-        if before is not None:
-            HydraConfig.instance().cfg = before
-
-
-def sweep_problems(points) -> list[str]:
-    """Every point's problems (the same one in every point said once), then the sweep's own."""
-    from . import sweep
-    from .validate import problems
-    by_problem = {}
-    for p in points:
-        for msg in ([p.error] if p.error else problems(p.spec)):
-            by_problem.setdefault(msg, []).append(p.name)
-    lines = []
-    for msg, names in by_problem.items():
-        where = "every point" if len(names) == len(points) and len(points) > 1 else ", ".join(names)
-        lines.append(f"  - {msg}" + (f"  [{where}]" if len(points) > 1 else ""))
-    by_dir = {}
-    for p in points:
-        by_dir.setdefault(p.run_dir.resolve(), []).append(p.name)
-    for run_dir, names in by_dir.items():
-        if len(names) > 1:
-            lines.append(f"  - points {' and '.join(names)} would share one run directory, {run_dir}, and overwrite "
-                         "each other: vary a value that names the folder (overrides other than compute, model, data "
-                         "and run.*), or run them as separate commands with different run.name")
-    ok = [p for p in points if not p.error]
-    lines += [f"  - {m}" for m in sweep.problems([{"overrides": p.overrides, "spec": p.spec} for p in ok])]
-    return lines
 
 
 def _launcher_base():
@@ -121,12 +59,12 @@ class SweepLauncher(_launcher_base()):
         if bad:
             print("\n".join([f"error: the sweep is invalid ({len(points)} points; nothing ran):", *bad]), file=sys.stderr)
             exit_codes.append(2)
-            _take_back(sweep_dir)
+            take_back(sweep_dir)
             return []
         specs = [p.spec for p in points]
         if all(s["plan"] for s in specs):
             returns = [self._run(p) for p in points]
-            _print_plan(sweep_dir, points)
+            print_plan(sweep_dir, points)
             return returns
         return self._execute(sweep_dir, points)
 
@@ -149,7 +87,7 @@ class SweepLauncher(_launcher_base()):
             _current = {}
 
     def _execute(self, sweep_dir, points):
-        from . import sweep
+        from . import sweep, sweep_summary
         from .app import exit_codes
         sweep_dir.mkdir(parents=True, exist_ok=True)
         local = [p for p in points if not p.detached]
@@ -193,7 +131,7 @@ class SweepLauncher(_launcher_base()):
             print("[sweep] stopped; re-run the same command to resume (finished points are skipped)", file=sys.stderr)
         summary = {"best": None}
         if summarised:
-            summary = sweep.summarize(sweep_dir, [{**r, "run_dir": sweep_dir / r["run_dir"]} for r in record["runs"]])
+            summary = sweep_summary.summarize(sweep_dir, [{**r, "run_dir": sweep_dir / r["run_dir"]} for r in record["runs"]])
         if parent:
             sweep.end_parent(parent, summary, sweep_dir, ok=not stopped and max(exit_codes, default=0) == 0)
         if points[0].spec.get("sweep", {}).get("deploy") == "best" and not stopped:
@@ -247,34 +185,3 @@ def _code(ret) -> int:
 
 def _interrupted(ret) -> bool:
     return getattr(ret, "_return_value", None) == INTERRUPTED
-
-
-def _print_plan(sweep_dir: Path, points):
-    from trainer.files import write_atomic
-
-    lines = [f"sweep: {len(points)} points under {sweep_dir}"]
-    local = [p for p in points if not p.detached]
-    if local:
-        lines.append(f"{len(local)} local point(s): one after another on this machine")
-    for backend in {p.detached for p in points} - {None}:
-        lines += backend.plan([p.spec for p in points if p.detached is backend])
-    lines.append("every point is evaluated on the same eval rows (data.eval=fixed)" if all(
-        p.spec["data"]["eval"] == "fixed" for p in points) else
-        "points evaluate on different eval rows (data.eval=split): the summary will not compare them")
-    lines.append("then: the summary (sweep.md, sweep.csv, sweep.png) at the sweep's root, with the command that deploys "
-                 "the best point" + (" (sweep.deploy=best: deployed when the sweep ends)"
-                                     if points[0].spec.get("sweep", {}).get("deploy") == "best" else ""))
-    text = "\n".join(lines) + "\n"
-    Path(sweep_dir).mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(sweep_dir) / "sweep-plan.txt", text)
-    print("---\n" + text.rstrip(), flush=True)
-
-
-def _take_back(sweep_dir: Path):
-    """A refused sweep leaves nothing: Hydra's multirun.yaml and the folders this command made go."""
-    from . import rundir
-    existed = rundir._existed
-    if existed is not None and (sweep_dir.absolute() == existed or existed not in sweep_dir.absolute().parents):
-        return  # the sweep folder was there before: leave it as it was (multirun.yaml aside, rewritten by Hydra)
-    (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
-    rundir.remove_created(sweep_dir)

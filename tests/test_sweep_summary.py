@@ -2,7 +2,7 @@
 
 Each point's manifest is written as its stages write it (runner/manifest.py); summarize reads them back.
 """
-from runner import sweep
+from runner import sweep, sweep_summary
 from runner.manifest import Manifest
 
 
@@ -19,7 +19,7 @@ def point(root, name, eval_sha, trained_on=None, loss=2.0, rows=10, train_status
 def test_points_evaluated_on_different_rows_are_not_compared(tmp_path):
     points = [point(tmp_path, "data.percent=25", "a" * 64, loss=1.5), point(tmp_path, "data.percent=50", "b" * 64)]
     out = []
-    result = sweep.summarize(tmp_path, points, out=out.append)
+    result = sweep_summary.summarize(tmp_path, points, out=out.append)
     assert result["best"] is None and not result["comparable"]
     text = (tmp_path / "sweep.md").read_text()
     assert "Not compared: the points were evaluated on 2 different eval sets" in text and "Deploy it" not in text
@@ -30,7 +30,7 @@ def test_a_loss_measured_before_the_points_data_changed_is_left_out(tmp_path):
     points = [point(tmp_path, "data.percent=25", "a" * 64, loss=2.0, rows=10),
               point(tmp_path, "data.percent=50", "a" * 64, trained_on="c" * 64, loss=0.5, rows=20),  # old eval rows
               point(tmp_path, "data.percent=100", "a" * 64, loss=1.0, rows=40, train_status="failed")]
-    result = sweep.summarize(tmp_path, points, out=lambda _: None)
+    result = sweep_summary.summarize(tmp_path, points, out=lambda _: None)
     assert result["comparable"] and result["best"]["point"] == "data.percent=25"
     text = (tmp_path / "sweep.md").read_text()
     assert "| data.percent=50 | train out of date (its data changed) | 20 | 5 |  |  |" in text
