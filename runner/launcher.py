@@ -19,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict
 
+from .errors import UserError
 from .sweep_points import Point, compose_point, print_plan, sweep_problems, take_back
 
 log = logging.getLogger(__name__)
@@ -154,10 +155,10 @@ class SweepLauncher(_launcher_base()):
                   "command follows them again.", file=sys.stderr)
             exit_codes.append(INTERRUPTED)
         except Exception as exc:  # the network, an expired login, a deleted job: the jobs themselves go on
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            print(f"error: lost track of the sweep's Azure ML jobs ({type(exc).__name__}: {first[:300]}); they keep "
-                  "running there. Re-run the same command to follow them again.", file=sys.stderr)
-            exit_codes.append(1)
+            # the backend says what went wrong (without ids, as a stage's failure would)
+            print(f"error: lost track of the sweep's Azure ML jobs; they keep running there. Re-run the same command "
+                  f"to follow them again.\n{exc}", file=sys.stderr)
+            exit_codes.append(2 if isinstance(exc, UserError) else 1)
         return True
 
     def _deploy_best(self, points, summary):

@@ -97,8 +97,11 @@ def belongs_to(sweep_dir: Path, runs: list[dict]) -> dict:
 # ---- MLflow: one parent run per sweep -------------------------------------------------------------
 
 def tracking_uri(spec) -> str:
-    root = Path(spec["run"]["output_root"]).resolve()
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
+    """Where the points' training runs go, so the parent is in the same store."""
+    from trainer import tracking
+
+    from .local.train import output_root, store_uri
+    return tracking.tracking_uri(store_uri(spec), output_root(spec))
 
 
 def start_parent(spec, sweep_dir: Path, prev: dict, overrides: list[str], points: int) -> dict:

@@ -1,6 +1,7 @@
 """Running `python -m runner` as a user would, and other code in a fresh interpreter."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -8,6 +9,13 @@ from runner import REPO_ROOT
 
 HEAVY = {"torch", "transformers", "datasets", "mlflow", "azure", "promptflow", "trl"}
 NOT_IN_TRAINER = {"runner", "hydra", "azure", "promptflow"}  # trainer/ runs in the Azure job and deployment
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def runner_cli(*args, cwd, env=None, timeout=300):

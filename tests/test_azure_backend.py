@@ -49,23 +49,20 @@ def azure_ctx(compose_spec, tmp_path, monkeypatch):
     return spec, ctx, fake, logs
 
 
-def details(fake, name):
-    return fake.details(name)
-
 
 def test_train_creates_environment_compute_and_job_then_streams(azure_ctx):
     spec, ctx, fake, logs = azure_ctx
     out = az_train.run(spec, ctx)
     assert fake.names() == ["environments.create_or_update", "compute.get", "compute.begin_create_or_update",
                             "jobs.create_or_update", "jobs.stream", "jobs.get", "jobs.download"]
-    env = details(fake, "environments.create_or_update")[0]["entity"]
+    env = fake.details("environments.create_or_update")[0]["entity"]
     pip = env["conda_file"]["dependencies"][-1]["pip"]
     assert env["image"] == spec["compute"]["image"] and "torch==2.13.0+cu126" in pip and "azureml-mlflow==1.62.0.post6" in pip
-    compute = details(fake, "compute.begin_create_or_update")[0]["entity"]
+    compute = fake.details("compute.begin_create_or_update")[0]["entity"]
     assert (compute["size"], compute["min_instances"], compute["max_instances"], compute["tier"]) == \
         ("Standard_NC24ads_A100_v4", 0, 1, "dedicated")
     assert "location" not in compute  # the workspace's region
-    job = details(fake, "jobs.create_or_update")[0]["job"]
+    job = fake.details("jobs.create_or_update")[0]["job"]
     assert job.environment == f"{env['name']}:{env['version']}" and job.compute == "gpu-a100-cluster"
     assert job.experiment_name == "finetune-phi" and job.resources.instance_count == 1
     assert job.distribution.process_count_per_instance == 1
@@ -92,7 +89,7 @@ def test_failed_job_names_status_and_studio_url(azure_ctx):
     fake.job_status = "Failed"
     with pytest.raises(StageFailed) as err:
         az_train.run(spec, ctx)
-    job_name = details(fake, "jobs.create_or_update")[0]["job"].name
+    job_name = fake.details("jobs.create_or_update")[0]["job"].name
     assert "status Failed" in str(err.value) and f"az ml job show --name {job_name} --web" in str(err.value)
     assert "CUDA out of memory" in str(err.value)
 
@@ -124,7 +121,7 @@ def test_register_creates_an_mlflow_model_from_the_job_output(azure_ctx):
     spec, ctx, fake, _ = azure_ctx
     ctx.manifest.record("train", "done", "h", {"job_name": "job-7", "model_path": resources.model_path("job-7")})
     out = az_register.run(spec, ctx)
-    model = details(fake, "models.create_or_update")[0]["entity"]
+    model = fake.details("models.create_or_update")[0]["entity"]
     assert model["type"] == "mlflow_model" and model["name"] == "phi3-chat-phi35"
     assert model["path"] == "azureml://jobs/job-7/outputs/model_output/paths/mlflow_model"
     assert model["tags"] == {"job_name": "job-7"}
@@ -163,10 +160,10 @@ def test_deploy_is_blue_green_without_downtime(azure_ctx):
     assert fake.names() == ["online_endpoints.get", "online_endpoints.begin_create_or_update",
                             "online_deployments.begin_create_or_update", "online_endpoints.invoke",
                             "online_endpoints.get", "online_endpoints.begin_create_or_update", "online_endpoints.get"]
-    created = details(fake, "online_endpoints.begin_create_or_update")[0]["entity"]
+    created = fake.details("online_endpoints.begin_create_or_update")[0]["entity"]
     assert created["auth_mode"] == "key" and created["identity"]["type"] == "user_assigned"
     assert created["identity"]["user_assigned_identities"][0]["resource_id"] == AZURE["managed_identity_resource_id"]
-    d = details(fake, "online_deployments.begin_create_or_update")[0]
+    d = fake.details("online_deployments.begin_create_or_update")[0]
     assert d["traffic_share"] == 0
     dep = d["deployment"]
     assert dep.model == "phi3-chat-phi35:1" and dep.instance_type == "Standard_E4s_v3" and dep.instance_count == 1
@@ -174,9 +171,9 @@ def test_deploy_is_blue_green_without_downtime(azure_ctx):
     assert dep.request_settings.max_concurrent_requests_per_instance == 3
     assert dep.liveness_probe.initial_delay == 500 and dep.readiness_probe.success_threshold == 1
     assert dep.code_configuration.scoring_script == "trainer/scoring.py"
-    invoke = details(fake, "online_endpoints.invoke")[0]
+    invoke = fake.details("online_endpoints.invoke")[0]
     assert invoke == {"deployment_name": "blue", "request": {"input_data": ["Hello"], "params": {"max_new_tokens": 8}}}
-    assert details(fake, "online_endpoints.begin_create_or_update")[1]["traffic"] == {"blue": 100}
+    assert fake.details("online_endpoints.begin_create_or_update")[1]["traffic"] == {"blue": 100}
     name = resources.endpoint_name(spec)
     assert first == {"kind": "azureml", "endpoint_name": name, "deployment_name": "blue",
                      "scoring_uri": f"https://{name}.eastus2.inference.ml.azure.com/score", "model": "phi3-chat-phi35:1"}
@@ -187,11 +184,11 @@ def test_deploy_is_blue_green_without_downtime(azure_ctx):
                             "online_endpoints.invoke", "online_endpoints.get",
                             "online_endpoints.begin_create_or_update", "online_deployments.begin_delete",
                             "online_endpoints.get"]
-    d = details(fake, "online_deployments.begin_create_or_update")[0]
+    d = fake.details("online_deployments.begin_create_or_update")[0]
     assert d["deployment"].name == "green" and d["traffic_share"] == 0 and d["deployment"].model == "phi3-chat-phi35:2"
-    assert details(fake, "online_endpoints.invoke")[0]["deployment_name"] == "green"
-    assert details(fake, "online_endpoints.begin_create_or_update")[0]["traffic"] == {"green": 100}
-    assert details(fake, "online_deployments.begin_delete")[0] == {"name": "blue"}
+    assert fake.details("online_endpoints.invoke")[0]["deployment_name"] == "green"
+    assert fake.details("online_endpoints.begin_create_or_update")[0]["traffic"] == {"green": 100}
+    assert fake.details("online_deployments.begin_delete")[0] == {"name": "blue"}
     assert second["deployment_name"] == "green" and set(fake.deployments) == {"green"}
 
 
@@ -203,7 +200,7 @@ def test_a_new_deployment_that_does_not_answer_is_deleted_and_traffic_stays(azur
         deploy_once(spec, ctx, "2")
     assert "log line" in str(err.value) and "green was deleted" in str(err.value) and "$0.25/h" in str(err.value)
     assert fake.endpoints[resources.endpoint_name(spec)].traffic == {"blue": 100}
-    assert details(fake, "online_deployments.begin_delete") == [{"name": "green"}]  # never the live one
+    assert fake.details("online_deployments.begin_delete") == [{"name": "green"}]  # never the live one
     assert set(fake.deployments) == {"blue"} and any("deleted the failed deployment green" in line for line in logs)
 
 
@@ -214,7 +211,7 @@ def test_a_deployment_that_fails_to_provision_is_deleted_too(azure_ctx):
     with pytest.raises(StageFailed, match="container crashed") as err:
         deploy_once(spec, ctx, "1")
     assert "(no deployment serves)" in str(err.value) and "blue was deleted" in str(err.value)
-    assert details(fake, "online_deployments.begin_delete") == [{"name": "blue"}] and not fake.deployments
+    assert fake.details("online_deployments.begin_delete") == [{"name": "blue"}] and not fake.deployments
 
 
 def test_a_rejected_deployment_leaves_nothing_to_delete(azure_ctx):

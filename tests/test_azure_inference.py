@@ -4,7 +4,6 @@ in a virtualenv built from the generated conda-inference.yml, with the model lai
 import json
 import os
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -22,15 +21,10 @@ from runner.spec import azure_env_paths
 from . import azure_envs
 from ._endpoint import post, single_turn_pairs, training_rows
 from .conftest import compose_once
-from .helpers import first_turn
+from .helpers import first_turn, free_port
 
 pytestmark = pytest.mark.slow
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

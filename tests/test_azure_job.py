@@ -28,7 +28,7 @@ from runner.spec import azure_env_paths
 from . import azure_envs
 from ._endpoint import single_turn_pairs
 from .conftest import compose_once
-from .test_azure_inference import free_port
+from .helpers import free_port
 
 pytestmark = pytest.mark.slow
 

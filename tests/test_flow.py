@@ -1,6 +1,5 @@
 """The Prompt flow chat flow in flow/ against a real local endpoint; real promptflow, private PF home."""
 import os
-import socket
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import pytest
 from runner import REPO_ROOT
 
 from . import _endpoint as ep  # before promptflow: points its home at a temporary folder
+from .helpers import free_port
 
 sys.path.insert(0, str(REPO_ROOT / "flow"))
 import endpoint_client  # noqa: E402
@@ -90,11 +90,8 @@ def test_client_errors_say_what_is_wrong(server):
         endpoint_client.ask(server.url, server.key, msgs, {"max_new_tokens": 1000})
     with pytest.raises(endpoint_client.EndpointError, match="404"):
         endpoint_client.ask(server.base + "/nope", server.key, msgs, {})
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.raises(endpoint_client.EndpointError, match="cannot reach"):
-        endpoint_client.ask(f"http://127.0.0.1:{port}/score", server.key, msgs, {}, timeout=5)
+    with pytest.raises(endpoint_client.EndpointError, match="cannot reach"):  # a port nobody listens on
+        endpoint_client.ask(f"http://127.0.0.1:{free_port()}/score", server.key, msgs, {}, timeout=5)
 
 
 def test_flow_errors_surface_through_promptflow(pf, server):

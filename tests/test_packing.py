@@ -65,19 +65,15 @@ def test_with_a_kv_cache_packed_chats_would_see_each_other(tiny):
     assert not torch.allclose(cached, alone, atol=1e-3)
 
 
-def test_the_trainer_trains_packed_rows_without_a_kv_cache(tiny, tmp_path):
+def test_the_trainer_trains_packed_rows_without_a_kv_cache(compose_spec, tmp_path):
     import json
 
-    import yaml
-
     from trainer.fit import setup
-    from tests.conftest import compose_once
-    spec = compose_once(tmp_path / "o", "train.packing=true", "train.activation_checkpointing=false")
+    spec = compose_spec("train.packing=true", "train.activation_checkpointing=false")
     spec["model"]["tiny"] = dict(SHAPE)
     rows = "".join(json.dumps({"messages": c}) + "\n" for c in CHATS * 3)
     for name in ("train.jsonl", "eval.jsonl"):
         (tmp_path / name).write_text(rows)
-    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     job = setup(spec, tmp_path / "train.jsonl", tmp_path / "eval.jsonl", tmp_path / "out", tmp_path / "ckpt",
                 tmp_path / "cache", lambda *_: None)
     assert job.trainer.padding_free and job.trainer.model.config.use_cache is False

@@ -52,6 +52,13 @@ def by_status(result, status):
     return [c for c in result["combinations"] if c["status"] == status]
 
 
+def review_after_edit(repo, conf_file, old, new, status):
+    """Edit conf/<conf_file>, review it (Markdown and JSON): exit code, text, JSON, the combinations in status."""
+    edit(repo / "conf" / conf_file, old, new)
+    code, text, result = both(repo)
+    return code, text, result, by_status(result, status)
+
+
 def test_no_change_is_one_line(repo):
     code, text, result = both(repo)
     assert code == 0 and "**0 of 27 combinations change**" in text and "27 combination(s) unchanged." in text
@@ -59,9 +66,8 @@ def test_no_change_is_one_line(repo):
 
 
 def test_a_learning_rate_in_a_recipe_retrains_the_combinations_that_use_it(repo):
-    edit(repo / "conf" / "train" / "seed_recipe.yaml", "learning_rate: 5.0e-6", "learning_rate: 1.0e-5")
-    code, text, result = both(repo)
-    changed = by_status(result, "changed")
+    code, text, result, changed = review_after_edit(repo, "train/seed_recipe.yaml", "learning_rate: 5.0e-6",
+                                                    "learning_rate: 1.0e-5", "changed")
     assert code == 0 and len(changed) == 18 and {c["name"].split("_")[-2] for c in changed} == {"phi3", "phi35"}
     for c in changed:
         assert c["changes"] == [{"key": "train.learning_rate", "old": 5e-06, "new": 1e-05}]
@@ -72,9 +78,8 @@ def test_a_learning_rate_in_a_recipe_retrains_the_combinations_that_use_it(repo)
 
 
 def test_an_instance_type_shows_the_azure_and_cost_delta(repo):
-    edit(repo / "conf" / "compute" / "a100.yaml", "Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4")
-    code, text, result = both(repo)
-    changed = by_status(result, "changed")
+    code, text, _, changed = review_after_edit(repo, "compute/a100.yaml", "Standard_NC24ads_A100_v4",
+                                               "Standard_NC48ads_A100_v4", "changed")
     assert code == 0 and len(changed) == 9 and all(c["name"].startswith("a100_") for c in changed)
     c = changed[0]
     assert c["azure"]["before"]["train_usd_per_hour"] == 3.67 and c["azure"]["after"]["train_usd_per_hour"] == 7.35
@@ -85,9 +90,8 @@ def test_an_instance_type_shows_the_azure_and_cost_delta(repo):
 
 
 def test_a_typo_that_breaks_validation_exits_2_with_the_message(repo):
-    edit(repo / "conf" / "compute" / "a100.yaml", "precision: bf16", "precision: bf61")
-    code, text, result = both(repo)
-    invalid = by_status(result, "invalid")
+    code, text, _, invalid = review_after_edit(repo, "compute/a100.yaml", "precision: bf16", "precision: bf61",
+                                               "invalid")
     assert code == 2 and len(invalid) == 9 and all(c["was_valid"] for c in invalid)
     assert "compute.precision: 'bf61' is not one of 'fp32', 'bf16', 'bf16-mixed', 'fp16'" in invalid[0]["problems"][0]
     assert "### Fail validation (the review exits 2)" in text and "`a100_phi35_1pct` (stopped validating)" in text

@@ -10,6 +10,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from runner import app
+from runner.spec import azure_env
 from runner.azure import deploy as az_deploy
 from runner.azure import register as az_register
 from runner.azure import retry
@@ -20,10 +21,7 @@ from .azure_standin import AZURE, FakeML
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
-ENV = {"AZURE_SUBSCRIPTION_ID": AZURE["subscription_id"], "AZURE_RESOURCE_GROUP": AZURE["resource_group"],
-       "AZURE_ML_WORKSPACE_NAME": AZURE["workspace_name"],
-       "AZURE_MANAGED_IDENTITY_RESOURCE_ID": AZURE["managed_identity_resource_id"],
-       "AZURE_MANAGED_IDENTITY_CLIENT_ID": AZURE["managed_identity_client_id"]}
+ENV = {var: AZURE[key] for key, var in azure_env().items()}
 SWEEP = ["-m", "compute=a100", "model=phi35", "data.percent=25,50,100"]
 LOSS = {"data.percent=25": 1.9, "data.percent=50": 1.7, "data.percent=100": 1.6}
 

@@ -16,7 +16,7 @@ from runner import REPO_ROOT
 from trainer.errors import TrainerInputError
 
 from ._endpoint import single_turn_pairs
-from .helpers import NOT_IN_TRAINER, first_turn, imported_by, runner_cli
+from .helpers import NOT_IN_TRAINER, first_turn, free_port, imported_by, runner_cli
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
              vocab_size=300, max_position_embeddings=128, seed=0)
@@ -104,13 +104,10 @@ def test_mlflow_run_records_params_metrics_artifacts_and_a_servable_model(traine
 
 def test_mlflow_models_serve_gives_chat_answers_to_plain_prompts(trained_run, tmp_path):
     """MLflow's own scoring server on the logged model: a string prompt is answered as a chat turn."""
-    import socket
     import urllib.request
     out = trained_run[2]["stages"]["train"]["outputs"]
     question, answer = single_turn_pairs(trained_run[2], 1)[0]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     mlflow_cli = Path(sys.executable).with_name("mlflow")
     log = tmp_path / "serve.log"
     with open(log, "wb") as fh:

@@ -46,7 +46,8 @@ def main(argv=None) -> int:
         summary = train(spec, args.spec, args.train_file, args.eval_file, args.output_dir, args.tracking_uri,
                         args.experiment, args.cache_dir, checkpoint_dir=args.checkpoint_dir,
                         save_model_only=args.save_model_only)
-        if args.summary_file and int(os.environ.get("RANK", "0")) == 0:
+        rank0 = int(os.environ.get("RANK", "0")) == 0  # with several processes, rank 0 alone writes
+        if args.summary_file and rank0:
             import json
 
             from .files import write_atomic
@@ -56,7 +57,7 @@ def main(argv=None) -> int:
                                                                       "loss_plot")}
             write_atomic(args.summary_file, json.dumps(figures, indent=2))
         # rank 0 alone, after it saved the model: other ranks return from train() as soon as they finish
-        if args.delete_checkpoints_when_done and args.checkpoint_dir and int(os.environ.get("RANK", "0")) == 0:
+        if args.delete_checkpoints_when_done and args.checkpoint_dir and rank0:
             empty(args.checkpoint_dir)
     except TrainerInputError as exc:
         print(f"error: {exc}", file=sys.stderr)

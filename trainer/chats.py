@@ -20,6 +20,19 @@ def is_text(s: str) -> bool:
     return True
 
 
+def message_problem(m) -> str | None:
+    """What is wrong with one chat message, said after its place (messages[1], input_data[0][1]); None if fine."""
+    if not isinstance(m, dict) or not {"role", "content"} <= set(m):
+        return " must be an object with 'role' and 'content'"
+    if m["role"] not in ROLES:
+        return f".role is {m['role']!r}; expected system, user or assistant"
+    if not isinstance(m["content"], str):
+        return f".content must be a string, got {type(m['content']).__name__}"
+    if not is_text(m["content"]):
+        return ".content holds a lone surrogate (a \\ud800-\\udfff escape), which is not text"
+    return None
+
+
 def row_problem(row) -> str | None:
     """Why a row cannot be trained on, or None when it is fine."""
     if not isinstance(row, dict):
@@ -28,14 +41,9 @@ def row_problem(row) -> str | None:
     if not isinstance(msgs, list) or not msgs:
         return "'messages' must be a non-empty list"
     for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or not {"role", "content"} <= set(m):
-            return f"messages[{i}] must be an object with 'role' and 'content'"
-        if m["role"] not in ROLES:
-            return f"messages[{i}].role is {m['role']!r}; expected system, user or assistant"
-        if not isinstance(m["content"], str):
-            return f"messages[{i}].content must be a string, got {type(m['content']).__name__}"
-        if not is_text(m["content"]):
-            return f"messages[{i}].content holds a lone surrogate (a \\ud800-\\udfff escape), which is not text"
+        problem = message_problem(m)
+        if problem:
+            return f"messages[{i}]{problem}"
     if not any(m["role"] == "assistant" for m in msgs):
         return "no assistant turn: nothing to learn from"
     return None

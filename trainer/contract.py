@@ -8,7 +8,7 @@ Request body (the tutorial's payload):
 import json
 import math
 
-from trainer.chats import ROLES, is_text
+from trainer.chats import is_text, message_problem
 from trainer.generation import PARAMS as GENERATION
 
 DEFAULT_LIMIT = 256
@@ -34,11 +34,9 @@ def parse_messages(item, index: int) -> list[dict]:
         raise BadRequest(f"input_data[{index}] must be a prompt string or a non-empty list of "
                          '{"role": "system|user|assistant", "content": "..."} messages')
     for j, m in enumerate(item):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-            raise BadRequest(f"input_data[{index}][{j}] must be an object with role system|user|assistant "
-                             "and a string content")
-        if not is_text(m["content"]):
-            raise BadRequest(f"input_data[{index}][{j}].content holds a lone surrogate, which is not text")
+        problem = message_problem(m)  # the training rows' own rule for a message
+        if problem:
+            raise BadRequest(f"input_data[{index}][{j}]{problem}")
     return [{"role": m["role"], "content": m["content"]} for m in item]
 
 

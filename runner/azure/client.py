@@ -20,14 +20,20 @@ LOG_LINES_ON_FAILURE = 50
 
 # ---- the client and the entities ------------------------------------------------------------------
 
+_clients: dict = {}  # one per workspace and process: a sweep's points and stages share it (tokens refresh themselves)
+
+
 def client(spec):
-    """An MLClient for spec.azure's workspace, with credentials checked now rather than mid-stage."""
+    """An MLClient for spec.azure's workspace, with credentials checked the first time rather than mid-stage."""
+    a = spec["azure"]
+    key = tuple(a.get(k) for k in resources.WORKSPACE)
+    if key in _clients:
+        return _clients[key]
     from azure.ai.ml import MLClient
     from azure.core.exceptions import ClientAuthenticationError
     from azure.identity import DefaultAzureCredential
 
-    a = spec["azure"]
-    missing = [k for k in ("subscription_id", "resource_group", "workspace_name") if not a.get(k)]
+    missing = [k for k in resources.WORKSPACE if not a.get(k)]
     if missing:
         raise UserError(f"azure.{', azure.'.join(missing)} not set: export the AZURE_* variables (README 'Azure')")
     credential = DefaultAzureCredential()
@@ -35,7 +41,8 @@ def client(spec):
         credential.get_token("https://management.azure.com/.default")
     except ClientAuthenticationError as exc:
         raise UserError(login_help(exc)) from None
-    return MLClient(credential, a["subscription_id"], a["resource_group"], a["workspace_name"])
+    _clients[key] = MLClient(credential, *key)
+    return _clients[key]
 
 
 LOADERS = {"environment.yml": "load_environment", "compute.yml": "load_compute", "job.yml": "load_job",
@@ -57,10 +64,10 @@ def load(ctx, name: str, obj: dict):
 def azure_errors(fn):
     """Login problems are the user's to fix (exit 2); any other Azure failure fails the stage (exit 1)."""
     @functools.wraps(fn)
-    def wrapper(spec, ctx, *args, **kwargs):
+    def wrapper(*args, **kwargs):
         from azure.core.exceptions import AzureError, ClientAuthenticationError
         try:
-            return fn(spec, ctx, *args, **kwargs)
+            return fn(*args, **kwargs)
         except ClientAuthenticationError as exc:
             raise UserError(login_help(exc)) from None
         except AzureError as exc:  # MlException is one too
@@ -74,12 +81,6 @@ def get_or_none(what, get, name, log):
         return call(what, get, name, log=log)
     except ResourceNotFoundError:
         return None
-
-
-
-def without_ids(url) -> str:
-    """A Studio URL without its query (wsid=/subscriptions/<id>/...&tid=<tenant>): safe to print and keep."""
-    return str(url or "").split("?", 1)[0]
 
 
 def rel(ctx, name) -> str:

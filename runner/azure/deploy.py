@@ -90,8 +90,9 @@ def smoke_test(ml, ctx, endpoint_name, deployment_name):
     from azure.core.exceptions import AzureError
     request = resources.folder(ctx) / "sample-request.json"  # written by prepare_deploy
     try:
+        # tried once: the deployment passed its readiness probe, and a 5xx now is its own scoring script's answer
         raw = call("score a test request", ml.online_endpoints.invoke, endpoint_name=endpoint_name,
-                   deployment_name=deployment_name, request_file=str(request), log=ctx.log)
+                   deployment_name=deployment_name, request_file=str(request), log=ctx.log, tries=1)
         answers = _decode(raw)
     except (AzureError, ValueError) as exc:
         raise StageFailed(f"the new deployment {deployment_name} did not answer a test request ({summary(exc)}).\n"
@@ -137,7 +138,7 @@ def plan(spec, ctx) -> list[str]:
     resources.prepare_deploy(spec, ctx, new, model_ref)
     name = resources.endpoint_name(spec)
     if not d["endpoint_name"]:
-        known = all(spec["azure"].get(k) for k in ("subscription_id", "resource_group", "workspace_name"))
+        known = all(spec["azure"].get(k) for k in resources.WORKSPACE)
         name = (f"{name} (derived from run.name and the workspace" if known else
                 f"{name.rsplit('-', 1)[0]}-<8 hex of the workspace> (derived from run.name and the AZURE_* workspace")
         name += "; set deploy.endpoint_name to choose)"

@@ -12,6 +12,12 @@ APPROX_USD_PER_HOUR = {
 }
 
 
+def usd(size: str, node_hours: float) -> float | None:
+    """The list price of node_hours of this VM size, None when the size is not priced here."""
+    price = APPROX_USD_PER_HOUR.get(size)
+    return None if price is None else node_hours * price
+
+
 def hourly(size: str, count: int = 1) -> str:
     """'about $3.67/h (approx. list price)' for count VMs of that size, or a pointer when unknown."""
     price = APPROX_USD_PER_HOUR.get(size)

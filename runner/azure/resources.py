@@ -1,7 +1,7 @@
 """Every Azure resource a stage creates, as a plain dict, written as YAML under <run_dir>/azure/.
 
 The one source of truth: plan mode writes these files and stops; a real run writes the same files and then
-loads the same dicts with azure-ai-ml (backend.py). Each file also works with `az ml <thing> create -f`.
+loads the same dicts with azure-ai-ml (the stage modules, through client.load). Each file also works with `az ml <thing> create -f`.
 Values that come from AZURE_* environment variables are shown as "<from $VAR>" in the files, as in
 spec.yaml, so a run directory can be shared: each prepare_* function builds its dicts twice, from the
 redacted spec for the files and from the real spec for the SDK.
@@ -33,6 +33,7 @@ MODEL_OUTPUT = "model_output"
 CHECKPOINT_OUTPUT = "checkpoints"                    # a separate job output: never part of the registered model
 MODEL_SUBDIR = "mlflow_model"                        # the trainer writes <output-dir>/mlflow_model/MLmodel
 JOB_NAME_PLACEHOLDER = "<job-name-from-train>"
+WORKSPACE = ("subscription_id", "resource_group", "workspace_name")  # the spec.azure keys naming the workspace
 JOB_TAG = "job_name"                                 # on each model version: the job that trained it
 SMOKE_TOKENS = 8                                     # the deploy stage's test request asks for this many
 
@@ -119,7 +120,7 @@ def endpoint_name(spec) -> str:
     if spec["deploy"]["endpoint_name"]:
         return spec["deploy"]["endpoint_name"]
     a = spec["azure"]
-    workspace = "/".join(str(a.get(k) or "") for k in ("subscription_id", "resource_group", "workspace_name"))
+    workspace = "/".join(str(a.get(k) or "") for k in WORKSPACE)
     run = re.sub(r"[^a-z0-9-]+", "-", spec["run"]["name"].lower()).strip("-")
     base = f"phi3-{run}"[:23].rstrip("-")
     return f"{base}-{hashlib.sha256(workspace.encode()).hexdigest()[:8]}"

@@ -7,7 +7,7 @@ import math
 
 from ..manifest import Manifest
 from . import prices, retry
-from .client import client
+from .client import azure_errors, client
 from .retry import call
 from .train import TERMINAL
 
@@ -29,7 +29,7 @@ def plan(specs) -> list[str]:
         at_once = max(1, c["max_instances"] // c["instance_count"])
         rounds = math.ceil(len(group) / at_once)
         node_hours = sum(s["compute"]["instance_count"] * s["compute"]["max_hours"] for s in group)
-        price = prices.APPROX_USD_PER_HOUR.get(c["instance_type"])
+        rate = prices.usd(c["instance_type"], 1.0)  # per node-hour
         idle_h = c["max_instances"] * c["idle_time_before_scale_down"] / 3600  # nodes idle before scaling down
         lines.append(f"{len(group)} Azure ML job(s) on cluster {cluster}: all submitted at once, then followed together; "
                      f"the cluster runs {at_once} at a time (compute.max_instances={c['max_instances']}, "
@@ -37,20 +37,21 @@ def plan(specs) -> list[str]:
                                                                    if len(group) > at_once else ""))
         more = "" if at_once >= len(group) else f"; compute.max_instances={len(group) * c['instance_count']} runs all at once"
         lines.append(f"  wall time at most {rounds} x {c['max_hours']} h (compute.max_hours, each job's time limit){more}")
-        if price is None:
+        if rate is None:
             known = False
             lines.append(f"  at most {node_hours + idle_h:.1f} node-hours of {c['instance_type']} "
                          "(price not in runner/azure/prices.py)")
         else:
-            usd = (node_hours + idle_h) * price
+            usd = rate * (node_hours + idle_h)
             total_usd += usd
             lines.append(f"  costs at most {node_hours:g} node-hours + {idle_h:.2f} idle = about ${usd:.2f} at "
-                         f"${price}/h ({prices.AS_OF}, approx.)")
+                         f"${rate}/h ({prices.AS_OF}, approx.)")
     if known and len(by_cluster) > 1:
         lines.append(f"  in all at most about ${total_usd:.2f}")
     return lines
 
 
+@azure_errors  # a lost login or a refused call ends it as any stage's would: said plainly, without ids
 def wait_all(points, log, poll_s: float | None = None) -> dict:
     """Follow the jobs a sweep's points submitted, together, until each has ended; prints each status change.
 
@@ -65,14 +66,6 @@ def wait_all(points, log, poll_s: float | None = None) -> dict:
             jobs[entry["outputs"]["job_name"]] = (spec, run_dir, name)
     if not jobs:
         return {}
-    clients = {}
-
-    def ml_for(spec):
-        key = tuple(spec["azure"].get(k) for k in ("subscription_id", "resource_group", "workspace_name"))
-        if key not in clients:
-            clients[key] = client(spec)
-        return clients[key]
-
     log(f"[sweep] following {len(jobs)} Azure ML job(s) together: " + ", ".join(jobs))
     status, started, running_s = {}, {}, {}
     t0 = time.time()
@@ -80,7 +73,7 @@ def wait_all(points, log, poll_s: float | None = None) -> dict:
         for job_name, (spec, _, name) in jobs.items():
             if status.get(job_name) in TERMINAL:
                 continue
-            s = call("read the job's status", ml_for(spec).jobs.get, job_name, log=log).status
+            s = call("read the job's status", client(spec).jobs.get, job_name, log=log).status
             now = time.time()
             if s == "Running" and job_name not in started:
                 started[job_name] = now

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from ..errors import Detached, StageFailed
 from . import prices, resources
-from .client import azure_errors, client, get_or_none, load, rel, summary, without_ids
-from .retry import call, call_once
+from .client import azure_errors, client, get_or_none, load, rel, summary
+from .retry import call, call_once, scrub
 
 
 TERMINAL = ("Completed", "Failed", "Canceled", "NotResponding")
@@ -22,28 +22,32 @@ def run(spec, ctx) -> dict:
     ml, log = client(spec), ctx.log
     job = attachable(ml, spec, ctx)
     if job is None:
-        job = submit(ml, spec, ctx, data)
-    ctx.note({"job_name": job.name})  # a kill from here on does not lose the job: the next run follows it
+        job = submit(ml, spec, ctx, data)  # notes the job's name before submitting it
+    else:
+        ctx.note({"job_name": job.name})  # a kill from here on does not lose the job: the next run follows it
     if ctx.point.get("detach") and job.status not in TERMINAL:
         raise Detached({"job_name": job.name}, f"job {job.name} submitted; the sweep follows it with the others")
-    streamed_error = follow(ml, job, log)
-    final = call("read the job's status", ml.jobs.get, job.name, log=log)
+    if job.status == "Completed":  # seen finished just now (a sweep's last pass): nothing left to stream
+        final, streamed_error = job, None
+    else:
+        streamed_error = follow(ml, job, log)
+        final = call("read the job's status", ml.jobs.get, job.name, log=log)
     if final.status != "Completed":
         detail = f"\n{summary(streamed_error)}" if streamed_error else ""
         raise StageFailed(f"Azure ML job {job.name} ended with status {final.status}; "
                           f"az ml job show --name {job.name} --web opens it in Studio{detail}")
     metrics = job_summary(ml, ctx, job.name)
     c = spec["compute"]
-    price = prices.APPROX_USD_PER_HOUR.get(c["instance_type"])
     seconds = ctx.previous.get("outputs", {}).get("running_s") or metrics.get("train_runtime_s")
+    # node-hours at the list price: from the time the sweep saw it running, else the training time alone
+    usd = prices.usd(c["instance_type"], seconds / 3600 * c["instance_count"]) if seconds else None
     return {"job_name": job.name, "status": final.status,
             "model_path": resources.model_path(job.name), "environment": ctx.manifest.outputs("train").get("environment"),
             "compute": c["cluster_name"], "experiment": spec["run"]["experiment_name"],
             "eval_sha256": (data.get("sha256") or {}).get("test.jsonl"),  # the eval rows these losses are on (sweep summaries)
             **{k: metrics.get(k) for k in ("eval_loss_before", "eval_loss", "train_loss", "train_runtime_s",
                                            "tokens_per_s", "steps")},
-            # node-hours at the list price: from the time the sweep saw it running, else the training time alone
-            "cost_usd": round(seconds / 3600 * c["instance_count"] * price, 2) if seconds and price else None}
+            "cost_usd": None if usd is None else round(usd, 2)}
 
 
 def submit(ml, spec, ctx, data):
@@ -60,7 +64,7 @@ def submit(ml, spec, ctx, data):
                     check=lambda: get_or_none("look up the job", ml.jobs.get, job_name, log), log=log)
     ctx.note({"environment": f"{env.name}:{env.version}"})
     # Studio's links carry the subscription and tenant ids: neither is printed nor kept
-    log(f"[train] job {job.name} submitted ({without_ids(job.studio_url)}); az ml job show --name {job.name} --web "
+    log(f"[train] job {job.name} submitted ({scrub(job.studio_url or '')}); az ml job show --name {job.name} --web "
         "opens it in Studio")
     return job
 
@@ -158,10 +162,9 @@ def is_current(outputs, spec, ctx) -> bool:
 
 def max_cost(spec) -> str:
     c = spec["compute"]
-    price = prices.APPROX_USD_PER_HOUR.get(c["instance_type"])
-    hours = c["max_hours"] * c["instance_count"]
+    usd = prices.usd(c["instance_type"], c["max_hours"] * c["instance_count"])
     return (f"at most {c['max_hours']} h (compute.max_hours, the job's time limit)"
-            + (f", about ${hours * price:.2f}" if price else ""))
+            + (f", about ${usd:.2f}" if usd is not None else ""))
 
 
 def plan(spec, ctx) -> list[str]:

@@ -11,6 +11,11 @@ def output_root(spec) -> Path:
     return Path(spec["run"]["output_root"]).resolve()
 
 
+def store_uri(spec) -> str:
+    """The runs' MLflow store: SQLite beside the run directories (the trainer lets MLFLOW_TRACKING_URI win)."""
+    return f"sqlite:///{output_root(spec) / 'mlflow.db'}"
+
+
 def run(spec, ctx):
     from trainer.errors import TrainerInputError
     from trainer.fit import train
@@ -23,7 +28,7 @@ def run(spec, ctx):
         fresh_start(out)  # resuming is for an attempt that was killed or failed, not for redoing a finished one
     try:
         summary = train(spec, ctx.run_dir / "spec.yaml", Path(data["train_file"]), Path(data["test_file"]), out,
-                        tracking_uri=f"sqlite:///{root / 'mlflow.db'}", cache_dir=root / "cache", log=ctx.log,
+                        tracking_uri=store_uri(spec), cache_dir=root / "cache", log=ctx.log,
                         mlflow_run=mlflow_run(spec, ctx), tiny_corpus=data.get("pool_file") and Path(data["pool_file"]))
     except TrainerInputError as exc:
         raise UserError(str(exc)) from None
@@ -59,5 +64,5 @@ def plan(spec, ctx):
     base = "a tiny Phi-3 built locally (no download)" if m["source"] == "tiny" else m["id"]
     return [f"model:  {base}; {t['num_train_epochs']} epochs, lr {t['learning_rate']}, "
             f"{spec['compute']['precision']} on {spec['compute']['device']}",
-            f"mlflow: sqlite:///{output_root(spec) / 'mlflow.db'}, experiment {spec['run']['experiment_name']} "
+            f"mlflow: {store_uri(spec)}, experiment {spec['run']['experiment_name']} "
             "(MLFLOW_TRACKING_URI wins)"]
