@@ -5,7 +5,7 @@ import traceback
 from pathlib import Path
 
 from .context import Context
-from .errors import Detached, StageFailed, UserError
+from .errors import INTERRUPTED, Detached, StageFailed, UserError
 from .manifest import Manifest
 from .registry import module_for, selected
 from .rundir import remove_created
@@ -31,10 +31,10 @@ def stage_is_current(stage, module, spec, ctx, h) -> bool:
     return check(entry["outputs"], spec, ctx) if check else True
 
 
-def plan(spec, run_dir: Path, env_paths=None, out=print, show_spec=True) -> list[str]:
-    """Print the spec and what each selected stage would do; write spec.yaml and plan.txt only.
+def plan(spec, run_dir: Path, spec_text: str | None, out=print) -> list[str]:
+    """Print the spec (spec_text, as spec.yaml holds it) and what each selected stage would do; write plan.txt.
 
-    show_spec=False (a sweep's points): the spec stays in the point's spec.yaml, the plan names it.
+    spec_text=None (a sweep's points): the spec stays in the point's spec.yaml, the plan names it.
     """
     ctx = Context(Path(run_dir), Manifest(run_dir))
     lines = [f"run directory: {run_dir}", "stages:"]
@@ -56,8 +56,8 @@ def plan(spec, run_dir: Path, env_paths=None, out=print, show_spec=True) -> list
             lines += [f"      {x}" for x in module.plan(spec, ctx)]
     text = "\n".join(lines) + "\n"
     write_atomic(Path(run_dir) / "plan.txt", text)
-    if show_spec:
-        out(dump_yaml(redacted(spec, {**azure_env_paths(), **(env_paths or {})})).rstrip())
+    if spec_text is not None:
+        out(spec_text.rstrip())
         out("---")
     else:
         out(f"--- sweep point: the resolved spec is in {Path(run_dir) / 'spec.yaml'}")
@@ -98,42 +98,47 @@ def execute(spec, run_dir: Path, out=print, point=None) -> dict:
     return ctx.manifest.data
 
 
-def write_spec(spec, run_dir: Path, env_paths=None):
-    # azure.* values are always redacted, also when given on the command line instead of the environment
-    write_atomic(Path(run_dir) / "spec.yaml", dump_yaml(redacted(spec, {**azure_env_paths(), **(env_paths or {})})))
+def write_spec(spec, run_dir: Path, env_paths=None) -> str:
+    """Write spec.yaml, redacted, and return its text. azure.* values are always redacted, also when given on the
+    command line instead of the environment."""
+    text = dump_yaml(redacted(spec, {**azure_env_paths(), **(env_paths or {})}))
+    write_atomic(Path(run_dir) / "spec.yaml", text)
+    return text
 
 
 def main(cfg, run_dir, out=print, sweep: dict | None = None) -> int:
     """A composed config in, an exit status out: what `python -m runner` does once Hydra has composed.
 
-    sweep: in a -m sweep, {"overrides": [...], "point": {...}} (runner/launcher.py); None for a single run.
+    sweep: in a -m sweep, {"overrides": [...], "point": {...}, "spec": ...} (runner/launcher.py, whose points come
+    with their spec already settled and validated); None for a single run.
     """
     run_dir = Path(run_dir)
     fresh = not run_dir.exists() or not any(run_dir.iterdir())  # Hydra made it just now, or it was empty
+    point = None if sweep is None else sweep.get("point")
+    if sweep is not None and sweep.get("spec") is not None:
+        return run(sweep["spec"], run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out, point=point, checked=True)
     try:
         spec = to_spec(cfg)
     except UserError as exc:
         return _refuse(exc, run_dir, fresh)
     from .sweep import settle
     spec = settle(spec, None if sweep is None else sweep["overrides"])
-    return run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out,
-               point=None if sweep is None else sweep.get("point"))
+    return run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out, point=point)
 
 
-def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None) -> int:
-    """Validate, then plan or execute. Returns the exit status."""
+def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, checked=False) -> int:
+    """Validate (unless checked already), then plan or execute. Returns the exit status."""
     run_dir = Path(run_dir)
-    from .sweep import settle
-    spec = settle(spec, None) if spec["data"].get("eval") == "auto" else spec
     try:
-        validate(spec)
+        if not checked:
+            validate(spec)
     except UserError as exc:
         return _refuse(exc, run_dir, fresh_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_spec(spec, run_dir, env_paths)
+    spec_text = write_spec(spec, run_dir, env_paths)
     try:
         if spec["plan"]:
-            plan(spec, run_dir, env_paths, out, show_spec=not (point or {}).get("name"))
+            plan(spec, run_dir, None if (point or {}).get("name") else spec_text, out)
         else:
             execute(spec, run_dir, out, point)
     except (UserError, StageFailed) as exc:
@@ -141,7 +146,7 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None) -
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted; the manifest marks the stage failed, re-run the same command to continue", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except Exception:
         traceback.print_exc()
         print("error: a stage crashed (traceback above); the manifest marks it failed", file=sys.stderr)

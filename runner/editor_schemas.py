@@ -12,7 +12,7 @@ import copy
 import json
 import sys
 
-from .validate import SCHEMA_PATH
+from .validate import SCHEMA_PATH, schema
 
 OUT = SCHEMA_PATH.parent / "schemas"
 GROUPS = ("compute", "model", "data", "train")
@@ -36,7 +36,7 @@ def _document(title: str, node: dict) -> dict:
 
 
 def schemas() -> dict:
-    spec = json.loads(SCHEMA_PATH.read_text())
+    spec = schema()  # the runner's own copy of spec.schema.json (_document copies before changing it)
     out = {f"{g}.schema.json": _document(f"conf/{g}/*.yaml: one option of the {g} group", spec["properties"][g])
            for g in GROUPS}
     top = {k: v for k, v in spec["properties"].items() if k not in GROUPS}
@@ -48,16 +48,16 @@ def schemas() -> dict:
 
 def main(argv=None) -> int:
     check = "--check" in (argv if argv is not None else sys.argv[1:])
-    stale = [name for name, text in schemas().items()
-             if not (OUT / name).is_file() or (OUT / name).read_text() != text]
+    docs = schemas()
+    stale = [name for name, text in docs.items() if not (OUT / name).is_file() or (OUT / name).read_text() != text]
     if check:
         if stale:
             print(f"out of date: {', '.join(stale)}; run python -m runner.editor_schemas", file=sys.stderr)
         return 1 if stale else 0
     OUT.mkdir(exist_ok=True)
-    for name, text in schemas().items():
+    for name, text in docs.items():
         (OUT / name).write_text(text)
-    print(f"wrote {len(schemas())} schemas to {OUT}")
+    print(f"wrote {len(docs)} schemas to {OUT}")
     return 0
 
 

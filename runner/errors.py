@@ -1,5 +1,7 @@
 """Errors the runner reports without a traceback."""
 
+INTERRUPTED = 130  # the exit status of a run stopped by Ctrl-C (as a shell reports SIGINT)
+
 
 class UserError(Exception):
     """Bad input: a clear message, exit status 2, nothing half-written."""

@@ -12,32 +12,24 @@
 A point that is interrupted (Ctrl-C) stops the sweep; the same command resumes it: finished points are skipped,
 a training run goes on from its checkpoint, a submitted Azure job is followed again rather than submitted twice.
 """
-import logging
 import os
 import sys
 from pathlib import Path
 
+from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
-from .errors import UserError
+from .errors import INTERRUPTED, UserError
 from .sweep_points import Point, compose_point, print_plan, sweep_problems, take_back
 
-log = logging.getLogger(__name__)
-
 _current: dict = {}  # the point being run: read by runner.__main__ for app.main(sweep=...)
-INTERRUPTED = 130
 
 
 def current_point() -> dict:
     return _current
 
 
-def _launcher_base():
-    from hydra.plugins.launcher import Launcher
-    return Launcher
-
-
-class SweepLauncher(_launcher_base()):
+class SweepLauncher(Launcher):
     def __init__(self) -> None:
         super().__init__()
         self.config = self.task_function = self.hydra_context = None
@@ -80,7 +72,8 @@ class SweepLauncher(_launcher_base()):
             with open_dict(config):
                 config.hydra.job.id = config.hydra.job.num = p.idx
         _current = {"overrides": [*p.overrides, *extra], "point": {"name": p.name, "detach": detach,
-                                                                   "parent_run_id": (parent or {}).get("run_id")}}
+                                                                   "parent_run_id": (parent or {}).get("run_id")},
+                    "spec": None if extra else p.spec}  # composed, settled and validated once, in launch()
         try:
             return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=config,
                            job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
@@ -174,7 +167,8 @@ class SweepLauncher(_launcher_base()):
                   "deploy it with the command in sweep.md", file=sys.stderr)
             exit_codes.append(1)
             return
-        stages = "deploy,chat" if best["registered"] else "register,deploy,chat"  # a sweep of stages=[data,train]
+        from .sweep import deploy_stages
+        stages = deploy_stages(best["registered"])
         print(f"[sweep] deploying the best point, {p.name}", flush=True)
         self._run(p, extra=[f"stages=[{stages}]"])
 

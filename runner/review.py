@@ -76,6 +76,8 @@ def compose_all(conf_dir: Path, schema: dict, fast: bool = True) -> dict:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    from jsonschema import Draft202012Validator
+    validator = Draft202012Validator(schema)  # once: every combination is checked against the same schema
     opts, out = options(conf_dir), {}
     GlobalHydra.instance().clear()
     try:
@@ -87,7 +89,7 @@ def compose_all(conf_dir: Path, schema: dict, fast: bool = True) -> dict:
                 try:  # plan=true: a review needs no workspace, as plan mode needs none
                     cfg = compose("config", overrides=overrides)
                     spec = to_spec(cfg)
-                    out[name] = {"spec": redacted(spec, env_sourced_paths(cfg)), "problems": problems(spec, schema)}
+                    out[name] = {"spec": redacted(spec, env_sourced_paths(cfg)), "problems": problems(spec, validator)}
                 except Exception as exc:  # a file that no longer composes is a finding, not a crash
                     out[name] = {"spec": None, "problems": [f"does not compose: {str(exc).splitlines()[0]}"]}
     finally:

@@ -45,7 +45,6 @@ class NoteExistingFolders(Callback):
     def _note(config, key):
         global _existed
         from hydra.core.hydra_config import HydraConfig
-        from omegaconf import OmegaConf
         try:
             HydraConfig.instance().set_config(config)  # Hydra sets it only later; the run dir reads ${hydra:...}
             _existed = deepest_existing(Path(str(OmegaConf.select(config, key))))
@@ -53,12 +52,17 @@ class NoteExistingFolders(Callback):
             _existed = None
 
 
-def remove_created(run_dir: Path, existed: Path | None = None):
-    """Remove run_dir if it is empty, and the empty folders above it that this command created."""
+def remove_created(run_dir: Path, also: tuple[str, ...] = ()):
+    """Remove run_dir if it is empty, and the empty folders above it that this command created.
+
+    also: files in run_dir this command wrote (Hydra's multirun.yaml) that go with it; kept if the folder was there.
+    """
     run_dir = Path(run_dir).absolute()
-    existed = existed or _existed or run_dir.parent
+    existed = _existed or run_dir.parent
     if run_dir == existed or existed not in run_dir.parents:
         return  # it was there before this command: not ours to remove
+    for name in also:
+        (run_dir / name).unlink(missing_ok=True)
     path = run_dir
     while path != existed and path.is_dir() and not any(path.iterdir()):
         path.rmdir()

@@ -58,6 +58,11 @@ def point_command(overrides, stages: str) -> str:
     return " ".join(["python -m runner -m", *map(shlex.quote, kept), f"stages=[{stages}]"])
 
 
+def deploy_stages(registered: bool) -> str:
+    """The stages that deploy a sweep's point: a sweep of stages=[data,train] registers it first."""
+    return "deploy,chat" if registered else "register,deploy,chat"
+
+
 def problems(points) -> list[str]:
     """Rules about the whole sweep; points: [{"overrides", "spec"}]."""
     found = []

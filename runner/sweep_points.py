@@ -92,10 +92,7 @@ def print_plan(sweep_dir: Path, points):
 
 
 def take_back(sweep_dir: Path):
-    """A refused sweep leaves nothing: Hydra's multirun.yaml and the folders this command made go."""
-    from . import rundir
-    existed = rundir._existed
-    if existed is not None and (sweep_dir.absolute() == existed or existed not in sweep_dir.absolute().parents):
-        return  # the sweep folder was there before: leave it as it was (multirun.yaml aside, rewritten by Hydra)
-    (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
-    rundir.remove_created(sweep_dir)
+    """A refused sweep leaves nothing: Hydra's multirun.yaml and the folders this command made go (a sweep folder
+    that was there before stays as it was, multirun.yaml aside, which Hydra rewrites)."""
+    from .rundir import remove_created
+    remove_created(sweep_dir, also=("multirun.yaml",))

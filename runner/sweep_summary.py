@@ -8,7 +8,7 @@ from pathlib import Path
 from trainer.files import write_atomic
 
 from .manifest import Manifest
-from .sweep import key_of, point_command
+from .sweep import deploy_stages, key_of, point_command
 
 COLUMNS = ["point", "status", "train rows", "eval rows", "eval loss before", "eval loss after", "train time (s)",
            "tokens/s", "cost (USD)", "eval set", "run directory"]
@@ -81,7 +81,7 @@ def summarize(sweep_dir: Path, points, out=print) -> dict:
         point = next(p for p in points if p["name"] == best["point"])
         notes.append(f"Lowest eval loss: {best['point']} ({best['eval loss after']:.4f}), every point on the same "
                      f"{best['eval rows']} eval rows (sha256 {best['eval set']}...).")
-        stages = "deploy,chat" if best["registered"] else "register,deploy,chat"  # a sweep of stages=[data,train]
+        stages = deploy_stages(best["registered"])
         notes.append(f"Deploy it: {point_command(point['overrides'], stages)}")
         notes.append(f"Stop it later: {point_command(point['overrides'], 'teardown')}")
     text = "\n".join(["# Sweep summary", "", *table, "", *notes,

@@ -60,21 +60,18 @@ def did_you_mean(path: str, known) -> str:
 
 def renamed_override(override: str) -> str | None:
     """A message for a command-line override of a renamed key (Hydra itself would only say 'not in struct')."""
-    key = override.split("=", 1)[0].lstrip("+~")
+    from .sweep import key_of
+    key = key_of(override)
     if "=" in override and key in RENAMED:
         return f"{key} was renamed to {RENAMED[key]} (the library's own argument name): use {RENAMED[key]}=..."
     return None
 
 
-def problems(spec, schema_doc: dict | None = None):
+def problems(spec, validator=None):
     """Every problem with the spec, as 'path: message' lines; empty when valid.
 
-    schema_doc: another version of spec.schema.json (the config review validates a base commit with its own).
+    validator: for another version of spec.schema.json (the config review validates a base commit with its own).
     """
-    validator = None
-    if schema_doc is not None:
-        from jsonschema import Draft202012Validator
-        validator = Draft202012Validator(schema_doc)
     found = list(_schema_problems(spec, validator))
     bad = {p.split(":", 1)[0] for p in found}
     for rule in RULES:

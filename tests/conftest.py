@@ -15,6 +15,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 from runner import CONF_DIR  # noqa: E402
 from runner.spec import to_spec  # noqa: E402
+from runner.sweep import settle  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +34,7 @@ def compose_once(output_root, *overrides):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("config", overrides=[f"run.output_root={output_root}", *overrides])
     GlobalHydra.instance().clear()
-    return to_spec(cfg)
+    return settle(to_spec(cfg), None)  # as a single run settles it (data.eval=auto: split)
 
 
 @pytest.fixture

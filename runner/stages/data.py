@@ -5,10 +5,10 @@ import math
 from pathlib import Path
 
 from trainer.chats import problem_of, read_jsonl  # one reader and one definition of a chat, shared with the trainer
+from trainer.files import write_atomic
 
 from .. import REPO_ROOT
 from ..errors import UserError
-from ..manifest import write_atomic
 
 MAX_REPORTED = 10
 
@@ -132,7 +132,7 @@ def hub_eval_rows(d, on_bad_row, warn):
 
 def make_split(d, ctx):
     """train rows, test rows, how they were chosen (for the manifest and the log), and the pool of a fixed split."""
-    mode = d["eval"] if d["eval"] != "auto" else "split"
+    mode = d["eval"]  # auto was settled before the run (runner/sweep.py settle)
     # pool: rows every point of a fixed-eval sweep shares, whatever its slice; the tiny model learns its tokenizer
     # from them, so every point starts from the same base model (else each slice would build its own vocabulary)
     pool = None
@@ -199,15 +199,14 @@ def is_current(outputs, spec, ctx) -> bool:
         return False  # the local source file was edited since
     for key, name in (("train_file", "train.jsonl"), ("test_file", "test.jsonl")):
         p = Path(outputs.get(key, ""))
-        if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != outputs["sha256"][name]:
+        if not p.is_file() or file_sha256(p) != outputs["sha256"][name]:
             return False
     return True
 
 
 def plan(spec, ctx):
     d = spec["data"]
-    mode = d["eval"] if d["eval"] != "auto" else "split"
-    if mode == "split":
+    if d["eval"] == "split":
         return [f"eval:   split: test_size={d['test_size']} of the slice (the tutorial's 80/20); "
                 "it changes with the slice, so slices of different size do not compare"]
     if d["source"] == "hub" and d["eval_split"]:
