@@ -22,8 +22,8 @@ os.environ["APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED"] = "true"  # for `pf` run
 
 
 def training_rows(manifest) -> list[dict]:
-    path = Path(manifest["stages"]["data"]["outputs"]["train_file"])
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    from .helpers import read_jsonl
+    return read_jsonl(manifest["stages"]["data"]["outputs"]["train_file"])
 
 
 def single_turn_pairs(manifest, n: int) -> list[tuple[str, str]]:

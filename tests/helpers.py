@@ -4,11 +4,26 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 from runner import REPO_ROOT
 
 HEAVY = {"torch", "transformers", "datasets", "mlflow", "azure", "promptflow", "trl"}
 NOT_IN_TRAINER = {"runner", "hydra", "azure", "promptflow"}  # trainer/ runs in the Azure job and deployment
+
+
+SAMPLE = REPO_ROOT / "runner" / "samples" / "chat_sample.jsonl"  # the shipped sample (data=sample)
+
+
+def read_jsonl(path) -> list:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
+def run_data(spec, tmp_path) -> dict:
+    """The data stage alone on spec, in tmp_path/run; the manifest."""
+    from runner.app import execute
+    spec["stages"] = ["data"]
+    return execute(spec, tmp_path / "run", out=lambda *_: None)
 
 
 def free_port() -> int:

@@ -11,8 +11,7 @@ import pytest
 
 from runner.validate import problems
 
-from .helpers import runner_cli
-from .test_data_stage import SAMPLE, read_jsonl, run_data
+from .helpers import SAMPLE, read_jsonl, run_data, runner_cli
 
 N_TRAIN_SFT = 80  # of the sample's 96 chats; the other 16 are test_sft
 

@@ -7,20 +7,9 @@ import pytest
 
 from runner.app import execute
 from runner.errors import UserError
-from runner.stages.data import resolve_path
 from trainer.chats import ROLES
 
-SAMPLE = resolve_path("runner/samples/chat_sample.jsonl")
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines()]
-
-
-def run_data(spec, tmp_path):
-    spec["stages"] = ["data"]
-    return execute(spec, tmp_path / "run", out=lambda *_: None)
-
+from .helpers import SAMPLE, read_jsonl, run_data
 
 def write_rows(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")

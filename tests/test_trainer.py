@@ -15,8 +15,8 @@ import yaml
 from runner import REPO_ROOT
 from trainer.errors import TrainerInputError
 
-from ._endpoint import single_turn_pairs
-from .helpers import NOT_IN_TRAINER, first_turn, free_port, imported_by, runner_cli
+from ._endpoint import single_turn_pairs, training_rows
+from .helpers import NOT_IN_TRAINER, first_turn, free_port, imported_by, read_jsonl, runner_cli
 
 SHAPE = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
              vocab_size=300, max_position_embeddings=128, seed=0)
@@ -54,7 +54,7 @@ def test_default_fine_tune_reproduces_training_answers(trained_run):
     out = manifest["stages"]["train"]["outputs"]
     parts = mlflow.transformers.load_model(out["mlflow_model_dir"], return_type="components")
     model, tok = parts["model"], parts["tokenizer"]
-    train_rows = [json.loads(x) for x in Path(manifest["stages"]["data"]["outputs"]["train_file"]).read_text().splitlines()]
+    train_rows = training_rows(manifest)
     for row in random.Random(0).sample(train_rows, 6):
         prompt, want = first_turn(row)
         ids = tok.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -263,8 +263,7 @@ def test_the_loss_covers_assistant_turns_only_with_a_template_that_renders_as_th
     tok = AutoTokenizer.from_pretrained(Path(out["mlflow_model_dir"]) / "components" / "tokenizer")
     training = get_training_chat_template(tok)
     assert training and "generation" in training and training != tok.chat_template
-    rows = [json.loads(line) for line in Path(trained_run[2]["stages"]["data"]["outputs"]["test_file"]).read_text()
-            .splitlines()]
+    rows = read_jsonl(trained_run[2]["stages"]["data"]["outputs"]["test_file"])
     assert any(r["messages"][0]["role"] == "system" for r in rows)
     for row in rows:
         msgs = row["messages"]
