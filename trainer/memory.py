@@ -1,0 +1,219 @@
+"""Peak training memory of one GPU (or the CPU), estimated before anything runs, and measured when it does.
+
+estimate() is an analytic model of what one training step keeps alive at its peak: weights, gradients, optimizer
+state, and the activations saved for the backward pass (the layers' saved tensors, attention scores under eager
+attention, the logits and their float32 loss). Its terms follow Phi3DecoderLayer as transformers runs it; the
+test suite checks the total against the bytes tensors really hold during training steps on the CPU
+(TensorBytes, below) at several small shapes. Pure Python: the runner's plan imports it without torch.
+"""
+import json
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The fields of a Phi3Config that decide memory."""
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    intermediate_size: int
+    vocab_size: int
+    tie_word_embeddings: bool = False
+
+    @property
+    def kv_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads * self.num_key_value_heads
+
+    def layer_linears(self) -> list[tuple[int, int]]:
+        """(in, out) of each linear of one decoder layer: qkv_proj, o_proj, gate_up_proj, down_proj."""
+        h, i = self.hidden_size, self.intermediate_size
+        return [(h, h + 2 * self.kv_dim), (h, h), (h, 2 * i), (i, h)]
+
+    def parameters(self) -> int:
+        h, v = self.hidden_size, self.vocab_size
+        layer = sum(a * b for a, b in self.layer_linears()) + 2 * h
+        return v * h * (1 if self.tie_word_embeddings else 2) + self.num_hidden_layers * layer + h
+
+
+PHI3_MINI = Shape(3072, 32, 32, 32, 8192, 32064)
+KNOWN = {  # hub ids whose config.json cannot be read here (no download before a run is planned)
+    "microsoft/Phi-3-mini-4k-instruct": PHI3_MINI,
+    "microsoft/Phi-3-mini-128k-instruct": PHI3_MINI,
+    "microsoft/Phi-3.5-mini-instruct": PHI3_MINI,
+}
+
+
+def shape_of(model: dict) -> Shape | None:
+    """The spec's model section -> its Shape; None when it cannot be known without downloading it."""
+    if model["source"] == "tiny" and model.get("tiny"):
+        t = model["tiny"]
+        return Shape(t["hidden_size"], t["num_hidden_layers"], t["num_attention_heads"], t["num_attention_heads"],
+                     t["intermediate_size"], t["vocab_size"])
+    ident = model.get("id") or ""
+    if ident in KNOWN:
+        return KNOWN[ident]
+    config = Path(ident).expanduser() / "config.json"
+    if config.is_file():
+        c = json.loads(config.read_text())
+        try:
+            return Shape(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
+                         c.get("num_key_value_heads") or c["num_attention_heads"], c["intermediate_size"],
+                         c["vocab_size"], bool(c.get("tie_word_embeddings", False)))
+        except KeyError:
+            return None
+    return None
+
+
+def _optim_args(text) -> dict:
+    return dict(kv.split("=", 1) for kv in (text or "").replace(" ", "").split(",") if "=" in kv)
+
+
+def optimizer_bytes(optim: str | None, optim_args: str | None, weight_bytes: int) -> tuple[float, str]:
+    """Bytes of optimizer state per trained parameter, and what they are."""
+    optim = optim or "adamw_torch_fused"
+    if optim in ("adamw_torch_8bit", "adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"):
+        return 2 + 8 / 256, "2 moments in 8 bits"
+    if optim == "adamw_torch_4bit":
+        return 1 + 8 / 128, "2 moments in 4 bits"
+    if optim in ("sgd",):
+        return 0, "none"
+    if optim.startswith("adafactor"):
+        return 0.1, "factored second moments"
+    moments = 2 * weight_bytes
+    if optim == "stable_adamw" and weight_bytes == 2:  # torch-optimi sums in Kahan's way for 16-bit weights
+        return moments + weight_bytes, "2 moments + a Kahan compensation buffer"
+    return moments, "2 moments" + ("" if optim.startswith("adam") else f" (assumed AdamW-like for {optim})")
+
+
+@dataclass
+class Estimate:
+    weights: float
+    grads: float
+    optimizer: float
+    activations: float
+    notes: list = field(default_factory=list)
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.grads + self.optimizer + self.activations
+
+    def line(self, limit: float | None = None, where: str = "") -> str:
+        parts = (f"weights {self.weights / GB:.1f}, grads {self.grads / GB:.1f}, optimizer {self.optimizer / GB:.1f}, "
+                 f"activations ~{self.activations / GB:.1f}")
+        if limit:
+            return f"about {self.total / GB:.0f} GB of the {limit / GB:.0f} GB{where} ({parts})"
+        return f"about {self.total / GB:.1f} GB ({parts})"
+
+
+def _lora_params(shape: Shape, r: int) -> int:
+    return shape.num_hidden_layers * sum(r * (a + b) for a, b in shape.layer_linears())
+
+
+def estimate(shape: Shape, train: dict, precision: str, attn: str = "eager", device: str = "cuda") -> Estimate:
+    """Peak bytes of one training process: one GPU's share when each process holds the whole model (DDP)."""
+    n = shape.parameters()
+    weight_bytes = 4 if precision in ("fp32", "bf16-mixed") else 2
+    act = 4 if precision == "fp32" else 2  # matmul outputs: float32, or 16-bit (also under bf16 autocast)
+    lora = train.get("lora") or {}
+    trained = _lora_params(shape, lora["r"]) if lora.get("enabled") else n
+    weights = n * weight_bytes + (trained if lora.get("enabled") else 0) * weight_bytes
+    notes = []
+    if precision == "bf16-mixed":
+        weights += n * 2  # autocast keeps a bf16 copy of every weight it casts until the forward pass ends
+        notes.append("bf16 copies of the weights under autocast")
+    grads = trained * weight_bytes
+    per_param, what = optimizer_bytes(train.get("optim"), train.get("optim_args"), weight_bytes)
+    optimizer = trained * per_param
+    notes.append(f"optimizer: {what}")
+
+    h, i, v = shape.hidden_size, shape.intermediate_size, shape.vocab_size
+    heads, layers = shape.num_attention_heads, shape.num_hidden_layers
+    seq, rows = train["max_length"], train["per_device_train_batch_size"]
+    tokens = rows * seq
+    # padding-free packing (bfd) puts a batch's rows in one sequence: eager attention then spans all of them
+    padding_free = train.get("packing") and train.get("packing_strategy", "bfd") == "bfd"
+    span, seqs = (tokens, 1) if padding_free else (seq, rows)
+    kind = "eager" if attn == "eager" else "sdpa"  # flash-attention 2 keeps what SDPA's flash kernel keeps
+    c_h, c_i, c_s = SAVED[("bf16" if precision == "fp16" else precision, kind)]
+    layer = tokens * (c_h * h + c_i * i) + seqs * heads * span * span * c_s
+    # TRL's SFTTrainer scores the vocabulary in tiles (trl.trainer.utils, fused_lm_head): a tile of up to 4096
+    # tokens x 32768 logits (on a CPU, without Triton, with float32 temporaries of its filled part), then float32
+    # gradients of the hidden states and of the head's weight
+    tile = min(tokens, 4096)
+    temporaries = 5 * tile * min(v, 32768) * 4 if device == "cpu" else 0
+    head = tile * 32768 * act + temporaries + tokens * h * 4 + v * h * (4 + weight_bytes)
+    if train.get("activation_checkpointing"):
+        kept = layers * tokens * act * h  # each layer's input; one layer at a time is recomputed in backward
+        notes.append("activation checkpointing: one layer's activations at a time")
+        peak = max(kept + head, kept + layer + grads)
+    else:
+        peak = max(layers * layer + head, grads)
+    # the activations line is what the step holds beyond weights, gradients and optimizer state at its peak
+    return Estimate(weights, grads, optimizer, max(peak - grads, 0), notes)
+
+
+# Bytes saved for backward per token of one decoder layer, c_h x hidden + c_i x intermediate, plus c_s x heads x
+# span per token for the attention scores, by precision and attention; measured with autograd's saved-tensor hooks
+# on Phi3DecoderLayer (transformers 5.23), which every device runs alike. SDPA's flash kernels (GPU, and the CPU's
+# for causal rows) keep no scores.
+SAVED = {("bf16", "eager"): (24, 8, 6), ("bf16", "sdpa"): (30, 8, 0),
+         ("fp32", "eager"): (40, 16, 4), ("fp32", "sdpa"): (52, 16, 0),
+         ("bf16-mixed", "eager"): (37, 9.5, 4.25), ("bf16-mixed", "sdpa"): (36, 9.5, 0)}
+
+
+class TensorBytes:
+    """Peak bytes held by tensor storages during a block of PyTorch code (an allocator-level view on the CPU).
+
+    with TensorBytes(model.parameters()) as m: ...; m.peak. Every tensor an operator returns is counted from its
+    creation until its storage is freed; tensors alive before (the weights) are counted from the start.
+    """
+
+    def __init__(self, existing=()):
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils.weak import WeakIdKeyDictionary
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                from torch.utils._pytree import tree_flatten
+                for t in tree_flatten(out)[0]:
+                    tracker.add(t)
+                return out
+
+        self._mode, self._seen = Mode(), WeakIdKeyDictionary()
+        self.now = self.peak = 0
+        for t in existing:
+            self.add(t)
+
+    def add(self, t):
+        import torch
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            return
+        try:
+            storage = t.untyped_storage()
+        except (NotImplementedError, RuntimeError):  # a tensor subclass: its inner tensors come through as well
+            return
+        if storage in self._seen:
+            return
+        size = storage.nbytes()
+        self._seen[storage] = size
+        self.now += size
+        self.peak = max(self.peak, self.now)
+        weakref.finalize(storage, self._free, size)
+
+    def _free(self, size):
+        self.now -= size
+
+    def __enter__(self):
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._mode.__exit__(*exc)
