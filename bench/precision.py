@@ -1,7 +1,7 @@
 """Do the updates land? Training recipes at the tutorial's learning rate, on the CPU, through the trainer's own code.
 
   python bench/precision.py            every recipe at lr 5e-6 and 2e-5 (about 6 minutes on 2 CPU cores)
-  python bench/precision.py --smoke    four recipes, a smaller model, one lr (under a minute; the tests run it)
+  python bench/precision.py --smoke    five recipes, a smaller model, one lr (about a minute; the tests run it)
 
 A small Phi-3 (4 layers, width 256, a 4096-token BPE vocabulary) stands in for a pretrained base: it is trained
 first in fp32 at lr 1e-3 on chats whose answers follow one rule (each word of the question -> the next word of a
@@ -50,7 +50,7 @@ SIZES = {  # model shape, pretraining and fine-tuning sizes
     "smoke": dict(shape=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
                              vocab_size=1024, max_position_embeddings=128, seed=0),
                   words=300, targets=16, pretrain_rows=960, pretrain_steps=60, steps=12, batch=8, eval_rows=32,
-                  lrs=[5e-6], recipes=["fp32", "bf16", "bf16-mixed", "kahan"]),
+                  lrs=[5e-6], recipes=["fp32", "bf16", "bf16-mixed", "kahan", "8bit-sr"]),
 }
 WORDS_PER_CHAT = 10
 MAX_LENGTH = 64
@@ -241,7 +241,7 @@ def plot(results: list[dict], path: Path):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--smoke", action="store_true", help="four recipes on a smaller model, one lr (under a minute)")
+    p.add_argument("--smoke", action="store_true", help="five recipes on a smaller model, one lr (about a minute)")
     p.add_argument("--recipes", help="comma-separated recipe names (default: all of the size)")
     p.add_argument("--work", default=str(OUT / "work"), help="where the base model and data are kept")
     p.add_argument("--out", default=str(OUT), help="where precision.json and precision.png go")

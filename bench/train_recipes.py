@@ -42,6 +42,11 @@ RECIPES = {  # name -> (model overrides, train overrides, precision); the seed r
     "sdpa + bfd + Liger kernels": (SDPA_BFD[0], {**SDPA_BFD[1], "use_liger_kernel": True}, "bf16"),
     "flash-attn 2 + bfd": ({"attn_implementation": "flash_attention_2"}, SDPA_BFD[1], "bf16"),
     "sdpa + bfd, fp32 master (bf16-mixed)": (*SDPA_BFD, "bf16-mixed"),
+    "eager + bfd, 8-bit AdamW + SR (phi3 default)": ({"attn_implementation": "eager"},
+                                                     {"packing_strategy": "bfd", "optim": "adamw_torch_8bit",
+                                                      "optim_args": "bf16_stochastic_round=True"}, "bf16"),
+    "sdpa + bfd, 8-bit AdamW + SR": (SDPA_BFD[0], {**SDPA_BFD[1], "optim": "adamw_torch_8bit",
+                                                   "optim_args": "bf16_stochastic_round=True"}, "bf16"),
 }
 NOT_ON_CPU = {"sdpa + bfd + torch.compile": "compiling takes minutes on 2 CPU cores",
               "sdpa + bfd + Liger kernels": "Triton kernels: GPU only",
@@ -116,7 +121,10 @@ def run_one(recipe: str, args) -> dict:
     memory = (torch.cuda.max_memory_allocated() if device == "cuda"
               else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     losses = [h["loss"] for h in state.log_history if "loss" in h]
+    from trainer.memory import for_spec
+    estimate = for_spec(spec, device)
     return {"recipe": recipe, "device": name, "params": n, "tokens_per_s": tokens_s,
+            "estimated_peak_gib": estimate.total / 2**30 if estimate else None,
             "mfu": tokens_s * flops_per_token / peak if peak else None, "peak_memory_gib": memory / 2**30,
             "step_s": metrics["train_runtime_s"] / max(state.global_step, 1), "steps": state.global_step,
             "loss": losses[-1] if losses else None}
@@ -172,13 +180,14 @@ def cpu_serving(shape: str, new_tokens: int = 16) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = [f"{'recipe':40} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'step s':>8} {'loss@N':>8}"]
+    lines = [f"{'recipe':46} {'tokens/s':>10} {'MFU':>6} {'peak GiB':>9} {'est. GiB':>9} {'step s':>8} {'loss@N':>8}"]
     for r in results:
         if "skipped" in r:
-            lines.append(f"{r['recipe']:40} skipped: {r['skipped']}")
+            lines.append(f"{r['recipe']:46} skipped: {r['skipped']}")
             continue
         mfu = f"{r['mfu']:.0%}" if r["mfu"] is not None else "n/a"
-        lines.append(f"{r['recipe']:40} {r['tokens_per_s']:10.0f} {mfu:>6} {r['peak_memory_gib']:9.2f} "
+        est = f"{r['estimated_peak_gib']:9.2f}" if r.get("estimated_peak_gib") is not None else f"{'n/a':>9}"
+        lines.append(f"{r['recipe']:46} {r['tokens_per_s']:10.0f} {mfu:>6} {r['peak_memory_gib']:9.2f} {est} "
                      f"{r['step_s']:8.3f} {r['loss']:8.4f}")
     return "\n".join(lines)
 
@@ -237,7 +246,9 @@ def main(argv=None) -> int:
         print(f"[bench] {name}: {'skipped' if 'skipped' in result else 'done'} in {time.time() - t0:.1f}s", flush=True)
     print(table(results))
     if not torch.cuda.is_available():
-        print("(CPU: every recipe runs in fp32, the trainer's only CPU precision; MFU needs a GPU's peak)")
+        print("(CPU: every recipe runs in fp32 to be quick; peak GiB is the process's resident memory, est. GiB "
+              "the estimate of tensors alone (bench/precision.py and tests/test_memory.py check it on the CPU); "
+              "MFU needs a GPU's peak)")
     check = precision_check(args.shape)
     print("share of weights changed by 10 AdamW steps at lr 5e-6: "
           + ", ".join(f"{k} {v:.1%}" for k, v in check.items()))

@@ -4,6 +4,7 @@ import time
 import traceback
 from pathlib import Path
 
+from . import rules
 from .context import Context
 from .errors import INTERRUPTED, Detached, StageFailed, UserError
 from .manifest import Manifest
@@ -134,6 +135,8 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, c
             validate(spec)
     except UserError as exc:
         return _refuse(exc, run_dir, fresh_dir)
+    for warning in rules.warnings(spec):
+        print(f"warning: {warning}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     spec_text = write_spec(spec, run_dir, env_paths)
     try:

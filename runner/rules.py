@@ -135,5 +135,78 @@ def _context_of(spec):
     return tiny["max_position_embeddings"] if spec["model"]["source"] == "tiny" and tiny else 1 << 30
 
 
+def _gpu(spec):
+    """(where, GiB per GPU, GPUs, bf16) of the GPUs a run trains on; None on a CPU or a size not listed."""
+    c = spec["compute"]
+    if c["kind"] == "azureml":
+        from .azure.prices import gpu
+        sku = gpu(c["instance_type"])
+        return sku and (f" on {c['instance_type']} ({sku.gpus}x {sku.gpu})", sku.gpu_gib, sku.gpus, sku.bf16)
+    if c["device"] != "cpu":
+        from .local.gpu import visible
+        g = visible()
+        return g and (f" of this machine's {g.name}", g.gib, g.count, True)
+    return None
+
+
+def _memory(spec):
+    """(estimate, limit in bytes, where) for a run on a GPU whose memory is known; None otherwise."""
+    from trainer import memory
+    gpu = _gpu(spec)
+    est = memory.for_spec(spec) if gpu else None
+    return est and (est, gpu[1] * memory.GIB, gpu[0])
+
+
+def memory_line(spec) -> str:
+    """The plan's line: the estimated peak training memory of one GPU against what it has."""
+    from trainer import memory
+    m = _memory(spec)
+    if m:
+        est, limit, where = m
+        share = est.total / limit
+        verdict = "does not fit" if share > 1 else "fits, within 10 % of the limit" if share > 0.9 else "fits"
+        return f"memory: {est.line(limit, where)} per GPU: {verdict}"
+    est = memory.for_spec(spec, "cpu" if spec["compute"]["device"] == "cpu" else "cuda")
+    if est is None:
+        return f"memory: not estimated ({spec['model']['id']}: its shape is not known here)"
+    return f"memory: {est.line()} per process (no GPU memory to compare with)"
+
+
+def fits_gpu_memory(spec):
+    m = _memory(spec)
+    if not m or m[0].total <= m[1]:
+        return
+    from trainer import memory
+    est, limit, where = m
+    fix = memory.fitting(spec, limit)
+    hint = (f"e.g. {' '.join(fix[0])} (about {fix[1].total / memory.GIB:.0f} GiB)" if fix else
+            "nothing here fits: a GPU with more memory, or a smaller train.max_length")
+    yield "train", f"{est.line(limit, where)} per GPU: it cannot fit; {hint}"
+
+
+def gpu_computes_in_bf16(spec):
+    gpu, c = _gpu(spec), spec["compute"]
+    if gpu and not gpu[3] and c["precision"] in ("bf16", "bf16-mixed"):
+        yield "compute.precision", (f"{c['precision']!r} needs bfloat16 arithmetic, which the GPU{gpu[0]} lacks: "
+                                    "use compute.precision=fp16 or compute.precision=fp32")
+
+
+def processes_per_gpu(spec):
+    gpu, c = _gpu(spec), spec["compute"]
+    if gpu and c["kind"] == "azureml" and c["processes_per_instance"] > gpu[2]:
+        yield "compute.processes_per_instance", (f"{c['processes_per_instance']} processes but {c['instance_type']} "
+                                                 f"has {gpu[2]} GPU(s): e.g. compute.processes_per_instance={gpu[2]}")
+
+
+def warnings(spec) -> list[str]:
+    """What is allowed but likely to go wrong: a run within 10 % of its GPU's memory."""
+    m = _memory(spec)
+    if m and 0.9 * m[1] < m[0].total <= m[1]:
+        return [f"train: {m[0].line(m[1], m[2])} per GPU: within 10 % of the limit, and the allocator needs some "
+                "room of its own; an out-of-memory error is likely (a smaller batch or checkpointing leaves room)"]
+    return []
+
+
 RULES = [bf16_needs_a_gpu, one_slice, test_size_range, split_not_empty, fixed_slice_not_empty, source_fields,
-         azure_workspace_set, azure_endpoint_name, chat_within_endpoint_limit, cluster_size, max_length_fits_model]
+         azure_workspace_set, azure_endpoint_name, chat_within_endpoint_limit, cluster_size, max_length_fits_model, fits_gpu_memory,
+         gpu_computes_in_bf16, processes_per_gpu]

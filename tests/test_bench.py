@@ -23,3 +23,40 @@ def test_the_recipe_benchmark_runs_every_recipe_it_can_and_says_why_not_the_othe
     assert check["bf16 weights"] < 0.5 < check["fp32 master + bf16 autocast"]
     assert set(result["cpu_serving_ms_per_token"]) == {"float32", "bfloat16"}
     assert (REPO_ROOT / "bench" / "out" / "train_recipes-smoke.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_precision_benchmark_shows_which_updates_land_and_reruns_to_the_same_numbers(tmp_path):
+    """bench/precision.py --smoke: the recipes through the trainer's own setup()/fit(), bf16 on this CPU."""
+    from trainer import memory
+    out = tmp_path / "out"
+    cmd = [sys.executable, "bench/precision.py", "--smoke", "--work", str(tmp_path / "work"), "--out", str(out)]
+    r = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads((out / "precision-smoke.json").read_text())
+    keys = {"recipe", "lr", "eval_before", "eval_after", "share_of_fp32_drop", "weights_changed",
+            "state_bytes_per_param", "default_for"}
+    assert all(keys <= set(x) for x in results) and (out / "precision-smoke.png").read_bytes()[:4] == b"\x89PNG"
+    got = {x["recipe"]: x for x in results}
+    assert got["fp32"]["share_of_fp32_drop"] == 1 and got["fp32"]["eval_after"] < got["fp32"]["eval_before"]
+    # bf16 weights and AdamW (the tutorial) at lr 5e-6: most updates round away; fp32 master weights keep them
+    assert got["bf16"]["weights_changed"] < 0.2 < 0.8 < got["bf16-mixed"]["weights_changed"]
+    assert got["bf16"]["share_of_fp32_drop"] < 0.3 < 0.9 < got["bf16-mixed"]["share_of_fp32_drop"]
+    # the bytes measured from the tensors are the estimator's per-parameter state
+    for name, precision, optim, args in (("fp32", "fp32", None, None), ("bf16", "bf16", None, None),
+                                         ("kahan", "bf16", "stable_adamw", "kahan_sum=True")):
+        weight = 2 if precision == "bf16" else 4
+        assert got[name]["state_bytes_per_param"] == pytest.approx(
+            2 * weight + memory.optimizer_bytes(optim, args, weight)[0], rel=0.02)
+    # the phi3/phi35 default: 8-bit AdamW state, stochastic rounding onto bf16 weights; 6 bytes a parameter
+    assert got["8bit-sr"]["default_for"] == ["phi3", "phi35"] and not got["bf16"]["default_for"]
+    assert got["8bit-sr"]["state_bytes_per_param"] == pytest.approx(2 + 2 + memory.optimizer_bytes(
+        "adamw_torch_8bit", "bf16_stochastic_round=True", 2)[0], rel=0.05)
+    assert got["8bit-sr"]["weights_changed"] > 2 * got["bf16"]["weights_changed"]
+    # a rerun: the same numbers
+    r = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "again"), "--recipes", "bf16"], cwd=REPO_ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    again = {x["recipe"]: x for x in json.loads((tmp_path / "again" / "precision-smoke.json").read_text())}
+    for name in ("fp32", "bf16"):
+        assert again[name]["eval_after"] == got[name]["eval_after"]
+        assert again[name]["weights_changed"] == got[name]["weights_changed"]

@@ -4,14 +4,13 @@ estimate() is an analytic model of what one training step keeps alive at its pea
 state, and the activations saved for the backward pass (the layers' saved tensors, attention scores under eager
 attention, the logits and their float32 loss). Its terms follow Phi3DecoderLayer as transformers runs it; the
 test suite checks the total against the bytes tensors really hold during training steps on the CPU
-(TensorBytes, below) at several small shapes. Pure Python: the runner's plan imports it without torch.
+(trainer.tensor_bytes) at several small shapes. Pure Python: the runner's plan imports it without torch.
 """
 import json
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GB = 1e9
+GIB = 2 ** 30
 
 
 @dataclass(frozen=True)
@@ -103,11 +102,50 @@ class Estimate:
         return self.weights + self.grads + self.optimizer + self.activations
 
     def line(self, limit: float | None = None, where: str = "") -> str:
-        parts = (f"weights {self.weights / GB:.1f}, grads {self.grads / GB:.1f}, optimizer {self.optimizer / GB:.1f}, "
-                 f"activations ~{self.activations / GB:.1f}")
+        """'about 47 GiB of the 80 GiB on <where> (weights 7.1, grads 7.1, optimizer 21.3, activations ~9)'."""
+        parts = (f"weights {self.weights / GIB:.1f}, grads {self.grads / GIB:.1f}, "
+                 f"optimizer {self.optimizer / GIB:.1f}, activations ~{self.activations / GIB:.1f}")
+        total = f"{self.total / GIB:.0f}" if self.total >= 10 * GIB else f"{self.total / GIB:.2g}"
         if limit:
-            return f"about {self.total / GB:.0f} GB of the {limit / GB:.0f} GB{where} ({parts})"
-        return f"about {self.total / GB:.1f} GB ({parts})"
+            return f"about {total} GiB of the {limit / GIB:.0f} GiB{where} ({parts})"
+        return f"about {total} GiB ({parts})"
+
+
+def for_spec(spec: dict, device: str = "cuda") -> Estimate | None:
+    """The estimate for a run spec (one process), None when the model's shape is not known here."""
+    shape = shape_of(spec["model"])
+    if shape is None:
+        return None
+    return estimate(shape, spec["train"], spec["compute"]["precision"], spec["model"]["attn_implementation"], device)
+
+
+def fitting(spec: dict, limit: float, device: str = "cuda") -> tuple[list[str], Estimate] | None:
+    """The fewest overrides (checkpointing, a smaller batch with the same global batch, 8-bit optimizer state, LoRA)
+    under which the estimate fits in limit bytes, and that estimate; None when nothing here fits."""
+    t = spec["train"]
+    changes = []  # (overrides, train updates), tried alone and then together
+    if not t.get("activation_checkpointing"):
+        changes.append((["train.activation_checkpointing=true"], {"activation_checkpointing": True}))
+    batches = []
+    b, accumulate = t["per_device_train_batch_size"], t["gradient_accumulation_steps"]
+    while b > 1:
+        b, accumulate = b // 2, accumulate * 2 if b % 2 == 0 else accumulate
+        batches.append(([f"train.per_device_train_batch_size={b}", f"train.gradient_accumulation_steps={accumulate}"],
+                        {"per_device_train_batch_size": b, "gradient_accumulation_steps": accumulate}))
+    if optimizer_bytes(t.get("optim"), t.get("optim_args"), 2)[0] > 2.1:
+        changes.append((["++train.optim=adamw_torch_8bit", "++train.optim_args=bf16_stochastic_round=True"],
+                        {"optim": "adamw_torch_8bit", "optim_args": "bf16_stochastic_round=True"}))
+    if not (t.get("lora") or {}).get("enabled"):
+        changes.append((["train.lora.enabled=true"], {"lora": {**(t.get("lora") or {"r": 16}), "enabled": True}}))
+    tried = [[c] for c in changes] + [[*changes[:k], bt] for k in range(len(changes) + 1) for bt in batches]
+    for combo in tried:
+        train = dict(t)
+        for _, update in combo:
+            train.update(update)
+        est = for_spec({**spec, "train": train}, device)
+        if est is not None and est.total <= limit:
+            return [o for overrides, _ in combo for o in overrides], est
+    return None
 
 
 def _lora_params(shape: Shape, r: int) -> int:
@@ -164,56 +202,3 @@ def estimate(shape: Shape, train: dict, precision: str, attn: str = "eager", dev
 SAVED = {("bf16", "eager"): (24, 8, 6), ("bf16", "sdpa"): (30, 8, 0),
          ("fp32", "eager"): (40, 16, 4), ("fp32", "sdpa"): (52, 16, 0),
          ("bf16-mixed", "eager"): (37, 9.5, 4.25), ("bf16-mixed", "sdpa"): (36, 9.5, 0)}
-
-
-class TensorBytes:
-    """Peak bytes held by tensor storages during a block of PyTorch code (an allocator-level view on the CPU).
-
-    with TensorBytes(model.parameters()) as m: ...; m.peak. Every tensor an operator returns is counted from its
-    creation until its storage is freed; tensors alive before (the weights) are counted from the start.
-    """
-
-    def __init__(self, existing=()):
-        from torch.utils._python_dispatch import TorchDispatchMode
-        from torch.utils.weak import WeakIdKeyDictionary
-
-        tracker = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                from torch.utils._pytree import tree_flatten
-                for t in tree_flatten(out)[0]:
-                    tracker.add(t)
-                return out
-
-        self._mode, self._seen = Mode(), WeakIdKeyDictionary()
-        self.now = self.peak = 0
-        for t in existing:
-            self.add(t)
-
-    def add(self, t):
-        import torch
-        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-            return
-        try:
-            storage = t.untyped_storage()
-        except (NotImplementedError, RuntimeError):  # a tensor subclass: its inner tensors come through as well
-            return
-        if storage in self._seen:
-            return
-        size = storage.nbytes()
-        self._seen[storage] = size
-        self.now += size
-        self.peak = max(self.peak, self.now)
-        weakref.finalize(storage, self._free, size)
-
-    def _free(self, size):
-        self.now -= size
-
-    def __enter__(self):
-        self._mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        return self._mode.__exit__(*exc)

@@ -1,15 +1,49 @@
-"""Rough hourly prices of the VM sizes in conf/, for the cost lines of plan mode.
+"""The VM sizes people train and serve on: hourly list price and GPUs, for plan mode's cost and memory lines.
 
 Approximate pay-as-you-go Linux list prices in USD per hour (East US 2, 2025); your region, discounts and
 reservations change them. https://azure.microsoft.com/pricing/details/machine-learning/ has the real ones.
+GPU memory is each GPU's, in GiB as the GPU reports it; bf16 says whether the GPU computes in bfloat16
+(V100 and T4 do not: they train in fp16 or fp32).
 """
+from typing import NamedTuple
+
 AS_OF = "East US 2 list prices, 2025"
-APPROX_USD_PER_HOUR = {
-    "Standard_NC24ads_A100_v4": 3.67,  # 1x A100 80GB, 24 vCPU
-    "Standard_NC48ads_A100_v4": 7.35,  # 2x A100 80GB, 48 vCPU
-    "Standard_E16s_v3": 1.01,          # 16 vCPU, 128 GiB
-    "Standard_E4s_v3": 0.25,           # 4 vCPU, 32 GiB: the serving VM
+
+
+class Sku(NamedTuple):
+    usd_per_hour: float
+    gpus: int = 0
+    gpu: str = ""
+    gpu_gib: float = 0
+    bf16: bool = True
+
+
+SKUS = {
+    "Standard_NC24ads_A100_v4": Sku(3.67, 1, "A100 80GB", 80),
+    "Standard_NC48ads_A100_v4": Sku(7.35, 2, "A100 80GB", 80),
+    "Standard_NC96ads_A100_v4": Sku(14.69, 4, "A100 80GB", 80),
+    "Standard_ND96asr_v4": Sku(27.20, 8, "A100 40GB", 40),
+    "Standard_ND96amsr_A100_v4": Sku(32.77, 8, "A100 80GB", 80),
+    "Standard_NC40ads_H100_v5": Sku(6.98, 1, "H100 NVL", 94),
+    "Standard_NC80adis_H100_v5": Sku(13.96, 2, "H100 NVL", 94),
+    "Standard_ND96isr_H100_v5": Sku(98.32, 8, "H100 80GB", 80),
+    "Standard_NC6s_v3": Sku(3.06, 1, "V100 16GB", 16, bf16=False),
+    "Standard_NC12s_v3": Sku(6.12, 2, "V100 16GB", 16, bf16=False),
+    "Standard_NC24s_v3": Sku(12.24, 4, "V100 16GB", 16, bf16=False),
+    "Standard_NC4as_T4_v3": Sku(0.53, 1, "T4", 16, bf16=False),
+    "Standard_NC8as_T4_v3": Sku(0.75, 1, "T4", 16, bf16=False),
+    "Standard_NC16as_T4_v3": Sku(1.20, 1, "T4", 16, bf16=False),
+    "Standard_NC64as_T4_v3": Sku(4.35, 4, "T4", 16, bf16=False),
+    "Standard_E16s_v3": Sku(1.01),  # 16 vCPU, 128 GiB
+    "Standard_E4s_v3": Sku(0.25),   # 4 vCPU, 32 GiB: the serving VM
 }
+APPROX_USD_PER_HOUR = {size: sku.usd_per_hour for size, sku in SKUS.items()}
+
+
+def gpu(size: str) -> Sku | None:
+    """The SKU of a GPU VM size, None for a CPU size or one not listed here."""
+    sku = SKUS.get(size)
+    return sku if sku and sku.gpus else None
 
 
 def usd(size: str, node_hours: float) -> float | None:

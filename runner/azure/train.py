@@ -4,6 +4,7 @@ import secrets
 from pathlib import Path
 
 from ..errors import Detached, StageFailed
+from ..rules import memory_line
 from . import prices, resources
 from .client import azure_errors, client, get_or_none, load, rel, summary
 from .retry import call, call_once, scrub
@@ -186,6 +187,7 @@ def plan(spec, ctx) -> list[str]:
         f"{rel(ctx, 'job.yml')}: command job in experiment {spec['run']['experiment_name']}, "
         f"{c['instance_count']} node(s) x {c['processes_per_instance']} process(es), code {rel(ctx, 'code')}, "
         f"inputs {job['inputs']['train_file']['path']}, {job['inputs']['eval_file']['path']}; {max_cost(spec)}",
+        memory_line(spec),
         f"by hand: az ml job create -f {resources.folder(ctx) / 'job.yml'} (after creating the environment and compute)",
     ]
 

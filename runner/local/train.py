@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from ..errors import UserError
+from ..rules import memory_line
 
 KEEP = ("run_id", "model_uri", "tracking_uri", "experiment", "mlflow_model_dir", "loss_plot", "steps",
         "train_loss", "eval_loss", "eval_loss_before", "tokens_per_s", "rows_truncated", "train_runtime_s", "device")
@@ -65,4 +66,4 @@ def plan(spec, ctx):
     return [f"model:  {base}; {t['num_train_epochs']} epochs, lr {t['learning_rate']}, "
             f"{spec['compute']['precision']} on {spec['compute']['device']}",
             f"mlflow: {store_uri(spec)}, experiment {spec['run']['experiment_name']} "
-            "(MLFLOW_TRACKING_URI wins)"]
+            "(MLFLOW_TRACKING_URI wins)", memory_line(spec)]

@@ -1,0 +1,154 @@
+"""Will it fit? The peak-memory estimate against tensors measured in real training steps, and the plan's refusals."""
+import itertools
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from runner import CONF_DIR
+from runner.spec import to_spec
+from runner.validate import problems
+from trainer import memory
+
+from .helpers import runner_cli
+
+PLAN = ["compute=a100", "model=phi35", "data=1pct", "plan=true"]
+WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+         "upsilon phi chi psi omega").split()
+
+
+def test_the_tutorials_command_prints_its_memory_against_the_a100s(tmp_path):
+    r = runner_cli(*PLAN, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if "memory:" in x)
+    assert "GiB of the 80 GiB on Standard_NC24ads_A100_v4 (1x A100 80GB)" in line and line.endswith("per GPU: fits")
+    assert all(part in line for part in ("weights 7.1", "grads 7.1", "optimizer 7.2", "activations ~"))
+
+
+def test_a_run_that_cannot_fit_is_refused_with_an_override_that_fits(tmp_path):
+    r = runner_cli(*PLAN, "train.per_device_train_batch_size=64", "train.activation_checkpointing=false", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "of the 80 GiB on Standard_NC24ads_A100_v4" in r.stderr and "it cannot fit; e.g. " in r.stderr
+    assert not (tmp_path / "outputs").exists(), "a refused run leaves nothing behind"
+    fix = r.stderr.split("it cannot fit; e.g. ", 1)[1].split(" (about", 1)[0].split()
+    assert fix and all("=" in o for o in fix)
+    # the named overrides, typed after the same command, make a plan that fits
+    r = runner_cli(*PLAN, "train.per_device_train_batch_size=64", "train.activation_checkpointing=false", *fix,
+                   cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "per GPU: fits" in r.stdout
+
+
+def _spec(*overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        spec = to_spec(compose("config", overrides=list(overrides)))
+    GlobalHydra.instance().clear()
+    return spec
+
+
+GRID = list(itertools.product(["a100", "cpu_e16s"], ["phi3", "phi35", "tiny"], [4, 16, 64], [True, False],
+                              ["bf16_8bit_sr", "seed_recipe"]))
+
+
+@pytest.mark.parametrize("compute,model,batch,ckpt,train", GRID[::3])
+def test_every_combination_the_estimate_says_cannot_fit_is_refused_and_its_fix_fits(compute, model, batch, ckpt, train):
+    overrides = [f"compute={compute}", f"model={model}", f"train={train}", "plan=true",
+                 f"train.per_device_train_batch_size={batch}", f"train.activation_checkpointing={str(ckpt).lower()}"]
+    if model == "tiny":
+        overrides.append("train.max_length=512")
+    spec = _spec(*overrides)
+    found = [p for p in problems(spec) if p.startswith("train: ")]
+    est = memory.for_spec(spec)
+    if compute == "cpu_e16s":  # a CPU VM: nothing to compare with on a GPU
+        assert not found
+        return
+    over = est.total > 80 * memory.GIB
+    assert bool(found) == over, (est.line(80 * memory.GIB), found)
+    if over:
+        fix = found[0].split("it cannot fit; e.g. ", 1)[1].split(" (about", 1)[0].split()
+        fixed = _spec(*overrides, *fix)
+        assert memory.for_spec(fixed).total <= 80 * memory.GIB and not problems(fixed)
+
+
+def test_gpus_without_bf16_and_more_processes_than_gpus_are_refused():
+    spec = _spec("compute=a100", "model=phi3", "plan=true", "compute.instance_type=Standard_NC6s_v3",
+                 "compute.processes_per_instance=2", "train.lora.enabled=true", "train.per_device_train_batch_size=1")
+    found = "\n".join(problems(spec))
+    assert "needs bfloat16 arithmetic, which the GPU on Standard_NC6s_v3 (1x V100 16GB) lacks" in found
+    assert "compute.processes_per_instance: 2 processes but Standard_NC6s_v3 has 1 GPU(s)" in found
+
+
+def test_a_run_within_ten_percent_of_the_limit_is_warned_about(tmp_path):
+    r = runner_cli(*PLAN, "compute.precision=bf16-mixed", "train=seed_recipe", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "warning: train: about " in r.stderr and "within 10 % of the limit" in r.stderr
+
+
+def test_the_shape_comes_from_a_local_model_folder(tmp_path):
+    config = {"hidden_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "intermediate_size": 200, "vocab_size": 700, "tie_word_embeddings": False}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    shape = memory.shape_of({"source": "hub", "id": str(tmp_path)})
+    assert shape == memory.Shape(96, 3, 4, 2, 200, 700)
+    from transformers import Phi3Config, Phi3ForCausalLM
+    with __import__("torch").device("meta"):
+        model = Phi3ForCausalLM(Phi3Config(**config, pad_token_id=0))
+    assert shape.parameters() == sum(p.numel() for p in model.parameters())
+    assert memory.shape_of({"source": "hub", "id": "someone/unknown-model"}) is None
+
+
+@pytest.fixture(scope="module")
+def long_rows(tmp_path_factory):
+    """Chats longer than any max_length below (so every row fills it) and a tokenizer trained on them."""
+    from trainer.tiny import build_tokenizer
+    work = tmp_path_factory.mktemp("memory")
+    rows = [{"messages": [{"role": "user", "content": " ".join(WORDS[k:] + WORDS[:k])},
+                          {"role": "assistant", "content": " ".join((WORDS[k:] + WORDS[:k]) * 60)}]}
+            for k in range(24)]
+    (work / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return work, build_tokenizer([m["content"] for r in rows for m in r["messages"]], 600)
+
+
+# (hidden, layers, heads, intermediate, batch, max_length, attention, precision, checkpointing, packing)
+SHAPES = [
+    (256, 4, 4, 512, 4, 256, "eager", "bf16", False, False),      # activations dominate
+    (512, 2, 8, 1024, 2, 128, "eager", "bf16", False, False),     # weights and optimizer state dominate
+    (256, 4, 4, 512, 4, 256, "eager", "bf16", True, False),       # activation checkpointing
+    (256, 4, 4, 512, 4, 256, "sdpa", "fp32", False, False),       # fp32, SDPA
+    (256, 2, 4, 512, 4, 256, "eager", "bf16-mixed", False, True),  # fp32 master weights, padding-free packing
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s)))
+def test_the_estimate_is_within_15_percent_of_the_bytes_training_steps_hold(shape, long_rows, tmp_path):
+    """Two optimizer steps through trainer.fit's own setup() (SFTTrainer), every tensor's storage counted."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from trainer.fit import setup
+    from trainer.tensor_bytes import TensorBytes
+    h, layers, heads, i, batch, length, attn, precision, ckpt, packing = shape
+    work, tok = long_rows
+    torch.manual_seed(0)
+    config = Phi3Config(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                        intermediate_size=i, vocab_size=len(tok), max_position_embeddings=4096,
+                        pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    Phi3ForCausalLM(config).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    spec = _spec("model=phi3", "train=seed_recipe")
+    spec["model"].update(id=str(tmp_path / "model"), attn_implementation=attn)
+    spec["compute"].update(device="cpu", precision=precision)
+    spec["train"].update(max_length=length, per_device_train_batch_size=batch, max_steps=2, packing=packing,
+                         activation_checkpointing=ckpt, eval_strategy="no", save_steps=100, logging_steps=100,
+                         include_num_input_tokens_seen=True)
+    job = setup(spec, work / "chats.jsonl", work / "chats.jsonl", tmp_path / "out", tmp_path / "ckpt", None,
+                lambda *_: None)
+    model = job.trainer.model
+    with TensorBytes([*model.parameters(), *model.buffers()]) as measured:
+        job.trainer.train()
+    assert job.trainer.state.num_input_tokens_seen >= 2 * batch * length * 0.95, "rows shorter than max_length"
+    est = memory.for_spec(spec, "cpu")
+    assert 0.85 <= est.total / measured.peak <= 1.15, (est.line(), measured.peak / memory.GIB)
