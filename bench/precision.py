@@ -202,10 +202,10 @@ def run_one(name: str, lr: float, base: Path, train_file: Path, eval_file: Path,
 
 
 def table(results: list[dict]) -> str:
-    lines = [f"{'recipe':60} {'lr':>7} {'eval before':>11} {'after':>7} {'of fp32 drop':>12} {'changed':>8} "
+    lines = [f"{'recipe':68} {'lr':>7} {'eval before':>11} {'after':>7} {'of fp32 drop':>12} {'changed':>8} "
              f"{'B/param':>7}  default for"]
     for r in results:
-        lines.append(f"{r['recipe'] + ': ' + r['what']:60} {r['lr']:7.0e} {r['eval_before']:11.3f} {r['eval_after']:7.3f} "
+        lines.append(f"{r['recipe'] + ': ' + r['what']:68} {r['lr']:7.0e} {r['eval_before']:11.3f} {r['eval_after']:7.3f} "
                      f"{r['share_of_fp32_drop']:12.0%} {r['weights_changed']:8.1%} {r['state_bytes_per_param']:7.1f}"
                      f"  {', '.join(r['default_for'])}")
     return "\n".join(lines)
@@ -227,8 +227,10 @@ def plot(results: list[dict], path: Path):
                 label=f"lr {lr:.0e}")
         for y, n in zip(ys, names):
             if n in got:
-                ax.text(1, y, f"{got[n]['state_bytes_per_param']:.0f} B/param", va="center", fontsize=7, color="white")
+                share = max(got[n]["share_of_fp32_drop"] * 100, 0)
+                ax.text(share + 1, y, f"{got[n]['state_bytes_per_param']:.0f} B/param", va="center", fontsize=7)
     ax.axvline(90, color="grey", linestyle=":", linewidth=1)
+    ax.set_xlim(0, 125)
     ax.set_yticks([i + height * (len(lrs) - 1) / 2 for i in range(len(names))], [what[n] for n in names], fontsize=8)
     ax.set_xlabel("share of the fp32 recipe's eval-loss drop (%)")
     ax.invert_yaxis()

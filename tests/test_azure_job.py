@@ -115,9 +115,12 @@ def tracking(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """compute=cpu_e16s on the tiny model: the data stage done here, the train stage's files planned."""
+    """compute=cpu_e16s on the tiny model with the phi3 default's optimizer: the data stage done here, the train
+    stage's files planned."""
     root = tmp_path_factory.mktemp("azure-job")
-    spec = compose_once(root / "outputs", "compute=cpu_e16s", "model=tiny", "plan=true")
+    # the optimizer of model=phi3|phi35's default recipe (torchao's 8-bit AdamW) runs in the job's environment
+    spec = compose_once(root / "outputs", "compute=cpu_e16s", "model=tiny", "plan=true", "+train.optim=adamw_torch_8bit",
+                        "+train.optim_args='bf16_stochastic_round=True'")
     run_dir = root / "run"
     run_dir.mkdir()
     write_spec(spec, run_dir, azure_env_paths())
@@ -173,6 +176,7 @@ def test_the_job_saves_the_model_where_model_yml_points_and_logs_to_the_workspac
     assert not [p for m, p in tracking.requests if "/logged-models" in p], "the job asked for logged models"
     run = client.get_run(run_id)
     assert run.data.params["train.learning_rate"] == str(spec["train"]["learning_rate"])
+    assert run.data.params["train.optim"] == "adamw_torch_8bit"
     assert {"loss", "eval_loss_before", "final_eval_loss"} <= set(run.data.metrics)
     assert {a.path for a in client.list_artifacts(run_id)} >= {"spec.yaml", "loss.png"}
 

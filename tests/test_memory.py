@@ -152,3 +152,21 @@ def test_the_estimate_is_within_15_percent_of_the_bytes_training_steps_hold(shap
     assert job.trainer.state.num_input_tokens_seen >= 2 * batch * length * 0.95, "rows shorter than max_length"
     est = memory.for_spec(spec, "cpu")
     assert 0.85 <= est.total / measured.peak <= 1.15, (est.line(), measured.peak / memory.GIB)
+
+
+def test_a_local_run_is_checked_against_the_gpu_nvidia_smi_reports(tmp_path):
+    """compute=local on a machine with one 24 GB GPU (nvidia-smi's own output format, from a script on PATH)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'NVIDIA A10G, 23028'\n")
+    smi.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:{__import__('os').environ['PATH']}"}
+    r = runner_cli("model=phi3", "data=10rows", "compute.device=cuda", "compute.precision=bf16", "plan=true",
+                   cwd=tmp_path, env=env)
+    assert r.returncode == 2, r.stdout[-2000:]
+    assert "of the 22 GiB of this machine's NVIDIA A10G" in r.stderr and "it cannot fit; e.g. " in r.stderr
+    r = runner_cli("model=phi3", "data=10rows", "compute.device=cuda", "compute.precision=bf16", "plan=true",
+                   "train.lora.enabled=true", "train.per_device_train_batch_size=1", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "of the 22 GiB of this machine's NVIDIA A10G" in r.stdout and "per GPU: fits" in r.stdout
