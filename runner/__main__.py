@@ -21,7 +21,7 @@ def _hydra_main(cfg: DictConfig):
     hc = HydraConfig.get()
     sweep = None
     if hc.mode == RunMode.MULTIRUN:  # our launcher says which point this is; another launcher, only its overrides
-        from .launcher import current_point
+        from .sweep.launcher import current_point
         sweep = current_point() or {"overrides": list(hc.overrides.task), "point": {}}
     code = app.main(cfg, hc.runtime.output_dir, sweep=sweep)
     app.exit_codes.append(code)
@@ -30,7 +30,7 @@ def _hydra_main(cfg: DictConfig):
 
 def main():
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-    from .validate import renamed_override
+    from .spec.validate import renamed_override
     renamed = [m for m in map(renamed_override, sys.argv[1:]) if m]
     if renamed:  # Hydra would say only "not in struct"
         print("\n".join(f"error: {m}" for m in renamed), file=sys.stderr)

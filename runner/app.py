@@ -4,14 +4,14 @@ import time
 import traceback
 from pathlib import Path
 
-from . import rules
 from .context import Context
 from .errors import INTERRUPTED, Detached, StageFailed, UserError
 from .manifest import Manifest
 from .registry import module_for, selected
 from .rundir import remove_created
+from .spec import rules
 from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, redacted, to_spec
-from .validate import validate
+from .spec.validate import validate
 from trainer.files import write_atomic
 
 
@@ -110,7 +110,7 @@ def write_spec(spec, run_dir: Path, env_paths=None) -> str:
 def main(cfg, run_dir, out=print, sweep: dict | None = None) -> int:
     """A composed config in, an exit status out: what `python -m runner` does once Hydra has composed.
 
-    sweep: in a -m sweep, {"overrides": [...], "point": {...}, "spec": ...} (runner/launcher.py, whose points come
+    sweep: in a -m sweep, {"overrides": [...], "point": {...}, "spec": ...} (runner/sweep/launcher.py, whose points come
     with their spec already settled and validated); None for a single run.
     """
     run_dir = Path(run_dir)
@@ -122,7 +122,7 @@ def main(cfg, run_dir, out=print, sweep: dict | None = None) -> int:
         spec = to_spec(cfg)
     except UserError as exc:
         return _refuse(exc, run_dir, fresh)
-    from .sweep import settle
+    from .spec.settle import settle
     spec = settle(spec, None if sweep is None else sweep["overrides"])
     return run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out, point=point)
 

@@ -57,7 +57,7 @@ STAGES = [
 
 
 # compute.kind -> module whose points a -m sweep runs detached: plan(specs) -> lines, and
-# wait_all([(spec, run_dir, name)], log) follows what their train stages submitted (runner/launcher.py)
+# wait_all([(spec, run_dir, name)], log) follows what their train stages submitted (runner/sweep/launcher.py)
 DETACHED_IN_SWEEPS = {AZUREML: "runner.azure.sweep"}
 
 

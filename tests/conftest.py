@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 from runner import CONF_DIR  # noqa: E402
 from runner.spec import to_spec  # noqa: E402
-from runner.sweep import settle  # noqa: E402
+from runner.spec.settle import settle  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

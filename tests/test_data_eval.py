@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from runner.validate import problems
+from runner.spec.validate import problems
 
 from .helpers import SAMPLE, read_jsonl, run_data, runner_cli
 

@@ -8,7 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from runner import CONF_DIR
 from runner.spec import to_spec
-from runner.validate import problems
+from runner.spec.validate import problems
 from trainer import memory
 
 from .helpers import runner_cli

@@ -6,7 +6,7 @@ mask. The model must then attend within each chat only, under every attention im
 import pytest
 import torch
 
-from runner.validate import schema
+from runner.spec.validate import schema
 
 IMPLEMENTATIONS = schema()["properties"]["model"]["properties"]["attn_implementation"]["enum"]
 SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

@@ -118,8 +118,8 @@ def test_editor_schemas_are_current_and_catch_a_misspelt_key(tmp_path):
     import yaml
     from jsonschema import Draft202012Validator
 
-    from runner import editor_schemas
-    assert editor_schemas.main(["--check"]) == 0, "run python -m runner.editor_schemas"
+    from runner.spec import editor_schemas
+    assert editor_schemas.main(["--check"]) == 0, "run python -m runner.spec.editor_schemas"
     settings = json.loads((REPO_ROOT / ".vscode" / "settings.json").read_text())["yaml.schemas"]
     checked = 0
     for schema_file, globs in settings.items():
@@ -138,5 +138,5 @@ def test_editor_schemas_are_current_and_catch_a_misspelt_key(tmp_path):
 
 def test_parsing_each_file_once_composes_exactly_what_hydra_composes():
     from runner.review import compose_all
-    from runner.validate import schema
+    from runner.spec.validate import schema
     assert compose_all(CONF_DIR, schema(), fast=True) == compose_all(CONF_DIR, schema(), fast=False)

@@ -3,7 +3,7 @@ import itertools
 
 import pytest
 
-from runner.validate import problems
+from runner.spec.validate import problems
 
 COMPUTES, MODELS, DATAS = ["local", "a100", "cpu_e16s"], ["tiny", "phi3", "phi35"], ["sample", "10rows", "1pct"]
 FAKE_AZURE = {"AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000", "AZURE_RESOURCE_GROUP": "rg",
@@ -102,7 +102,7 @@ def test_heads_must_divide_width(compose_spec):
 
 
 def test_every_schema_field_has_a_description():
-    from runner.validate import schema
+    from runner.spec.validate import schema
 
     def walk(node, path):
         if isinstance(node, dict) and "properties" in node:

@@ -2,7 +2,8 @@
 
 Each point's manifest is written as its stages write it (runner/manifest.py); summarize reads them back.
 """
-from runner import sweep, sweep_summary
+from runner import sweep
+from runner.sweep import summary as sweep_summary
 from runner.manifest import Manifest
 
 

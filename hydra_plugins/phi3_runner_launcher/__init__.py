@@ -1,4 +1,4 @@
-"""Registers runner/launcher.py with Hydra as hydra/launcher=runner.
+"""Registers runner/sweep/launcher.py with Hydra as hydra/launcher=runner.
 
 Hydra instantiates launchers only from classes defined under the hydra_plugins namespace: this one is the runner's,
 defined here by name.
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore
 
-from runner.launcher import SweepLauncher
+from runner.sweep.launcher import SweepLauncher
 
 
 class RunnerLauncher(SweepLauncher):

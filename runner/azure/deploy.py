@@ -2,7 +2,8 @@
 import json
 
 from ..errors import StageFailed, UserError
-from . import prices, resources
+from ..spec import hardware
+from . import resources
 from .client import LOG_LINES_ON_FAILURE, azure_errors, client, get_or_none, load, rel, summary
 from .retry import call
 
@@ -60,7 +61,7 @@ def live_deployment(endpoint) -> str | None:
 def remove_failed(ml, ctx, spec, endpoint_name, new, live) -> str:
     """Delete the new deployment that failed (never the live one): at 0 % traffic it would still bill."""
     d = spec["deploy"]
-    cost = prices.hourly(d["instance_type"], d["instance_count"])
+    cost = hardware.hourly(d["instance_type"], d["instance_count"])
     if new == live:  # cannot happen with blue/green names; never delete what serves
         return f"traffic is unchanged ({live} serves)."
     from azure.core.exceptions import ResourceNotFoundError
@@ -146,7 +147,7 @@ def plan(spec, ctx) -> list[str]:
         f"{rel(ctx, 'endpoint.yml')}: endpoint {name}, key auth, user-assigned identity; created only if missing, "
         "never deleted here",
         f"{rel(ctx, 'deployment.yml')}: deployment {new} of {model_ref}, {d['instance_type']} x{d['instance_count']}: "
-        f"{prices.hourly(d['instance_type'], d['instance_count'])}, billed every hour it exists until stages=[teardown]",
+        f"{hardware.hourly(d['instance_type'], d['instance_count'])}, billed every hour it exists until stages=[teardown]",
         f"rollout: {new} at 0% traffic -> one test request ({rel(ctx, 'sample-request.json')}) -> 100% traffic "
         "-> the previous deployment is deleted (both bill during the switch); a new deployment that fails is deleted",
     ]

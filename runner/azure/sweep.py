@@ -1,4 +1,4 @@
-"""The Azure ML side of a -m sweep (runner/launcher.py): what its jobs cost at most, and following them together.
+"""The Azure ML side of a -m sweep (runner/sweep/launcher.py): what its jobs cost at most, and following them together.
 
 Each point's train stage submits its job and detaches (runner/azure/train.py); wait_all follows every job until
 it ends; the launcher then runs each point again, which picks its finished job up.
@@ -6,7 +6,8 @@ it ends; the launcher then runs each point again, which picks its finished job u
 import math
 
 from ..manifest import Manifest
-from . import prices, retry
+from ..spec import hardware
+from . import retry
 from .client import azure_errors, client
 from .retry import call
 from .train import TERMINAL
@@ -29,7 +30,7 @@ def plan(specs) -> list[str]:
         at_once = max(1, c["max_instances"] // c["instance_count"])
         rounds = math.ceil(len(group) / at_once)
         node_hours = sum(s["compute"]["instance_count"] * s["compute"]["max_hours"] for s in group)
-        rate = prices.usd(c["instance_type"], 1.0)  # per node-hour
+        rate = hardware.usd(c["instance_type"], 1.0)  # per node-hour
         idle_h = c["max_instances"] * c["idle_time_before_scale_down"] / 3600  # nodes idle before scaling down
         lines.append(f"{len(group)} Azure ML job(s) on cluster {cluster}: all submitted at once, then followed together; "
                      f"the cluster runs {at_once} at a time (compute.max_instances={c['max_instances']}, "
@@ -40,12 +41,12 @@ def plan(specs) -> list[str]:
         if rate is None:
             known = False
             lines.append(f"  at most {node_hours + idle_h:.1f} node-hours of {c['instance_type']} "
-                         "(price not in runner/azure/prices.py)")
+                         "(price not in runner/azure/hardware.py)")
         else:
             usd = rate * (node_hours + idle_h)
             total_usd += usd
             lines.append(f"  costs at most {node_hours:g} node-hours + {idle_h:.2f} idle = about ${usd:.2f} at "
-                         f"${rate}/h ({prices.AS_OF}, approx.)")
+                         f"${rate}/h ({hardware.AS_OF}, approx.)")
     if known and len(by_cluster) > 1:
         lines.append(f"  in all at most about ${total_usd:.2f}")
     return lines

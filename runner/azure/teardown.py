@@ -1,5 +1,6 @@
 """teardown (Azure ML): delete the endpoint and its deployments. Safe to repeat; the cluster scales to 0 alone."""
-from . import prices, resources
+from ..spec import hardware
+from . import resources
 from .client import azure_errors, client, get_or_none
 from .retry import call
 
@@ -24,7 +25,7 @@ def run(spec, ctx) -> dict:
 def plan(spec, ctx) -> list[str]:
     d = spec["deploy"]
     return [f"would delete endpoint {resources.endpoint_name(spec)} and its deployments if it exists, ending their bill "
-            f"({d['instance_type']} x{d['instance_count']}: {prices.hourly(d['instance_type'], d['instance_count'])}); "
+            f"({d['instance_type']} x{d['instance_count']}: {hardware.hourly(d['instance_type'], d['instance_count'])}); "
             "the compute cluster stays (it scales to 0 nodes when idle)"]
 
 

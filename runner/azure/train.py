@@ -4,8 +4,9 @@ import secrets
 from pathlib import Path
 
 from ..errors import Detached, StageFailed
-from ..rules import memory_line
-from . import prices, resources
+from ..spec.rules import memory_line
+from ..spec import hardware
+from . import resources
 from .client import azure_errors, client, get_or_none, load, rel, summary
 from .retry import call, call_once, scrub
 
@@ -41,7 +42,7 @@ def run(spec, ctx) -> dict:
     c = spec["compute"]
     seconds = ctx.previous.get("outputs", {}).get("running_s") or metrics.get("train_runtime_s")
     # node-hours at the list price: from the time the sweep saw it running, else the training time alone
-    usd = prices.usd(c["instance_type"], seconds / 3600 * c["instance_count"]) if seconds else None
+    usd = hardware.usd(c["instance_type"], seconds / 3600 * c["instance_count"]) if seconds else None
     return {"job_name": job.name, "status": final.status,
             "model_path": resources.model_path(job.name), "environment": ctx.manifest.outputs("train").get("environment"),
             "compute": c["cluster_name"], "experiment": spec["run"]["experiment_name"],
@@ -163,7 +164,7 @@ def is_current(outputs, spec, ctx) -> bool:
 
 def max_cost(spec) -> str:
     c = spec["compute"]
-    usd = prices.usd(c["instance_type"], c["max_hours"] * c["instance_count"])
+    usd = hardware.usd(c["instance_type"], c["max_hours"] * c["instance_count"])
     return (f"at most {c['max_hours']} h (compute.max_hours, the job's time limit)"
             + (f", about ${usd:.2f}" if usd is not None else ""))
 
@@ -182,7 +183,7 @@ def plan(spec, ctx) -> list[str]:
         f"{rel(ctx, 'compute.yml')}: cluster {c['cluster_name']}, {c['instance_type']}, "
         f"{c['min_instances']}..{c['max_instances']} {c['tier']} nodes in {c['location'] or 'the workspace region'}: "
         "billed per node-hour while "
-        f"a node runs, {prices.hourly(c['instance_type'])} per node; "
+        f"a node runs, {hardware.hourly(c['instance_type'])} per node; "
         f"scales to {c['min_instances']} after {c['idle_time_before_scale_down']} s idle",
         f"{rel(ctx, 'job.yml')}: command job in experiment {spec['run']['experiment_name']}, "
         f"{c['instance_count']} node(s) x {c['processes_per_instance']} process(es), code {rel(ctx, 'code')}, "

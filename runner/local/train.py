@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from ..errors import UserError
-from ..rules import memory_line
+from ..spec.rules import memory_line
 
 KEEP = ("run_id", "model_uri", "tracking_uri", "experiment", "mlflow_model_dir", "loss_plot", "steps",
         "train_loss", "eval_loss", "eval_loss_before", "tokens_per_s", "rows_truncated", "train_runtime_s", "device")

@@ -9,6 +9,7 @@ from trainer.files import write_atomic
 
 from .. import REPO_ROOT
 from ..errors import UserError
+from ..spec import resolve_path
 
 MAX_REPORTED = 10
 
@@ -25,14 +26,6 @@ def split_string(d, split=None) -> str:
 
 def eval_split_string(d) -> str:
     return f"{d['eval_split']}[:{d['eval_rows']}]" if d["eval_rows"] else d["eval_split"]
-
-
-def resolve_path(path: str) -> Path:
-    """Absolute as given; a relative path from the current directory if it is there, else from the repository."""
-    p = Path(path).expanduser()
-    if p.is_absolute() or p.exists():
-        return p.resolve()
-    return REPO_ROOT / p
 
 
 def dataset_location(name: str) -> str:
@@ -132,7 +125,7 @@ def hub_eval_rows(d, on_bad_row, warn):
 
 def make_split(d, ctx):
     """train rows, test rows, how they were chosen (for the manifest and the log), and the pool of a fixed split."""
-    mode = d["eval"]  # auto was settled before the run (runner/sweep.py settle)
+    mode = d["eval"]  # auto was settled before the run (runner/spec/settle.py)
     # pool: rows every point of a fixed-eval sweep shares, whatever its slice; the tiny model learns its tokenizer
     # from them, so every point starts from the same base model (else each slice would build its own vocabulary)
     pool = None

@@ -1,10 +1,14 @@
-"""The VM sizes people train and serve on: hourly list price and GPUs, for plan mode's cost and memory lines.
+"""The machines a spec can name: the Azure VM sizes people train and serve on (hourly list price, GPUs) and the
+GPUs this machine shows, for plan mode's cost and memory lines and the checks that use them.
 
 Approximate pay-as-you-go Linux list prices in USD per hour (East US 2, 2025); your region, discounts and
 reservations change them. https://azure.microsoft.com/pricing/details/machine-learning/ has the real ones.
 GPU memory is each GPU's, in GiB as the GPU reports it; bf16 says whether the GPU computes in bfloat16
 (V100 and T4 do not: they train in fp16 or fp32).
 """
+import shutil
+import subprocess
+from functools import lru_cache
 from typing import NamedTuple
 
 AS_OF = "East US 2 list prices, 2025"
@@ -56,5 +60,30 @@ def hourly(size: str, count: int = 1) -> str:
     """'about $3.67/h (approx. list price)' for count VMs of that size, or a pointer when unknown."""
     price = APPROX_USD_PER_HOUR.get(size)
     if price is None:
-        return "price not in runner/azure/prices.py; see the Azure pricing page"
+        return "price not in runner/spec/hardware.py; see the Azure pricing page"
     return f"about ${price * count:.2f}/h (approx. list price)"
+
+
+# ---- this machine ---------------------------------------------------------------------------------
+
+class LocalGpu(NamedTuple):
+    name: str
+    count: int
+    gib: float
+
+
+@lru_cache(maxsize=1)
+def visible() -> LocalGpu | None:
+    """The first GPU's name and memory and how many there are; None without an NVIDIA GPU (or driver)."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    rows = [line.rsplit(",", 1) for line in r.stdout.splitlines() if "," in line] if r.returncode == 0 else []
+    if not rows:
+        return None
+    name, mib = rows[0]
+    return LocalGpu(name.strip(), len(rows), float(mib) / 1024)

@@ -1,12 +1,12 @@
 """The Hydra launcher of -m sweeps (hydra/launcher=runner, registered by hydra_plugins/phi3_runner_launcher).
 
-1. Composes and validates every point first (runner/sweep_points.py): a bad point refuses the whole sweep before
+1. Composes and validates every point first (runner/sweep/points.py): a bad point refuses the whole sweep before
    anything runs.
 2. plan=true: each point's plan, then how the sweep would run and what its Azure jobs cost at most.
 3. Azure ML points: every point's data stage and job submission first, then all jobs followed together
    (the sweep takes about as long as its slowest job, within compute.max_instances), then each point's
    remaining stages. Local points run one after another in this process (this machine's cores are few).
-4. The summary at the sweep's root (runner/sweep_summary.py), the sweep's MLflow parent run (runner/sweep.py), and with
+4. The summary at the sweep's root (runner/sweep/summary.py), the sweep's MLflow parent run (runner/sweep/__init__.py), and with
    sweep.deploy=best the best point deployed.
 
 A point that is interrupted (Ctrl-C) stops the sweep; the same command resumes it: finished points are skipped,
@@ -19,8 +19,8 @@ from pathlib import Path
 from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
-from .errors import INTERRUPTED, UserError
-from .sweep_points import Point, compose_point, print_plan, sweep_problems, take_back
+from ..errors import INTERRUPTED, UserError
+from .points import Point, compose_point, print_plan, sweep_problems, take_back
 
 _current: dict = {}  # the point being run: read by runner.__main__ for app.main(sweep=...)
 
@@ -40,8 +40,8 @@ class SweepLauncher(Launcher):
     def launch(self, job_overrides, initial_job_idx):
         from hydra.core.utils import configure_log, setup_globals
 
-        from . import sweep
-        from .app import exit_codes
+        from .. import sweep
+        from ..app import exit_codes
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -81,8 +81,9 @@ class SweepLauncher(Launcher):
             _current = {}
 
     def _execute(self, sweep_dir, points):
-        from . import sweep, sweep_summary
-        from .app import exit_codes
+        from .. import sweep
+        from . import summary as sweep_summary
+        from ..app import exit_codes
         sweep_dir.mkdir(parents=True, exist_ok=True)
         local = [p for p in points if not p.detached]
         cloud = [p for p in points if p.detached]
@@ -137,7 +138,7 @@ class SweepLauncher(Launcher):
 
     def _follow(self, cloud) -> bool:
         """Follow every submitted job together; True when the sweep has to stop (Ctrl-C, Azure unreachable)."""
-        from .app import exit_codes
+        from ..app import exit_codes
         try:
             for backend in {p.detached for p in cloud}:
                 backend.wait_all([(p.spec, p.run_dir, p.name) for p in cloud if p.detached is backend],
@@ -155,7 +156,7 @@ class SweepLauncher(Launcher):
         return True
 
     def _deploy_best(self, points, summary):
-        from .app import exit_codes
+        from ..app import exit_codes
         best = summary["best"]
         if best is None:
             print("[sweep] sweep.deploy=best: no point to deploy (none finished, or eval sets differ)", file=sys.stderr)
@@ -167,7 +168,7 @@ class SweepLauncher(Launcher):
                   "deploy it with the command in sweep.md", file=sys.stderr)
             exit_codes.append(1)
             return
-        from .sweep import deploy_stages
+        from . import deploy_stages
         stages = deploy_stages(best["registered"])
         print(f"[sweep] deploying the best point, {p.name}", flush=True)
         self._run(p, extra=[f"stages=[{stages}]"])

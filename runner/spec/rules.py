@@ -2,7 +2,7 @@
 import math
 import re
 
-from .spec import azure_env
+from . import azure_env
 
 
 def bf16_needs_a_gpu(spec):
@@ -43,7 +43,7 @@ def fixed_slice_not_empty(spec):
     d = spec["data"]
     if d.get("eval") != "fixed" or d["source"] != "file" or not d["path"] or not 0 < d["test_size"] < 1:
         return
-    from .stages.data import resolve_path
+    from . import resolve_path
     path = resolve_path(d["path"])
     if not path.is_file():
         return  # the data stage says so
@@ -139,11 +139,11 @@ def _gpu(spec):
     """(where, GiB per GPU, GPUs, bf16) of the GPUs a run trains on; None on a CPU or a size not listed."""
     c = spec["compute"]
     if c["kind"] == "azureml":
-        from .azure.prices import gpu
+        from .hardware import gpu
         sku = gpu(c["instance_type"])
         return sku and (f" on {c['instance_type']} ({sku.gpus}x {sku.gpu})", sku.gpu_gib, sku.gpus, sku.bf16)
     if c["device"] != "cpu":
-        from .local.gpu import visible
+        from .hardware import visible
         g = visible()
         return g and (f" of this machine's {g.name}", g.gib, g.count, True)
     return None

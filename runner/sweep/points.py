@@ -5,7 +5,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf, open_dict, read_write
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class Point:
@@ -16,15 +16,15 @@ class Point:
     @property
     def detached(self):
         """The module that follows this point's cloud job in a sweep (registry.DETACHED_IN_SWEEPS), or None."""
-        from .registry import sweep_backend
+        from ..registry import sweep_backend
         return sweep_backend(self.spec)
 
 
 def compose_point(launcher, idx, overrides) -> Point:
     from hydra.core.hydra_config import HydraConfig
 
-    from .spec import to_spec
-    from .sweep import settle
+    from ..spec import to_spec
+    from ..spec.settle import settle
     config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
     with open_dict(config):
         config.hydra.job.id = idx
@@ -47,8 +47,8 @@ def compose_point(launcher, idx, overrides) -> Point:
 
 def sweep_problems(points) -> list[str]:
     """Every point's problems (the same one in every point said once), then the sweep's own."""
-    from . import sweep
-    from .validate import problems
+    from .. import sweep
+    from ..spec.validate import problems
     by_problem = {}
     for p in points:
         for msg in ([p.error] if p.error else problems(p.spec)):
@@ -94,5 +94,5 @@ def print_plan(sweep_dir: Path, points):
 def take_back(sweep_dir: Path):
     """A refused sweep leaves nothing: Hydra's multirun.yaml and the folders this command made go (a sweep folder
     that was there before stays as it was, multirun.yaml aside, which Hydra rewrites)."""
-    from .rundir import remove_created
+    from ..rundir import remove_created
     remove_created(sweep_dir, also=("multirun.yaml",))

@@ -1,10 +1,9 @@
-"""What a -m sweep adds to single runs: its points' settings, its own rules, its record and MLflow parent run.
+"""Sweeps (-m): the launcher above the core loop (launcher.py), its points composed and checked (points.py),
+the summary (summary.py), and here what a sweep adds to single runs: its rules, its record and MLflow parent run.
 
-A point of a sweep is a run like any other (its own run directory, manifest and stages); runner/launcher.py
-composes and validates every point before the first one runs (runner/sweep_points.py), runs them, then writes
-the summary (runner/sweep_summary.py).
+A point of a sweep is a run like any other (its own run directory, manifest and stages); runner/sweep/launcher.py
+composes and validates every point before the first one runs, runs each through app.main, then writes the summary.
 """
-import copy
 import json
 import os
 import shlex
@@ -12,32 +11,14 @@ from pathlib import Path
 
 from trainer.files import write_atomic
 
-NOT_IN_SWEEPS = ("deploy", "chat")  # a sweep deploys once, afterwards: see the summary's deploy command
+from ..spec.settle import NOT_IN_SWEEPS, key_of
+
 NOT_IN_POINT_COMMANDS = ("stages", "plan", "force", "sweep.deploy")  # dropped from a point's override list
-
-
-def key_of(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def shown(overrides) -> list[str]:
     """The overrides that may be printed and kept: azure.* values (a subscription id) belong in the shell only."""
     return [o for o in overrides if not key_of(o).startswith("azure.")]
-
-
-def settle(spec: dict, overrides) -> dict:
-    """The spec a run actually runs. overrides: the point's command-line overrides in a -m sweep, None otherwise.
-
-    data.eval=auto becomes fixed in a sweep (every point evaluated on the same rows) and split in a single run
-    (the tutorial's 80/20 of its slice). A sweep's default stages stop at register: it deploys once, afterwards.
-    """
-    spec = copy.deepcopy(spec)
-    in_sweep = overrides is not None
-    if spec["data"].get("eval") == "auto":
-        spec["data"]["eval"] = "fixed" if in_sweep else "split"
-    if in_sweep and not any(key_of(o) == "stages" for o in overrides):
-        spec["stages"] = [s for s in spec["stages"] if s not in NOT_IN_SWEEPS]
-    return spec
 
 
 # ---- the sweep's own rules ------------------------------------------------------------------------
@@ -105,7 +86,7 @@ def tracking_uri(spec) -> str:
     """Where the points' training runs go, so the parent is in the same store."""
     from trainer import tracking
 
-    from .local.train import output_root, store_uri
+    from ..local.train import output_root, store_uri
     return tracking.tracking_uri(store_uri(spec), output_root(spec))
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from trainer.files import write_atomic
 
-from .manifest import Manifest
-from .sweep import deploy_stages, key_of, point_command
+from ..manifest import Manifest
+from ..spec.settle import key_of
+from . import deploy_stages, point_command
 
 COLUMNS = ["point", "status", "train rows", "eval rows", "eval loss before", "eval loss after", "train time (s)",
            "tokens/s", "cost (USD)", "eval set", "run directory"]

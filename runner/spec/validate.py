@@ -4,10 +4,10 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 from .rules import RULES
 
-SCHEMA_PATH = Path(__file__).with_name("spec.schema.json")
+SCHEMA_PATH = Path(__file__).parent.parent / "spec.schema.json"
 # keys that were renamed to the library's own argument names: an old name in an override says where it went
 RENAMED = {"train.epochs": "train.num_train_epochs", "train.lr_scheduler": "train.lr_scheduler_type",
            "train.warmup": "train.warmup_steps", "train.gradient_checkpointing": "train.activation_checkpointing",
@@ -60,7 +60,7 @@ def did_you_mean(path: str, known) -> str:
 
 def renamed_override(override: str) -> str | None:
     """A message for a command-line override of a renamed key (Hydra itself would only say 'not in struct')."""
-    from .sweep import key_of
+    from .settle import key_of
     key = key_of(override)
     if "=" in override and key in RENAMED:
         return f"{key} was renamed to {RENAMED[key]} (the library's own argument name): use {RENAMED[key]}=..."

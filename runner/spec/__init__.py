@@ -1,4 +1,6 @@
-"""The run spec: the composed Hydra config resolved into a plain dict, and its redacted file form."""
+"""The spec and its contract: the composed Hydra config resolved into a plain dict (here), its defaults settled
+(settle.py), runner/spec.schema.json and the cross-field rules (rules.py) checked together (validate.py), the
+editors' schemas (editor_schemas.py) and the machines a spec can name (hardware.py). Imports no backend."""
 import hashlib
 import json
 import re
@@ -7,8 +9,8 @@ from functools import lru_cache
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from . import CONF_DIR
-from .errors import UserError
+from .. import CONF_DIR, REPO_ROOT
+from ..errors import UserError
 
 _ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
 _SECRET_KEY = re.compile(r"(key|secret|token|password|credential)", re.I)
@@ -90,3 +92,12 @@ def dump_yaml(obj, flow_lists: bool = True) -> str:
     import yaml
     return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=None if flow_lists else False,
                           width=100)
+
+
+def resolve_path(path: str):
+    """Absolute as given; a relative path from the current directory if it is there, else from the repository."""
+    from pathlib import Path
+    p = Path(path).expanduser()
+    if p.is_absolute() or p.exists():
+        return p.resolve()
+    return REPO_ROOT / p

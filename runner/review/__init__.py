@@ -1,10 +1,10 @@
-"""python -m runner.review [--base REF] [--format markdown|json] [--repo DIR] [--validate-only]
+"""The config review: python -m runner.review [--base REF] [--format markdown|json] [--repo DIR] [--validate-only]
 
 What a change to conf/ (or runner/spec.schema.json) does to every composed run, before it costs anything:
 every combination of the config groups is composed at the base ref and in the working tree, in this one
 process, validated with each side's own schema, and compared: changed keys, the stages a re-run would redo,
 Azure resource and hourly-cost deltas, combinations that stopped validating, options added or removed.
-Exit status 2 when any combination of the working tree fails validation. runner/review_report.py renders it.
+Exit status 2 when any combination of the working tree fails validation. runner/review/report.py renders it.
 """
 import argparse
 import io
@@ -17,12 +17,11 @@ import tempfile
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
-from . import CONF_DIR, REPO_ROOT
-from .azure import prices
-from .errors import UserError
-from .registry import STAGES
-from .spec import env_sourced_paths, get_path, redacted, to_spec
-from .validate import problems
+from .. import CONF_DIR, REPO_ROOT
+from ..errors import UserError
+from ..registry import STAGES
+from ..spec import env_sourced_paths, get_path, hardware, redacted, to_spec
+from ..spec.validate import problems
 
 GROUPS = ("compute", "model", "data")
 # Hydra's own groups that no run spec reads (help texts, logging, launcher, sweeper, env, output): dropped from each
@@ -134,11 +133,11 @@ def verdict(stages: list[str]) -> str:
 
 
 def azure(spec: dict) -> dict | None:
-    """The Azure resources a run of this spec uses, and their hourly list prices."""
+    """The Azure resources a run of this spec uses, and their hourly list hardware."""
     if not spec or spec["compute"]["kind"] != "azureml":
         return None
     c, d = spec["compute"], spec["deploy"]
-    price = prices.APPROX_USD_PER_HOUR.get
+    price = hardware.APPROX_USD_PER_HOUR.get
     train = price(c["instance_type"])
     serve = price(d["instance_type"])
     return {"cluster": f"{c['instance_type']}, {c['min_instances']}..{c['max_instances']} {c['tier']} nodes",
@@ -173,7 +172,7 @@ def review(base: dict, head: dict, base_opts: dict, head_opts: dict) -> dict:
     removed = {g: sorted(set(base_opts.get(g, [])) - set(head_opts[g])) for g in GROUPS}
     statuses = [c["status"] for c in combos]
     return {"options": {"added": {g: v for g, v in added.items() if v}, "removed": {g: v for g, v in removed.items() if v}},
-            "combinations": combos, "prices": prices.AS_OF,
+            "combinations": combos, "prices": hardware.AS_OF,
             "summary": {s: statuses.count(s) for s in ("changed", "unchanged", "invalid", "new", "removed", "fixed")}}
 
 
@@ -207,7 +206,7 @@ def main(argv=None) -> int:
     p.add_argument("--repo", type=Path, default=REPO_ROOT, help="the repository whose conf/ is reviewed")
     p.add_argument("--validate-only", action="store_true", help="only validate every combination of the working tree")
     args = p.parse_args(argv)
-    from .review_report import markdown, validation
+    from .report import markdown, validation
     repo = args.repo.resolve()
     conf = repo / "conf" if (repo / "conf").is_dir() else CONF_DIR
     head_schema = json.loads((repo / "runner" / "spec.schema.json").read_text())
@@ -234,7 +233,3 @@ def main(argv=None) -> int:
               **review(base, head, base_opts, options(conf))}
     print(json.dumps(result, indent=2, default=str) if args.format == "json" else markdown(result))
     return 2 if result["summary"]["invalid"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """JSON Schemas for the config group files, derived from runner/spec.schema.json, for editors.
 
-python -m runner.editor_schemas           writes runner/schemas/<group>.schema.json (and config.schema.json)
-python -m runner.editor_schemas --check   exits 1 when a checked-in schema is out of date (a test runs it)
+python -m runner.spec.editor_schemas           writes runner/schemas/<group>.schema.json (and config.schema.json)
+python -m runner.spec.editor_schemas --check   exits 1 when a checked-in schema is out of date (a test runs it)
 
 .vscode/settings.json maps each to its files, so an editor with a YAML language server underlines a misspelt key
 in conf/compute/a100.yaml before anything runs. A group file may be partial (a base, or a file that extends one),
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     stale = [name for name, text in docs.items() if not (OUT / name).is_file() or (OUT / name).read_text() != text]
     if check:
         if stale:
-            print(f"out of date: {', '.join(stale)}; run python -m runner.editor_schemas", file=sys.stderr)
+            print(f"out of date: {', '.join(stale)}; run python -m runner.spec.editor_schemas", file=sys.stderr)
         return 1 if stale else 0
     OUT.mkdir(exist_ok=True)
     for name, text in docs.items():
