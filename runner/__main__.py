@@ -1,9 +1,10 @@
 """python -m runner [group=option ...] [key=value ...]: Hydra composes, runner.app.main does the rest."""
 import os
 import sys
+from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
 
@@ -28,7 +29,20 @@ def _hydra_main(cfg: DictConfig):
     return code
 
 
+def options(group: str) -> str:
+    """--help's list of a group's options, its default first: conf/<group>/*.yaml (bases live in conf/_base/),
+    and those of a --config-dir, which Hydra searches too."""
+    import yaml
+    dirs = [CONF_DIR] + [a.split("=", 1)[1] if "=" in a else sys.argv[i + 2]
+                         for i, a in enumerate(sys.argv[1:]) if a.split("=")[0] in ("--config-dir", "-cd")]
+    defaults = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
+    default = next((d[group] for d in defaults if isinstance(d, dict) and group in d), None)
+    names = sorted({p.stem for d in dirs for p in Path(d, group).glob("*.yaml")} - {default})
+    return ", ".join(([f"{default} (default)"] if default else []) + names)
+
+
 def main():
+    OmegaConf.register_new_resolver("runner_options", options, replace=True)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     from .spec.validate import renamed_override
     renamed = [m for m in map(renamed_override, sys.argv[1:]) if m]
@@ -37,6 +51,9 @@ def main():
         sys.exit(2)
     try:
         _hydra_main()
+    except BrokenPipeError:  # e.g. python -m runner --help | head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except SystemExit as exc:
         # Hydra exits 1 on a bad override or unknown option before our task runs: that is bad input.
         if exc.code == 1 and not _task_started:

@@ -1,7 +1,10 @@
 """python -m runner as a user runs it: plan output, exit statuses, nothing written on bad input."""
 import json
+import re
 
 import yaml
+
+from runner import CONF_DIR
 
 from .helpers import HEAVY, imported_by, runner_cli
 
@@ -138,3 +141,30 @@ def test_a_refused_run_removes_only_the_folders_it_created(tmp_path):
     assert r.returncode == 2 and (tmp_path / "mine").is_dir()
     r = runner_cli("data.test_size=5", cwd=tmp_path)
     assert r.returncode == 2 and not (tmp_path / "outputs").exists()  # all of outputs/ was this command's
+
+
+def test_bases_are_not_options(tmp_path):
+    """conf/_base/ holds what options extend: neither Hydra's option list nor --help offers one."""
+    for arg in ("compute=azureml", "compute=_azureml", "model=_phi3", "data=split"):
+        r = runner_cli(arg, "plan=true", cwd=tmp_path)
+        assert r.returncode == 2 and "Available options in" in r.stderr and "Traceback" not in r.stderr, r.stderr
+        listed = r.stderr.split("Available options in", 1)[1].split("Config search path")[0]
+        assert "azureml" not in listed and "split" not in listed and "_phi3" not in listed, listed
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_help_names_the_program_and_what_each_group_chooses(tmp_path):
+    r = runner_cli("--help", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "__main__" not in r.stdout and "python -m runner [group=option" in r.stdout
+    groups = {line.split("=")[0].strip(): line.split("=", 1)[1] for line in r.stdout.splitlines()
+              if re.match(r"  (compute|model|data|train)=", line)}
+    for group, listed in groups.items():  # every option file, the default first, no base
+        names = listed.replace(" (default)", "").split(", ")
+        assert set(names) == {p.stem for p in (CONF_DIR / group).glob("*.yaml")}, group
+    assert groups["compute"].startswith("local (default), ") and groups["train"].startswith("quick (default), ")
+    assert "_base" not in r.stdout.split("== Config ==")[0].replace("conf/_base/", "")
+    assert "where it trains" in r.stdout and "the training recipe" in r.stdout
+    r = runner_cli("compute=a100", "--help", cwd=tmp_path)  # the help of that run: its composed config
+    assert "instance_type: Standard_NC24ads_A100_v4" in r.stdout
+    assert not (tmp_path / "outputs").exists()

@@ -36,11 +36,11 @@ def test_no_module_over_250_lines():
 
 
 def test_azure_computes_extend_one_base():
-    base = yaml.safe_load((CONF_DIR / "compute" / "_azureml.yaml").read_text())
+    base = yaml.safe_load((CONF_DIR / "_base" / "compute" / "azureml.yaml").read_text())
     for name in ("a100", "cpu_e16s"):
         own = yaml.safe_load((CONF_DIR / "compute" / f"{name}.yaml").read_text())
-        assert own["defaults"] == ["_azureml", "_self_"]
-        assert not set(own) & set(base), f"{name}.yaml repeats keys of _azureml.yaml"
+        assert own["defaults"] == ["/_base/compute/azureml@_here_", "_self_"]
+        assert not set(own) & set(base), f"{name}.yaml repeats keys of _base/compute/azureml.yaml"
         assert len(own) <= 8
 
 
@@ -50,7 +50,7 @@ def test_a_new_sku_is_a_short_file(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(CONF_DIR, conf)
     (conf / "compute" / "h100.yaml").write_text(
-        "# python -m runner compute=h100\ndefaults: [_azureml, _self_]\ndevice: cuda\nprecision: bf16\n"
+        "# python -m runner compute=h100\ndefaults: [/_base/compute/azureml@_here_, _self_]\ndevice: cuda\nprecision: bf16\n"
         "cluster_name: gpu-h100-cluster\ninstance_type: Standard_NC40ads_H100_v5\n"
         "image: mcr.microsoft.com/azureml/curated/acft-hf-nlp-gpu:59\nenvironment_name: phi-3-h100\n")
     r = runner_cli("--config-dir", str(conf), "compute=h100", "model=phi3", "plan=true", cwd=tmp_path)
@@ -62,7 +62,7 @@ def test_a_new_sku_is_a_short_file(tmp_path):
 def test_every_option_file_is_headed_by_its_command():
     for path in CONF_DIR.rglob("*.yaml"):
         first = path.read_text().splitlines()[0]
-        if path.stem.startswith("_"):
+        if path.parts[-3] == "_base":
             assert first.startswith("# The ") and "not an option itself" in first, path
         else:
             assert first.startswith("# python -m runner"), path

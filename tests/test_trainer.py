@@ -292,3 +292,18 @@ def test_pointing_mlflow_somewhere_does_not_export_it_to_the_environment(tmp_pat
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")  # the user's choice stays
     tracking.point_at(uri)
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+
+
+def test_a_checkpoint_cut_short_while_saving_is_passed_over(tmp_path):
+    """A kill during the Trainer's save leaves checkpoint-N without (or with half of) trainer_state.json, its last file."""
+    from trainer.files import last_complete_checkpoint
+    for step, state in ((40, '{"global_step": 40}'), (80, None), (120, '{"global_st'), (9, '{}')):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text(state)
+    (tmp_path / "checkpoint-x").mkdir()
+    said = []
+    assert last_complete_checkpoint(tmp_path, said.append) == str(tmp_path / "checkpoint-40")  # 40 > 9: by number
+    assert said == ["[train] checkpoint-120 was not saved completely (interrupted); it is passed over",
+                    "[train] checkpoint-80 was not saved completely (interrupted); it is passed over"]
+    assert last_complete_checkpoint(tmp_path / "none", said.append) is None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import chats, tracking
 from .errors import TrainerInputError
-from .files import write_atomic
+from .files import last_complete_checkpoint, write_atomic
 from .hub import go_offline_unless_reachable
 
 
@@ -132,7 +132,6 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.trainer_callback import ProgressCallback
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTTrainer
 
     datasets.disable_progress_bars()  # TRL's map passes would print four bars per split
@@ -157,7 +156,7 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
                          train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows))
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(progress_callback())
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    last = last_complete_checkpoint(Path(args.output_dir), log)
     return Job(trainer, tokenizer, device, precision, base, sum(min(n, max_len) for n in lengths), truncated,
                len(train_rows), len(eval_rows), last)
 

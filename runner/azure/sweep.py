@@ -41,7 +41,7 @@ def plan(specs) -> list[str]:
         if rate is None:
             known = False
             lines.append(f"  at most {node_hours + idle_h:.1f} node-hours of {c['instance_type']} "
-                         "(price not in runner/azure/hardware.py)")
+                         "(price not in runner/spec/hardware.py)")
         else:
             usd = rate * (node_hours + idle_h)
             total_usd += usd

@@ -16,7 +16,7 @@ from .validate import SCHEMA_PATH, schema
 
 OUT = SCHEMA_PATH.parent / "schemas"
 GROUPS = ("compute", "model", "data", "train")
-DEFAULTS = {"description": "Hydra defaults list: the base this file extends (e.g. [_azureml, _self_]), or overrides "
+DEFAULTS = {"description": "Hydra defaults list: the base this file extends (e.g. [/_base/compute/azureml@_here_, _self_]), or overrides "
                            "of other groups", "type": "array", "items": {"type": ["string", "object"]}}
 
 
@@ -37,7 +37,7 @@ def _document(title: str, node: dict) -> dict:
 
 def schemas() -> dict:
     spec = schema()  # the runner's own copy of spec.schema.json (_document copies before changing it)
-    out = {f"{g}.schema.json": _document(f"conf/{g}/*.yaml: one option of the {g} group", spec["properties"][g])
+    out = {f"{g}.schema.json": _document(f"conf/{g}/*.yaml: one option of the {g} group (conf/_base/{g}/*.yaml: its bases)", spec["properties"][g])
            for g in GROUPS}
     top = {k: v for k, v in spec["properties"].items() if k not in GROUPS}
     top["hydra"] = {"description": "Hydra's own settings (run directory, sweeps, callbacks).", "type": "object"}
