@@ -55,12 +55,13 @@ NEEDS = {"sdpa + bfd + Liger kernels": "liger_kernel", "flash-attn 2 + bfd": "fl
 
 
 def spec_for(recipe: str, model_dir: Path, device: str, steps: int, max_length: int, batch: int) -> dict:
-    """The composed spec of model=phi3 (seed recipe), pointed at the random model, with the recipe's changes."""
+    """The composed spec of model=phi3 train=seed_recipe (the tutorial's), pointed at the random model, with the
+    recipe's changes (model=phi3 alone picks bf16_8bit_sr: every recipe would run torchao's 8-bit optimizer)."""
     from hydra import compose, initialize_config_dir
 
     from runner.spec import to_spec
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        spec = to_spec(compose("config", overrides=["model=phi3"]))
+        spec = to_spec(compose("config", overrides=["model=phi3", "train=seed_recipe"]))
     model, train, precision = RECIPES[recipe]
     spec["model"].update(source="hub", id=str(model_dir), **model)
     spec["compute"].update(device=device, precision=precision if device == "cuda" else "fp32")
@@ -211,6 +212,7 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="scaled-down shape on the CPU, under a minute")
     p.add_argument("--steps", type=int, help="optimizer steps per recipe (default 20, smoke 3)")
     p.add_argument("--recipes", help="comma-separated names (default: all)")
+    p.add_argument("--recipe", action="append", default=[], help="a name, which may hold commas (repeatable)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # a child process: run this recipe, print its JSON
     p.add_argument("--shape", default="phi3-mini", choices=SHAPES)
     p.add_argument("--max-length", type=int, default=2048)
@@ -223,6 +225,8 @@ def main(argv=None) -> int:
         args.smoke = True
     if args.smoke:
         args.shape, args.max_length, args.batch, args.steps = "smoke", 128, 2, args.steps or 3
+        if not torch.cuda.is_available():  # torchao's 8-bit step compiles per parameter shape: ~40 s on 2 cores,
+            os.environ["TORCHDYNAMO_DISABLE"] = "1"  # far longer than the smoke's 3 steps; eager, the same updates
     args.steps = args.steps or 20
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -230,7 +234,10 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(run_one(args.one, args)))
         return 0
-    names = args.recipes.split(",") if args.recipes else list(RECIPES)
+    names = (args.recipes.split(",") if args.recipes else []) + args.recipe or list(RECIPES)
+    if unknown := [n for n in names if n not in RECIPES]:
+        print(f"error: unknown recipe(s) {unknown}; choose from {list(RECIPES)}", file=sys.stderr)
+        return 2
     results = []
     for name in names:
         t0 = time.time()

@@ -18,6 +18,16 @@ from runner.spec import to_spec  # noqa: E402
 from runner.spec.settle import settle  # noqa: E402
 
 
+NEEDS_A_MODEL = {"trained_run", "model_dir", "tiny"}  # fixtures that train or build a model (the server ones use them)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that needs a trained model is slow, whatever its module says: ./dev check runs the rest."""
+    for item in items:
+        if NEEDS_A_MODEL & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _no_tracking_uri_leaks():
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, which the next runner would take for the user's choice:

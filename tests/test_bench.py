@@ -10,19 +10,43 @@ from runner import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_the_recipe_benchmark_runs_every_recipe_it_can_and_says_why_not_the_others(tmp_path):
-    r = subprocess.run([sys.executable, "bench/train_recipes.py", "--smoke", "--work", str(tmp_path)],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+def recipes_smoke(tmp_path, names):
+    """bench/train_recipes.py --smoke for these recipes; its stdout and JSON."""
+    cmd = [sys.executable, "bench/train_recipes.py", "--smoke", "--work", str(tmp_path)]
+    r = subprocess.run(cmd + [a for n in names for a in ("--recipe", n)], cwd=REPO_ROOT, capture_output=True,
+                       text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((REPO_ROOT / "bench" / "out" / "train_recipes-smoke.json").read_text())
-    ran = [x for x in result["recipes"] if "skipped" not in x]
-    assert len(ran) >= 6 and all(x["tokens_per_s"] > 0 and x["steps"] == 3 and x["loss"] > 0 for x in ran)
-    assert ran[0]["recipe"].startswith("seed") and "tokens/s" in r.stdout and "skipped: " in r.stdout
+    assert [x["recipe"] for x in result["recipes"]] == names
+    assert (REPO_ROOT / "bench" / "out" / "train_recipes-smoke.png").read_bytes()[:4] == b"\x89PNG"
+    return r.stdout, result
+
+
+def ran(result):
+    done = [x for x in result["recipes"] if "skipped" not in x]
+    assert all(x["tokens_per_s"] > 0 and x["steps"] == 3 and x["loss"] > 0 for x in done)
+    return done
+
+
+# every recipe, in two halves (each under a minute on 2 cores)
+def test_the_recipe_benchmark_runs_the_tutorials_recipe_and_its_speed_ups(tmp_path):
+    from bench.train_recipes import RECIPES
+    names = list(RECIPES)[:5]
+    stdout, result = recipes_smoke(tmp_path, names)
+    assert len(ran(result)) == 5 and names[0].startswith("seed") and "tokens/s" in stdout
     # pure bf16 weights lose most updates at lr 5e-6; fp32 master weights keep them
     check = result["precision_check"]
     assert check["bf16 weights"] < 0.5 < check["fp32 master + bf16 autocast"]
     assert set(result["cpu_serving_ms_per_token"]) == {"float32", "bfloat16"}
-    assert (REPO_ROOT / "bench" / "out" / "train_recipes-smoke.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_recipe_benchmark_runs_the_precision_recipes_and_says_why_it_skips_others(tmp_path):
+    from bench.train_recipes import NOT_ON_CPU, RECIPES
+    names = list(RECIPES)[5:]
+    stdout, result = recipes_smoke(tmp_path, names)
+    assert {x["recipe"]: x["skipped"] for x in result["recipes"] if "skipped" in x} == NOT_ON_CPU
+    assert "skipped: " in stdout and len(ran(result)) == len(names) - len(NOT_ON_CPU) >= 3
+    assert any("phi3 default" in x["recipe"] for x in ran(result))
 
 
 def test_the_precision_benchmark_shows_which_updates_land_and_reruns_to_the_same_numbers(tmp_path):

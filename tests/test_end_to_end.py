@@ -2,11 +2,15 @@
 import json
 from pathlib import Path
 
+import pytest
+
 from runner.stages.data import resolve_path
 
 from . import _endpoint  # noqa: F401  (a private Prompt flow home for this session)
 from ._endpoint import post
 from .helpers import runner_cli
+
+pytestmark = pytest.mark.slow  # every stage, a real server and Prompt flow
 
 
 def sample_answer(question: str) -> str:

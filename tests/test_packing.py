@@ -65,6 +65,7 @@ def test_with_a_kv_cache_packed_chats_would_see_each_other(tiny):
     assert not torch.allclose(cached, alone, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_the_trainer_trains_packed_rows_without_a_kv_cache(compose_spec, tmp_path):
     import json
 

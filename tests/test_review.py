@@ -35,11 +35,12 @@ def review(repo, *args):
 
 
 def both(repo):
-    code, text, err = review(repo)  # base: the merge base with main, here HEAD
+    """One review as JSON (the CLI), and the Markdown the CLI prints for that result (the same report function)."""
+    from runner.review.report import markdown
+    code, raw, err = review(repo, "--format", "json")  # base: the merge base with main, here HEAD
     assert "Traceback" not in err, err
-    code_j, raw, _ = review(repo, "--format", "json")
-    assert code == code_j
-    return code, text, json.loads(raw)
+    result = json.loads(raw)
+    return code, markdown(result), result
 
 
 def edit(path, old, new):
@@ -87,6 +88,8 @@ def test_an_instance_type_shows_the_azure_and_cost_delta(repo):
     assert "- training: $3.67/h -> $7.35/h (+3.68 $/h)" in text
     assert "- cluster: Standard_NC24ads_A100_v4, 0..1 dedicated nodes -> Standard_NC48ads_A100_v4" in text
     assert "East US 2 list prices, 2025" in text
+    code_md, printed, _ = review(repo)  # the CLI's Markdown is that report of the same result
+    assert code_md == code and printed == text + "\n"
 
 
 def test_a_typo_that_breaks_validation_exits_2_with_the_message(repo):

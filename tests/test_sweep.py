@@ -71,7 +71,7 @@ def test_a_fraction_sweep_evaluates_every_point_on_the_same_rows_and_summarises(
     assert len(mlflow_runs(tmp_path)[1]) == len(found)
 
 
-def test_a_killed_sweep_resumes_and_deploys_its_best_point(tmp_path):
+def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
     args = ["-m", "data.percent=50,100", "stages=[data,train]"]  # the quick recipe saves every 100 of 300 steps
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, env=env, start_new_session=True,
@@ -96,11 +96,12 @@ def test_a_killed_sweep_resumes_and_deploys_its_best_point(tmp_path):
     assert manifest(tmp_path, 100)["train"]["outputs"]["eval_loss_before"] == \
         pytest.approx(manifest(tmp_path, 50)["train"]["outputs"]["eval_loss_before"])
 
-    # the sweep deploys once: its best point, when asked
+
+def test_a_sweep_deploys_only_its_best_point_when_asked(tmp_path):
+    args = ["-m", "data.percent=50,100"]
+    r = runner_cli(*args, "stages=[data,train,register]", "sweep.deploy=best", cwd=tmp_path, timeout=600)
     losses = {p: manifest(tmp_path, p)["train"]["outputs"]["eval_loss"] for p in ("50", "100")}
     best, other = sorted(losses, key=losses.get)
-    r = runner_cli("-m", "data.percent=50,100", "stages=[data,train,register]", "sweep.deploy=best", cwd=tmp_path,
-                   timeout=600)
     try:
         assert r.returncode == 0, r.stderr[-3000:]
         assert f"[sweep] deploying the best point, data.percent={best}" in r.stdout

@@ -218,6 +218,7 @@ def test_trainer_entry_point_imports_nothing_from_runner_hydra_or_azure():
     assert imported_by(code) & NOT_IN_TRAINER == set()
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     args = ["stages=[data,train]", "train.save_steps=40", "train.num_train_epochs=30"]
     proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, start_new_session=True,
@@ -241,6 +242,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     assert manifest["stages"]["train"]["outputs"]["steps"] > 80
 
 
+@pytest.mark.slow
 def test_force_retrains_from_scratch_instead_of_resuming_the_finished_run(tmp_path):
     args = ["stages=[data,train]", "train.num_train_epochs=2", "train.save_steps=10"]  # leaves checkpoint-20
     first = runner_cli(*args, cwd=tmp_path)
