@@ -1,14 +1,17 @@
 """The runner as plain functions: config -> spec -> validate -> plan or execute. __main__ only adds Hydra."""
+import shutil
 import sys
+import tempfile
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 
 from .context import Context
 from .errors import INTERRUPTED, Detached, StageFailed, UserError
 from .manifest import Manifest
 from .registry import module_for, selected
-from .rundir import remove_created
+from .rundir import OneWriter, in_use, remove_created
 from .spec import rules
 from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, redacted, to_spec
 from .spec.validate import validate
@@ -138,12 +141,24 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, c
     for warning in rules.warnings(spec):
         print(f"warning: {warning}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
-    spec_text = write_spec(spec, run_dir, env_paths)
+    busy = in_use(run_dir)
+    if busy and spec["plan"]:  # the plan may differ from the running spec: it must not overwrite its files
+        out(f"note: {run_dir} is in use by {busy}; planned in a scratch copy, nothing written there")
+        with tempfile.TemporaryDirectory() as tmp:
+            scratch = Path(tmp) / run_dir.name
+            scratch.mkdir()
+            if (run_dir / "manifest.json").exists():
+                shutil.copy(run_dir / "manifest.json", scratch)
+            return run(spec, scratch, env_paths, out=out, point=point, checked=True)
+    if busy and spec["stages"] == ["teardown"]:  # stopping what runs is never kept out
+        out(f"note: {run_dir} is in use by {busy}; tearing down beside it")
     try:
-        if spec["plan"]:
-            plan(spec, run_dir, None if (point or {}).get("name") else spec_text, out)
-        else:
-            execute(spec, run_dir, out, point)
+        with nullcontext() if spec["plan"] or (busy and spec["stages"] == ["teardown"]) else OneWriter(run_dir):
+            spec_text = write_spec(spec, run_dir, env_paths)
+            if spec["plan"]:
+                plan(spec, run_dir, None if (point or {}).get("name") else spec_text, out)
+            else:
+                execute(spec, run_dir, out, point)
     except (UserError, StageFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

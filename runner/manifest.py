@@ -25,7 +25,7 @@ class Manifest:
         entry = {"status": status, "inputs_hash": inputs_hash, "outputs": outputs or {},
                  "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
         self.data["stages"][stage] = entry
-        self.save()
+        self.save(stage)
 
     def mark_stopped(self, stage: str):
         """What teardown says of deploy: its endpoint is gone, so the next deploy starts one (outputs kept to read)."""
@@ -33,6 +33,14 @@ class Manifest:
         if entry and entry.get("status") != "stopped":
             self.record(stage, "stopped", entry.get("inputs_hash"), entry.get("outputs"))
 
-    def save(self):
+    def save(self, stage: str | None = None):
+        """Write the manifest; with stage, only that stage's entry changes in the file (a teardown beside a running
+        invocation records its stage without undoing the other's)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if stage is not None and self.path.exists():
+            try:
+                on_disk = json.loads(self.path.read_text())
+                self.data = {**on_disk, "stages": {**on_disk.get("stages", {}), stage: self.data["stages"][stage]}}
+            except ValueError:
+                pass
         write_atomic(self.path, json.dumps(self.data, indent=2, sort_keys=True) + "\n")

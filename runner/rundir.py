@@ -1,15 +1,24 @@
-"""Taking back a run directory after a refusal: only the folders this command created.
+"""Run directories: taking one back after a refusal (only the folders this command created), and one writer each.
 
 Hydra creates the run directory (and any missing parents) before the runner can validate anything. A Hydra
 callback notes, before that, the deepest folder on the way that already existed; a refused run removes its run
 directory and the empty folders above it up to that one, never a folder it did not create.
 """
+import fcntl
 import hashlib
+import json
+import os
 import re
+import shlex
+import socket
+import sys
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
+
+from .errors import UserError
 
 _existed: Path | None = None  # the deepest folder of the run (or sweep) directory's path that existed before
 
@@ -67,3 +76,70 @@ def remove_created(run_dir: Path, also: tuple[str, ...] = ()):
     while path != existed and path.is_dir() and not any(path.iterdir()):
         path.rmdir()
         path = path.parent
+
+
+# ---- one writer per run directory ---------------------------------------------------------------------------------
+LOCK = ".lock"  # flock'd by the process that writes the run; the kernel releases it when that process exits or dies
+
+
+def _command_line() -> str:
+    """This command, values of azure.* and secret-looking keys hidden (the lock file sits in the run directory)."""
+    shown = []
+    for arg in sys.argv[1:]:
+        key, eq, _ = arg.partition("=")
+        hide = eq and (key.lstrip("+~").startswith("azure.") or re.search(r"key|secret|token|password", key, re.I))
+        shown.append(f"{key}=<hidden>" if hide else arg)
+    return shlex.join(["python -m runner", *shown]).replace("'python -m runner'", "python -m runner")
+
+
+def _holder_text(directory: Path) -> str:
+    try:
+        h = json.loads((directory / LOCK).read_text())
+        return f"pid {h['pid']} on {h['host']} since {h['since']} ({h['command']})"
+    except (OSError, ValueError, KeyError):
+        return "another process (it is starting)"
+
+
+def in_use(directory: Path) -> str | None:
+    """Who writes this run directory now, or None; takes nothing and creates nothing."""
+    try:
+        fd = os.open(directory / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return _holder_text(directory)
+    finally:
+        os.close(fd)
+
+
+class OneWriter:
+    """`with OneWriter(run_dir):` this process is the run directory's only writer, or UserError (exit 2) names the
+    one that is, and what to do. The lock is an flock on <run_dir>/.lock: no stale pid file survives a SIGKILL."""
+
+    def __init__(self, directory: Path, what: str = "run"):
+        self.directory, self.what, self.fd = Path(directory), what, None
+
+    def __enter__(self):
+        fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{self.directory} is in use: {_holder_text(self.directory)} is running this "
+                            f"{self.what}. Wait for it to finish, or run elsewhere with another run.name=... "
+                            f"(or hydra.run.dir=...); plan=true and stages=[teardown] work meanwhile") from None
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "command": _command_line()}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        os.ftruncate(self.fd, 0)
+        os.close(self.fd)  # releases the lock
+        self.fd = None

@@ -20,6 +20,7 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
 from ..errors import INTERRUPTED, UserError
+from ..rundir import OneWriter
 from .points import Point, compose_point, print_plan, sweep_problems, take_back
 
 _current: dict = {}  # the point being run: read by runner.__main__ for app.main(sweep=...)
@@ -59,7 +60,20 @@ class SweepLauncher(Launcher):
             returns = [self._run(p) for p in points]
             print_plan(sweep_dir, points)
             return returns
-        return self._execute(sweep_dir, points)
+        if all(s["stages"] == ["teardown"] for s in specs):
+            return self._execute(sweep_dir, points)  # teardown is not kept out by a sweep that is running
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        lock = OneWriter(sweep_dir, "sweep")  # the sweep's record; each point locks its own directory too
+        try:
+            lock.__enter__()
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            exit_codes.append(2)
+            return []
+        try:
+            return self._execute(sweep_dir, points)
+        finally:
+            lock.__exit__()
 
     # ---- running points -----------------------------------------------------------------------
 
