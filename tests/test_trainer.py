@@ -213,6 +213,45 @@ def test_hub_model_without_local_weights_is_one_clear_line(trained_run, tmp_path
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_a_model_another_process_put_in_the_cache_first_is_the_one_used(tmp_path, monkeypatch):
+    """The loser of a build race (a second torchrun rank, a second run sharing the cache) uses the winner's."""
+    import shutil
+
+    from trainer import tiny
+    winner = tiny.build_or_load(CHATS, SHAPE, tmp_path / "elsewhere")
+    for name in ("rename", "replace"):
+        real = getattr(os, name)
+
+        def another_renames_first(src, dst, real=real):  # the other process wins by a moment
+            if Path(dst).name == winner.name and not Path(dst).exists():
+                shutil.copytree(winner, dst)
+            return real(src, dst)
+        monkeypatch.setattr(os, name, another_renames_first)
+    got = tiny.build_or_load(CHATS, SHAPE, tmp_path / "cache")
+    assert got == tmp_path / "cache" / winner.name and weights_digest(got) == weights_digest(winner)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [winner.name]  # its own copy removed
+
+
+@pytest.mark.slow
+def test_two_processes_building_the_tiny_model_at_once_both_train_on_one_model(tmp_path):
+    code = ("import sys, time, torch; from pathlib import Path; from trainer.tiny import build_or_load; "
+            "from transformers import AutoModelForCausalLM, AutoTokenizer; "
+            f"chats = {CHATS!r}; shape = {SHAPE!r}; cache = Path(sys.argv[1]); start = float(sys.argv[2]); "
+            "time.sleep(max(0, start - time.time())); folder = build_or_load(chats, shape, cache); "
+            "model = AutoModelForCausalLM.from_pretrained(folder); tok = AutoTokenizer.from_pretrained(folder); "
+            "batch = tok(['question 1 ü answer 1'], return_tensors='pt'); "
+            "loss = model(**batch, labels=batch['input_ids']).loss; loss.backward(); "
+            "print(folder.name, float(loss))")
+    start = str(time.time() + 8)  # both import torch first, then build at the same moment
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "cache"), start], cwd=REPO_ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    (name_a, loss_a), (name_b, loss_b) = (o.split() for o, _ in outs)
+    assert name_a == name_b and loss_a == loss_b  # one model, the same for both
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [name_a]  # no temporary folder left
+
+
 def test_trainer_entry_point_imports_nothing_from_runner_hydra_or_azure():
     code = "import trainer.__main__, trainer.fit, trainer.tiny, trainer.tracking"
     assert imported_by(code) & NOT_IN_TRAINER == set()

@@ -83,11 +83,16 @@ def build_or_load(rows, shape: dict, cache_dir: Path) -> Path:
         return target
     tokenizer = build_tokenizer(texts, shape["vocab_size"])
     model = build_model(tokenizer, shape)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    # built aside, then renamed into place: rename(2) is atomic, and fails onto a folder another process (a second
+    # torchrun rank, a second run sharing ~/.cache) put there first; the loser uses the winner's (the same bytes)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if target.exists():  # another process built the same model meanwhile
-        shutil.rmtree(tmp)
-    else:
-        tmp.replace(target)
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():
+            raise
     return target
