@@ -45,6 +45,13 @@ def dump(entity) -> dict:
     return (copy.deepcopy(entity) if isinstance(entity, ManagedOnlineEndpoint) else entity)._to_dict()
 
 
+BUSY = ("Creating", "Updating", "Deleting")  # a deployment's provisioning states while an operation runs
+
+
+class Killed(BaseException):
+    """The runner's process SIGKILLed mid-call: nothing of it catches this, Azure goes on with what it was asked."""
+
+
 def poller(value=None) -> LROPoller:
     """A finished long-running operation, as the SDK's begin_* calls return it."""
     return LROPoller(None, value, lambda v: v, NoPolling())
@@ -84,7 +91,9 @@ class FakeML:
         self.online_deployments = SimpleNamespace(
             begin_create_or_update=self.op("online_deployments.begin_create_or_update", self._deployment),
             begin_delete=self.op("online_deployments.begin_delete", self._deployment_delete),
-            get_logs=self.op("online_deployments.get_logs", lambda **kw: "log line"))
+            get_logs=self.op("online_deployments.get_logs", lambda **kw: "log line"),
+            list=self.op("online_deployments.list", self._deployment_list))
+        self.provisioning = "Succeeded"  # the state a deployment is in when its create call returns (or is cut off)
 
     def op(self, name, fn):
         def call(*args, **kwargs):
@@ -218,8 +227,15 @@ class FakeML:
         endpoint = self.endpoints[deployment.endpoint_name]
         self.note(entity=dump(deployment), deployment=deployment,
                   traffic_share=(endpoint.traffic or {}).get(deployment.name, 0))
+        old = self.deployments.get(deployment.name)
+        if old is not None and old.provisioning_state in BUSY:  # Azure: 409, another operation is in progress
+            raise http_error(409, f"Conflict: deployment {deployment.name} is {old.provisioning_state}")
+        deployment._provisioning_state = self.provisioning  # as the SDK sets it from the service's answer
         self.deployments[deployment.name] = deployment
         return poller(deployment)
+
+    def _deployment_list(self, endpoint_name, local=False):
+        return [d for d in self.deployments.values() if d.endpoint_name == endpoint_name]
 
     def _deployment_delete(self, name, endpoint_name):
         assert not (self.endpoints[endpoint_name].traffic or {}).get(name), "deleting a deployment that has traffic"

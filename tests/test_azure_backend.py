@@ -22,7 +22,7 @@ from runner.errors import StageFailed, UserError
 from runner.manifest import Manifest
 from runner.spec import azure_env_paths
 
-from .azure_standin import AZURE, CLIENT_ID, KEY, SUBSCRIPTION, TENANT, FakeML, http_error
+from .azure_standin import AZURE, CLIENT_ID, KEY, SUBSCRIPTION, TENANT, FakeML, Killed, http_error
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 
@@ -180,7 +180,8 @@ def test_deploy_is_blue_green_without_downtime(azure_ctx):
 
     fake.calls.clear()
     second = deploy_once(spec, ctx, "2")
-    assert fake.names() == ["online_endpoints.get", "online_deployments.begin_create_or_update",
+    assert fake.names() == ["online_endpoints.get", "online_deployments.list",  # none busy: the rollout goes on
+                            "online_deployments.begin_create_or_update",
                             "online_endpoints.invoke", "online_endpoints.get",
                             "online_endpoints.begin_create_or_update", "online_deployments.begin_delete",
                             "online_endpoints.get"]
@@ -220,6 +221,38 @@ def test_a_rejected_deployment_leaves_nothing_to_delete(azure_ctx):
     with pytest.raises(StageFailed, match="instance type not allowed") as err:
         deploy_once(spec, ctx, "1")
     assert "created no deployment blue, nothing bills" in str(err.value)
+
+
+def test_a_rollout_beside_a_deployment_in_progress_is_refused(azure_ctx):
+    """Another machine is rolling out to the same endpoint: its deployment is Updating. Nothing is touched."""
+    spec, ctx, fake, _ = azure_ctx
+    deploy_once(spec, ctx, "1")
+    fake.deployments["blue"]._provisioning_state = "Updating"
+    before = len(fake.calls)
+    with pytest.raises(UserError, match="deployment blue of endpoint .* is updating") as err:
+        deploy_once(spec, ctx, "2")
+    assert "nothing was changed" in str(err.value) and "az ml online-deployment show --name blue" in str(err.value)
+    assert [n for n, _ in fake.calls[before:]] == ["online_endpoints.get", "online_deployments.list"]
+
+
+def test_a_rollout_killed_before_traffic_moved_is_finished_by_the_rerun_with_one_deployment(azure_ctx):
+    spec, ctx, fake, _ = azure_ctx
+    deploy_once(spec, ctx, "1")  # blue serves
+    fake.provisioning = "Creating"  # Azure goes on creating green after the runner is killed mid-call
+    fake.failures_after["online_deployments.begin_create_or_update"] = [Killed()]
+    with pytest.raises(Killed):
+        deploy_once(spec, ctx, "2")
+    endpoint = fake.endpoints[resources.endpoint_name(spec)]
+    assert endpoint.traffic == {"blue": 100} and set(fake.deployments) == {"blue", "green"}
+    with pytest.raises(UserError, match="green of endpoint .* is creating"):  # re-run at once: refused, untouched
+        deploy_once(spec, ctx, "2")
+    assert endpoint.traffic == {"blue": 100} and set(fake.deployments) == {"blue", "green"}
+    fake.deployments["green"]._provisioning_state = "Succeeded"  # Azure finished it
+    fake.provisioning = "Succeeded"
+    out = deploy_once(spec, ctx, "2")
+    assert out["deployment_name"] == "green" and fake.endpoints[out["endpoint_name"]].traffic == {"green": 100}
+    assert set(fake.deployments) == {"green"}  # one deployment bills; blue was deleted only after traffic moved
+    assert fake.deployments["green"].model == "phi3-chat-phi35:2"
 
 
 def test_deploy_rejects_an_empty_answer(azure_ctx):

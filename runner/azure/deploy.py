@@ -18,6 +18,8 @@ def run(spec, ctx) -> dict:
     name = resources.endpoint_name(spec)
     endpoint = get_or_none("look up the endpoint", ml.online_endpoints.get, name, log)
     live = live_deployment(endpoint)
+    if endpoint is not None:
+        refuse_beside_a_busy_deployment(ml, name, log)
     new = resources.next_deployment(live)
     res = resources.prepare_deploy(spec, ctx, new, f"azureml:{reg['model_name']}:{reg['model_version']}")
     if endpoint is None:
@@ -50,6 +52,19 @@ def run(spec, ctx) -> dict:
     endpoint = call("read the endpoint", ml.online_endpoints.get, name, log=log)
     return {"kind": "azureml", "endpoint_name": name, "deployment_name": new, "scoring_uri": endpoint.scoring_uri,
             "model": f"{reg['model_name']}:{reg['model_version']}"}
+
+
+def refuse_beside_a_busy_deployment(ml, name, log):
+    """Two rollouts to one endpoint (from two machines, or one interrupted while Azure goes on) would race on the
+    same deployment: while one is being created, updated or deleted, nothing is changed."""
+    busy = [d for d in call("list the deployments", lambda: list(ml.online_deployments.list(endpoint_name=name)), log=log)
+            if str(getattr(d, "provisioning_state", None) or "").lower() in ("creating", "updating", "deleting")]
+    if busy:
+        d = busy[0]
+        raise UserError(f"deployment {d.name} of endpoint {name} is {d.provisioning_state.lower()} (another rollout "
+                        f"to this endpoint, from here or elsewhere, or one that was interrupted, is still going on "
+                        f"in Azure); nothing was changed. Run again once `az ml online-deployment show --name "
+                        f"{d.name} --endpoint-name {name} --query provisioning_state` says Succeeded or Failed")
 
 
 def live_deployment(endpoint) -> str | None:

@@ -50,15 +50,16 @@ def run(spec, ctx):
     d, p = spec["deploy"], Paths(ctx.run_dir)
     p.dir.mkdir(parents=True, exist_ok=True)
     # the manifest's outputs are cleared while this stage runs: the server's own file says what is running
-    old = server.read_ready(p.ready) or {}
-    if server.stop(old.get("pid"), p.ready):
-        ctx.log(f"[deploy] stopped the previous endpoint server (pid {old['pid']})")
+    old = (server.read_ready(p.ready) or {}).get("pid")
+    for pid in server.stop_all(p):  # the previous one, and any a killed deploy left loading
+        ctx.log(f"[deploy] stopped the {'previous' if pid == old else 'unrecorded (interrupted deploy)'} "
+                f"endpoint server (pid {pid})")
     p.ready.unlink(missing_ok=True)
     model_dir = model_folder(reg, p, ctx.log)
     server.new_key(p.key)
     t0 = time.time()
     proc = server.start(server.command(model_dir, p.key, p.ready, d["host"], d["port"], d["max_new_tokens_limit"],
-                                       d["request_timeout_ms"]), p.log)
+                                       d["request_timeout_ms"]), p.log, p.started)
     info = server.wait_ready(proc, d["host"], p.ready, p.log, d["ready_timeout_s"])
     base = f"http://{d['host']}:{info['port']}"
     ctx.log(f"[deploy] {reg['model_uri']} serving at {base}/score (pid {proc.pid}, ready in {time.time() - t0:.1f}s); "

@@ -1,8 +1,11 @@
 """The local endpoint's process: start `python -m trainer.serve` in the background, check it, stop it.
 
 The server runs in its own session, so the endpoint outlives the command that started it. It writes
-deploy/server.json (pid, port) once the model is loaded; that file, not the manifest, says what is running.
-A pid is only ever signalled when its command line shows trainer.serve for this run directory (pids get reused).
+deploy/server.json (pid, port) once the model is loaded; that file, not the manifest, says what is serving.
+Each server started is recorded at once in deploy/servers/<pid>.json (before it loads anything), and ours() also
+finds, by command line, any trainer.serve of this run directory that a killed command never recorded: deploy and
+teardown stop them all. A pid is only ever signalled when its command line shows trainer.serve for this run
+directory (pids get reused).
 """
 import json
 import os
@@ -29,6 +32,7 @@ class Paths:
         self.ready = self.dir / "server.json"  # written by the server itself: what is running now
         self.log = self.dir / "server.log"
         self.models = self.dir / "model"
+        self.started = self.dir / "servers"  # <pid>.json for every server started, written as it starts
         self.key = Path(run_dir) / "secrets" / "endpoint.key"
 
 
@@ -41,15 +45,40 @@ def command(model_dir: Path, key_file: Path, ready_file: Path, host: str = "127.
             + (["--request-timeout-ms", str(timeout_ms)] if timeout_ms else []))
 
 
-def start(cmd: list[str], log_file: Path) -> subprocess.Popen:
-    """Start the server detached from this process (own session, no stdin), its output into log_file."""
+def start(cmd: list[str], log_file: Path, started: Path | None = None) -> subprocess.Popen:
+    """Start the server detached from this process (own session, no stdin), its output into log_file; recorded in
+    started/<pid>.json before it has loaded anything."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
     with open(log_file, "wb") as log:
         log.write(f"$ {' '.join(cmd)}\n".encode())
         log.flush()
-        return subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+    if started is not None:
+        started.mkdir(parents=True, exist_ok=True)
+        write_atomic(started / f"{proc.pid}.json", json.dumps({"pid": proc.pid, "started": time.time()}))
+    return proc
+
+
+def ours(p: "Paths") -> list[int]:
+    """Every live trainer.serve of this run directory: recorded as started, or found by its command line."""
+    pids = {int(f.stem) for f in p.started.glob("*.json") if f.stem.isdigit()}
+    if Path("/proc").is_dir():
+        pids |= {int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()}
+    else:
+        r = subprocess.run(["ps", "-A", "-o", "pid="], capture_output=True, text=True)
+        pids |= {int(x) for x in r.stdout.split()}
+    return sorted(pid for pid in pids if pid != os.getpid() and is_ours(pid, p.ready))
+
+
+def stop_all(p: "Paths") -> list[int]:
+    """Stop every server of this run directory; forget the records of those gone. The pids stopped."""
+    stopped = [pid for pid in ours(p) if stop(pid, p.ready)]
+    for f in p.started.glob("*.json"):
+        if not is_ours(int(f.stem) if f.stem.isdigit() else -1, p.ready):
+            f.unlink(missing_ok=True)
+    return stopped
 
 
 def command_line(pid: int) -> str:

@@ -5,10 +5,8 @@ from .server import Paths
 
 def run(spec, ctx):
     p = Paths(ctx.run_dir)
-    entry = ctx.manifest.entry("deploy")
-    # the manifest's pid, and the server's own file in case deploy failed before recording it
-    pids = {pid for pid in (entry.get("outputs", {}).get("pid"), (server.read_ready(p.ready) or {}).get("pid")) if pid}
-    stopped = sorted(pid for pid in pids if server.stop(pid, p.ready))
+    # every server this run directory started: recorded, or found by its command line after a crash
+    stopped = server.stop_all(p)
     p.ready.unlink(missing_ok=True)
     p.key.unlink(missing_ok=True)  # the key dies with its server
     ctx.manifest.mark_stopped("deploy")
@@ -20,4 +18,4 @@ def run(spec, ctx):
 
 
 def plan(spec, ctx):
-    return ["stops the local endpoint server recorded by deploy, if it is running"]
+    return ["stops every local endpoint server this run directory started (recorded, or left by a crash)"]
