@@ -213,6 +213,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, help="optimizer steps per recipe (default 20, smoke 3)")
     p.add_argument("--recipes", help="comma-separated names (default: all)")
     p.add_argument("--recipe", action="append", default=[], help="a name, which may hold commas (repeatable)")
+    p.add_argument("--recipes-only", action="store_true", help="skip the precision check and the CPU serving figures")
     p.add_argument("--one", help=argparse.SUPPRESS)  # a child process: run this recipe, print its JSON
     p.add_argument("--shape", default="phi3-mini", choices=SHAPES)
     p.add_argument("--max-length", type=int, default=2048)
@@ -256,11 +257,13 @@ def main(argv=None) -> int:
         print("(CPU: every recipe runs in fp32 to be quick; peak GiB is the process's resident memory, est. GiB "
               "the estimate of tensors alone (bench/precision.py and tests/test_memory.py check it on the CPU); "
               "MFU needs a GPU's peak)")
-    check = precision_check(args.shape)
-    print("share of weights changed by 10 AdamW steps at lr 5e-6: "
-          + ", ".join(f"{k} {v:.1%}" for k, v in check.items()))
-    serving = cpu_serving(args.shape)
-    print("CPU generation, ms per token: " + ", ".join(f"{k} {v:.1f}" for k, v in serving.items()))
+    check = serving = None
+    if not args.recipes_only:
+        check = precision_check(args.shape)
+        print("share of weights changed by 10 AdamW steps at lr 5e-6: "
+              + ", ".join(f"{k} {v:.1%}" for k, v in check.items()))
+        serving = cpu_serving(args.shape)
+        print("CPU generation, ms per token: " + ", ".join(f"{k} {v:.1f}" for k, v in serving.items()))
     OUT.mkdir(exist_ok=True)
     stem = OUT / f"train_recipes-{args.shape}"
     stem.with_suffix(".json").write_text(json.dumps({"recipes": results, "precision_check": check,
