@@ -150,11 +150,12 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, c
             if (run_dir / "manifest.json").exists():
                 shutil.copy(run_dir / "manifest.json", scratch)
             return run(spec, scratch, env_paths, out=out, point=point, checked=True)
-    if busy and spec["stages"] == ["teardown"]:  # stopping what runs is never kept out
-        out(f"note: {run_dir} is in use by {busy}; tearing down beside it")
+    beside = bool(busy) and spec["stages"] == ["teardown"]  # stopping what runs is never kept out
+    if beside:
+        out(f"note: {run_dir} is in use by {busy}; tearing down beside it (its spec.yaml left as it is)")
     try:
-        with nullcontext() if spec["plan"] or (busy and spec["stages"] == ["teardown"]) else OneWriter(run_dir):
-            spec_text = write_spec(spec, run_dir, env_paths)
+        with nullcontext() if spec["plan"] or beside else OneWriter(run_dir):
+            spec_text = None if beside else write_spec(spec, run_dir, env_paths)
             if spec["plan"]:
                 plan(spec, run_dir, None if (point or {}).get("name") else spec_text, out)
             else:

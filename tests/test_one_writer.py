@@ -51,6 +51,7 @@ def test_a_second_invocation_is_refused_naming_the_holder_until_the_holder_dies(
 
         down = runner_cli("stages=[teardown]", cwd=tmp_path)
         assert down.returncode == 0 and "tearing down beside it" in down.stdout, down.stderr
+        assert (run_dir / "spec.yaml").read_bytes() == before["spec.yaml"]  # the running command's spec stays
     finally:
         holder.send_signal(signal.SIGKILL)  # as a lost terminal or the OOM killer would
         holder.wait()
