@@ -14,6 +14,7 @@ from .registry import module_for, selected
 from .rundir import OneWriter, in_use, remove_created
 from .spec import rules
 from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, redacted, to_spec
+from .spec.settle import command_shown, settle
 from .spec.validate import validate
 from trainer.files import write_atomic
 
@@ -125,7 +126,6 @@ def main(cfg, run_dir, out=print, sweep: dict | None = None) -> int:
         spec = to_spec(cfg)
     except UserError as exc:
         return _refuse(exc, run_dir, fresh)
-    from .spec.settle import settle
     spec = settle(spec, None if sweep is None else sweep["overrides"])
     return run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out, point=point)
 
@@ -154,7 +154,7 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, c
     if beside:
         out(f"note: {run_dir} is in use by {busy}; tearing down beside it (its spec.yaml left as it is)")
     try:
-        with nullcontext() if spec["plan"] or beside else OneWriter(run_dir):
+        with nullcontext() if spec["plan"] or beside else OneWriter(run_dir, command_shown(sys.argv[1:])):
             spec_text = None if beside else write_spec(spec, run_dir, env_paths)
             if spec["plan"]:
                 plan(spec, run_dir, None if (point or {}).get("name") else spec_text, out)

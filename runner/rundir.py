@@ -9,9 +9,7 @@ import hashlib
 import json
 import os
 import re
-import shlex
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -82,16 +80,6 @@ def remove_created(run_dir: Path, also: tuple[str, ...] = ()):
 LOCK = ".lock"  # flock'd by the process that writes the run; the kernel releases it when that process exits or dies
 
 
-def _command_line() -> str:
-    """This command, values of azure.* and secret-looking keys hidden (the lock file sits in the run directory)."""
-    shown = []
-    for arg in sys.argv[1:]:
-        key, eq, _ = arg.partition("=")
-        hide = eq and (key.lstrip("+~").startswith("azure.") or re.search(r"key|secret|token|password", key, re.I))
-        shown.append(f"{key}=<hidden>" if hide else arg)
-    return shlex.join(["python -m runner", *shown]).replace("'python -m runner'", "python -m runner")
-
-
 def _holder_text(directory: Path) -> str:
     try:
         h = json.loads((directory / LOCK).read_text())
@@ -120,8 +108,9 @@ class OneWriter:
     """`with OneWriter(run_dir):` this process is the run directory's only writer, or UserError (exit 2) names the
     one that is, and what to do. The lock is an flock on <run_dir>/.lock: no stale pid file survives a SIGKILL."""
 
-    def __init__(self, directory: Path, what: str = "run"):
-        self.directory, self.what, self.fd = Path(directory), what, None
+    def __init__(self, directory: Path, command: str, what: str = "run"):
+        """command: this process's command line as it may be kept (runner.spec.settle.command_shown)."""
+        self.directory, self.command, self.what, self.fd = Path(directory), command, what, None
 
     def __enter__(self):
         fd = os.open(self.directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)  # not inherited by child processes
@@ -133,7 +122,7 @@ class OneWriter:
                             f"{self.what}. Wait for it to finish, or run elsewhere with another run.name=... "
                             f"(or hydra.run.dir=...); plan=true and stages=[teardown] work meanwhile") from None
         info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "command": _command_line()}
+                "command": self.command}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self.fd = fd

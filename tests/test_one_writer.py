@@ -21,7 +21,8 @@ def hold(run_dir, *argv):
     """A process that holds run_dir's lock as `python -m runner *argv` would, until killed."""
     run_dir.mkdir(parents=True, exist_ok=True)
     code = ("import sys, time; from pathlib import Path; from runner.rundir import OneWriter; "
-            f"sys.argv = ['runner', *{list(argv)!r}]; lock = OneWriter(Path({str(run_dir)!r})).__enter__(); "
+            "from runner.spec.settle import command_shown; "
+            f"lock = OneWriter(Path({str(run_dir)!r}), command_shown({list(argv)!r})).__enter__(); "
             "print('held', flush=True); time.sleep(300)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf, open_dict
 
 from ..errors import INTERRUPTED, UserError
 from ..rundir import OneWriter
+from ..spec.settle import command_shown
 from .points import Point, compose_point, print_plan, sweep_problems, take_back
 
 _current: dict = {}  # the point being run: read by runner.__main__ for app.main(sweep=...)
@@ -63,7 +64,7 @@ class SweepLauncher(Launcher):
         if all(s["stages"] == ["teardown"] for s in specs):
             return self._execute(sweep_dir, points)  # teardown is not kept out by a sweep that is running
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        lock = OneWriter(sweep_dir, "sweep")  # the sweep's record; each point locks its own directory too
+        lock = OneWriter(sweep_dir, command_shown(sys.argv[1:]), "sweep")  # the sweep's record; each point locks its own directory too
         try:
             lock.__enter__()
         except UserError as exc:
