@@ -170,7 +170,22 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, c
         traceback.print_exc()
         print("error: a stage crashed (traceback above); the manifest marks it failed", file=sys.stderr)
         return 1
+    if not spec["plan"] and spec["chat"]["ui"] and "chat" in spec["stages"] and point is None:
+        return chat_page(spec, run_dir, out)
     return 0
+
+
+def chat_page(spec, run_dir: Path, out=print) -> int:
+    """chat.ui=true: the page is served once the stages are done, outside the run's lock (it only reads what
+    deploy recorded, and follows a redeploy), so other commands on the run go on while it is open."""
+    from .stages import chat
+    try:
+        return chat.serve(spec, run_dir, out)
+    except (UserError, StageFailed) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 0
 
 
 def _refuse(exc: UserError, run_dir: Path, fresh: bool) -> int:

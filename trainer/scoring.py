@@ -68,18 +68,20 @@ class Scorer:
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)  # tokens it attends to
         self.lock = threading.Lock()
 
-    def encode(self, messages: list[dict], p: dict, index: int = 0):
+    def encode(self, messages: list[dict], p: dict, index: int = 0, what: str | None = None,
+               tokens_name: str = "max_new_tokens"):
         """(prompt text, token ids), or BadRequest when prompt and answer would not fit the model's context."""
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         n = enc["input_ids"].shape[1]
         if self.context and n + p["max_new_tokens"] > self.context:
-            raise BadRequest(f"input_data[{index}] is {n} tokens; with max_new_tokens={p['max_new_tokens']} that is "
-                             f"over the {self.context} tokens this model attends to: shorten it to at most "
-                             f"{self.context - p['max_new_tokens']} tokens or lower max_new_tokens")
+            raise BadRequest(f"{what or f'input_data[{index}]'} is {n} tokens; with {tokens_name}="
+                             f"{p['max_new_tokens']} that is over the {self.context} tokens this model attends to: "
+                             f"shorten it to at most {self.context - p['max_new_tokens']} tokens or lower {tokens_name}")
         return prompt, enc
 
-    def generate(self, prompt: str, enc, p: dict, deadline: float | None = None) -> str:
+    def _generate(self, enc, p: dict, deadline: float | None, **extra):
+        """The generated token ids (a 1-D tensor) for one encoded prompt; the model is held for the duration."""
         import torch
 
         sample = p["do_sample"] and p["temperature"] > 0  # temperature 0 means greedy, whatever do_sample says
@@ -93,16 +95,69 @@ class Scorer:
         else:
             self.lock.acquire()
         try:
+            cancel = extra.get("cancel")
+            if cancel is not None and cancel.is_set():  # the caller left while this request waited for the model
+                return torch.zeros(0, dtype=torch.long)
             with torch.inference_mode():
                 out = self.model.generate(**enc.to(self.device), max_new_tokens=p["max_new_tokens"],
-                                          pad_token_id=self.tokenizer.pad_token_id, **kwargs)
+                                          pad_token_id=self.tokenizer.pad_token_id, **kwargs,
+                                          **{k: v for k, v in extra.items() if k != "cancel"})
         finally:
             self.lock.release()
         if deadline is not None and time.monotonic() > deadline:
             raise TimedOut(f"generation ran past the request timeout of {self.timeout_s * 1000:.0f} ms: "
                            "lower max_new_tokens, or raise deploy.request_timeout_ms")
-        answer = self.tokenizer.decode(out[0][enc["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        return out[0][enc["input_ids"].shape[1]:]
+
+    def generate(self, prompt: str, enc, p: dict, deadline: float | None = None) -> str:
+        answer = self.tokenizer.decode(self._generate(enc, p, deadline), skip_special_tokens=True).strip()
         return prompt + answer if p["return_full_text"] else answer
+
+    def complete(self, enc, p: dict, stops=(), on_text=None, cancel: threading.Event | None = None) -> dict:
+        """Generate for the chat-completions route: the answer as /score gives it (cut at the first stop string),
+        handed to on_text piece by piece as it is generated. cancel (set by a caller that went away) stops the
+        generation at the next token and frees the model.
+
+        Returns {"text", "finish_reason" (stop | length | cancelled), "prompt_tokens", "completion_tokens"}.
+        """
+        import torch
+        from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        cancel = cancel or threading.Event()
+        text = Incremental(lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True), stops)
+
+        class Pieces(BaseStreamer):
+            prompt_seen = False
+
+            def put(self, value):
+                if not self.prompt_seen:  # generate hands the prompt over first
+                    self.prompt_seen = True
+                    return
+                piece = text.push(value.reshape(-1).tolist())
+                if piece and on_text:
+                    on_text(piece)
+
+            def end(self):
+                pass
+
+        class Stop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set() or text.stopped, dtype=torch.bool,
+                                  device=input_ids.device)
+
+        deadline = time.monotonic() + self.timeout_s if self.timeout_s else None
+        ids = self._generate(enc, p, deadline, streamer=Pieces(), stopping_criteria=StoppingCriteriaList([Stop()]),
+                             cancel=cancel)
+        rest = text.finish(ids.tolist())
+        if rest and on_text:
+            on_text(rest)
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        finish = ("cancelled" if cancel.is_set() else "stop" if text.stopped or (len(ids) and int(ids[-1]) in eos)
+                  or len(ids) < p["max_new_tokens"] else "length")
+        return {"text": text.sent, "finish_reason": finish, "prompt_tokens": int(enc["input_ids"].shape[1]),
+                "completion_tokens": int(len(ids))}
 
     def score(self, raw) -> list[str]:
         """A raw request body -> one answer per input. Every input is checked before any is generated."""
@@ -110,6 +165,49 @@ class Scorer:
         conversations, params = parse_request(raw, self.limit)
         encoded = [self.encode(messages, params, i) for i, messages in enumerate(conversations)]
         return [self.generate(prompt, enc, params, deadline) for prompt, enc in encoded]
+
+
+class Incremental:
+    """Text of a growing list of token ids, handed out in pieces that always add up to the final answer: the
+    stripped decode /score returns, cut before the first stop string. Held back until they are safe: leading and
+    trailing whitespace (the answer is stripped), a partial UTF-8 character, and the tail that may begin a stop."""
+
+    def __init__(self, decode, stops=()):
+        self.decode, self.stops, self.ids, self.sent, self.stopped = decode, list(stops), [], "", False
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+
+    def _visible(self, ids) -> str:
+        text = self.decode(ids).lstrip()
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            text = text[:min(hits)]
+        return text
+
+    def _hand_out(self, safe: str) -> str:
+        if len(safe) <= len(self.sent) or not safe.startswith(self.sent):
+            return ""  # nothing new, or a decode that rewrote its past (the final piece settles it)
+        piece, self.sent = safe[len(self.sent):], safe
+        return piece
+
+    def push(self, new_ids) -> str:
+        if self.stopped:
+            return ""
+        self.ids += new_ids
+        text = self._visible(self.ids)
+        if self.stopped:
+            return self._hand_out(text.rstrip())
+        safe = text[:len(text) - self.hold].rstrip().rstrip("\ufffd")
+        return self._hand_out(safe)
+
+    def finish(self, all_ids) -> str:
+        """The last piece, from every generated id."""
+        stopped, self.stopped = self.stopped, False
+        final = self._visible(list(all_ids)).strip()
+        self.stopped = self.stopped or stopped
+        if not final.startswith(self.sent):
+            return ""
+        return self._hand_out(final)
 
 
 _scorer: Scorer | None = None

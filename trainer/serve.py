@@ -1,26 +1,36 @@
 """python -m trainer.serve --model-dir DIR --key-file PATH [--host 127.0.0.1] [--port 0] [--ready-file PATH]
 
-A local stand-in for an Azure ML online endpoint, wrapping trainer.scoring:
-  POST /score   Authorization: Bearer <key>; Azure-style JSON body -> 200 JSON list of answers
-  GET  /health  200 {"status": "ok"} (the server listens only once the model is loaded)
+The local endpoint: the fine-tuned model behind the routes an Azure ML online endpoint has, and the ones chat
+clients speak, on Starlette under uvicorn (one process, one model, requests queue for it):
+  POST /score                 Azure ML's contract (trainer/contract.py) -> 200 JSON list of answers
+  POST /v1/chat/completions   OpenAI's chat completions (trainer/openai_api.py); "stream": true -> SSE
+  GET  /v1/models             the one model served, as OpenAI lists models
+  GET  /health                200 {"status": "ok"} (the server listens only once the model is loaded)
+Every route but /health wants `Authorization: Bearer <key>`; both generation routes share one limit on new
+tokens, one request timeout (504) and the same greedy answers. A stream whose client goes away stops generating
+at the next token, so an abandoned chat page does not hold the model.
+
 The key is read from a file only readable by its owner, never from the command line, and never logged.
 With --port 0 the system picks a free port; --ready-file then tells the caller which (JSON: pid, host, port).
 """
 import argparse
+import asyncio
 import hmac
 import json
 import os
 import signal
+import socket
 import stat
 import sys
+import threading
 import time
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from .files import write_atomic
 
 MAX_BODY_BYTES = 1 << 20
+KEEPALIVE_S = 2.0  # an SSE comment this often while a stream waits for the model: a page that left is noticed
 
 
 def read_key(path: Path) -> str:
@@ -33,64 +43,174 @@ def read_key(path: Path) -> str:
     return key
 
 
-def make_handler(scorer, key: str):
-    from .scoring import BadRequest, TimedOut
+def log(msg: str):
+    print(f"{time.strftime('%d/%b/%Y %H:%M:%S')} {msg}", flush=True)
+
+
+def make_app(scorer, key: str, model_id: str):
+    """The ASGI app over a loaded trainer.scoring.Scorer."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse, StreamingResponse
+    from starlette.routing import Route
+
+    from . import openai_api as oa
+    from .contract import BadRequest
+    from .scoring import TimedOut
 
     expected = f"Bearer {key}".encode()
+    created = int(time.time())
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "trainer-serve"
+    def authorized(request) -> bool:
+        return hmac.compare_digest(request.headers.get("authorization", "").encode(), expected)
 
-        def reply(self, status: int, payload):
-            data = json.dumps(payload, ensure_ascii=False).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    async def read_body(request):
+        """The body, or (status, message) when it is missing or too big."""
+        try:
+            length = int(request.headers.get("content-length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 < length <= MAX_BODY_BYTES:
+            return 400 if length <= 0 else 413, f"send a JSON body of 1 to {MAX_BODY_BYTES} bytes with a Content-Length"
+        return await request.body()
 
-        def do_GET(self):
-            if self.path == "/health":
-                return self.reply(200, {"status": "ok"})
-            self.reply(404, {"error": f"no route GET {self.path}; try POST /score or GET /health"})
+    async def health(request):
+        return JSONResponse({"status": "ok"})
 
-        def do_POST(self):
-            if self.path != "/score":
-                return self.reply(404, {"error": f"no route POST {self.path}; the scoring route is POST /score"})
-            given = self.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return self.reply(401, {"error": "missing or wrong key: send 'Authorization: Bearer <key>'"})
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if not 0 < length <= MAX_BODY_BYTES:
-                return self.reply(400 if length <= 0 else 413,
-                                  {"error": f"send a JSON body of 1 to {MAX_BODY_BYTES} bytes with a Content-Length"})
-            raw = self.rfile.read(length)
+    async def score(request):
+        if not authorized(request):
+            return JSONResponse({"error": "missing or wrong key: send 'Authorization: Bearer <key>'"}, 401)
+        raw = await read_body(request)
+        if isinstance(raw, tuple):
+            return JSONResponse({"error": raw[1]}, raw[0])
+        t0 = time.time()
+        try:
+            answers = await asyncio.to_thread(scorer.score, raw)
+        except BadRequest as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+        except TimedOut as exc:
+            return JSONResponse({"error": str(exc)}, 504)
+        except Exception:
+            traceback.print_exc(file=sys.stdout)
+            return JSONResponse({"error": "the model failed on this request; see the server log"}, 500)
+        log(f"scored {len(answers)} input(s) in {time.time() - t0:.2f}s")
+        return JSONResponse(answers)
+
+    def oa_error(message: str, status: int):
+        return JSONResponse(oa.error(message, status), status)
+
+    async def list_models(request):
+        if not authorized(request):
+            return oa_error("missing or wrong key: send 'Authorization: Bearer <key>'", 401)
+        return JSONResponse(oa.models(model_id, created))
+
+    async def chat_completions(request):
+        if not authorized(request):
+            return oa_error("missing or wrong key: send 'Authorization: Bearer <key>'", 401)
+        raw = await read_body(request)
+        if isinstance(raw, tuple):
+            return oa_error(raw[1], raw[0])
+        try:
+            messages, params, opts = oa.parse_chat_request(raw, scorer.limit, model_id)
+            prompt, enc = await asyncio.to_thread(scorer.encode, messages, params, what="messages",
+                                                  tokens_name="max_tokens")
+        except oa.NotFound as exc:
+            return oa_error(str(exc), 404)
+        except BadRequest as exc:
+            return oa_error(str(exc), 400)
+        cid = oa.new_id()
+        if not opts["stream"]:
             t0 = time.time()
             try:
-                answers = scorer.run(raw)
-            except BadRequest as exc:
-                return self.reply(400, {"error": str(exc)})
+                done = await asyncio.to_thread(scorer.complete, enc, params, opts["stop"])
             except TimedOut as exc:
-                return self.reply(504, {"error": str(exc)})
+                return oa_error(str(exc), 504)
             except Exception:
                 traceback.print_exc(file=sys.stdout)
-                return self.reply(500, {"error": "the model failed on this request; see the server log"})
-            self.reply(200, answers)
-            self.log_message("scored %d input(s) in %.2fs", len(answers), time.time() - t0)
+                return oa_error("the model failed on this request; see the server log", 500)
+            log(f"chat completion: {done['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
+            return JSONResponse(oa.completion(cid, model_id, done["text"], done["finish_reason"],
+                                              done["prompt_tokens"], done["completion_tokens"]))
+        return StreamingResponse(stream(cid, enc, params, opts), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-        def log_message(self, fmt, *args):
-            # the request line only: headers (and so the key) never reach the log
-            print(f"{self.log_date_time_string()} {self.address_string()} {fmt % args}", flush=True)
+    async def stream(cid, enc, params, opts):
+        loop = asyncio.get_running_loop()
+        pieces: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        t0 = time.time()
 
-    return Handler
+        def work():
+            try:
+                result = scorer.complete(enc, params, opts["stop"],
+                                         lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece), cancel)
+            except BaseException as exc:  # handed to the stream, which reports it as an error event
+                result = exc
+            loop.call_soon_threadsafe(pieces.put_nowait, result)
+
+        worker = loop.run_in_executor(None, work)
+        try:
+            yield oa.sse(oa.chunk(cid, opts["model"], {"role": "assistant", "content": ""}))
+            while True:
+                try:
+                    item = await asyncio.wait_for(pieces.get(), KEEPALIVE_S)
+                except asyncio.TimeoutError:
+                    yield b": waiting for the model\n\n"  # a comment: clients skip it; a gone client fails here
+                    continue
+                if isinstance(item, str):
+                    yield oa.sse(oa.chunk(cid, opts["model"], {"content": item}))
+                    continue
+                if isinstance(item, BaseException):
+                    status = 504 if isinstance(item, TimedOut) else 500
+                    if status == 500:
+                        traceback.print_exception(item, file=sys.stdout)
+                    message = str(item) if status == 504 else "the model failed on this request; see the server log"
+                    yield oa.sse(oa.error(message, status))
+                else:
+                    yield oa.sse(oa.chunk(cid, opts["model"], {}, item["finish_reason"]))
+                    if opts["include_usage"]:
+                        yield oa.sse({**oa.chunk(cid, opts["model"], {}, with_choice=False),
+                                      "usage": oa.usage(item["prompt_tokens"], item["completion_tokens"])})
+                    log(f"chat completion (stream): {item['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
+                yield oa.sse("[DONE]")
+                return
+        finally:
+            if not worker.done():  # the client went away mid-answer: stop generating at the next token
+                cancel.set()
+                result = await worker
+                log("chat completion (stream): the client went away; generation stopped "
+                    f"after {time.time() - t0:.2f}s")
+
+    async def not_found(request, exc):
+        method = request.method
+        hint = "POST /score, POST /v1/chat/completions, GET /v1/models or GET /health"
+        return JSONResponse({"error": f"no route {method} {request.url.path}; try {hint}"}, getattr(exc, "status_code", 404))
+
+    routes = [Route("/health", health), Route("/score", score, methods=["POST"]),
+              Route("/v1/models", list_models), Route("/v1/chat/completions", chat_completions, methods=["POST"])]
+    return AccessLog(Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}))
 
 
-class Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64  # many clients at once wait in the backlog instead of being refused
+class AccessLog:
+    """One line per request: method, path, status, seconds. Headers (and so the key) never reach the log."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0, status = time.time(), [None]
+
+        async def send_noting(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting)
+        finally:
+            client = (scope.get("client") or ("-",))[0]
+            log(f"{client} \"{scope['method']} {scope['path']}\" {status[0]} {time.time() - t0:.2f}s")
 
 
 def parse(argv=None):
@@ -99,6 +219,8 @@ def parse(argv=None):
     p.add_argument("--key-file", required=True, type=Path, help="file with the bearer key, mode 600")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (see --ready-file)")
+    p.add_argument("--model-name", default=None,
+                   help="the model's id in /v1/models and chat completions (default: the model folder's name)")
     p.add_argument("--request-timeout-ms", type=int, default=None,
                    help="a request still generating after this long gets 504, as deploy.request_timeout_ms in Azure")
     p.add_argument("--max-new-tokens-limit", type=int, default=None,
@@ -111,21 +233,45 @@ def parse(argv=None):
 def main(argv=None) -> int:
     args = parse(argv)
     key = read_key(args.key_file)
+    import uvicorn
+
     from . import scoring
 
     # bind first: a busy port fails at once, not after loading the model; early requests wait in the backlog
-    server = Server((args.host, args.port), make_handler(scoring, key))
-    port = server.server_address[1]
-    t0 = time.time()
-    scoring.load(args.model_dir, args.max_new_tokens_limit, args.request_timeout_ms)
-    print(f"loaded {scoring._scorer.model_dir} in {time.time() - t0:.1f}s "
-          f"(max_new_tokens limit {scoring._scorer.limit}, device {scoring._scorer.device})", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so the finally below runs on a plain kill
+    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
+        sock.bind((args.host, args.port))
+    except OSError as exc:
+        raise SystemExit(f"error: cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
+    sock.listen(64)
+    sock.set_inheritable(True)
+    port = sock.getsockname()[1]
+    t0 = time.time()
+    scorer = scoring.load(args.model_dir, args.max_new_tokens_limit, args.request_timeout_ms)
+    model_id = args.model_name or scorer.model_dir.name
+    print(f"loaded {scorer.model_dir} as {model_id!r} in {time.time() - t0:.1f}s "
+          f"(max_new_tokens limit {scorer.limit}, device {scorer.device})", flush=True)
+    config = uvicorn.Config(make_app(scorer, key, model_id), log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=3, limit_concurrency=256)
+    server = uvicorn.Server(config)
+    ready = {"pid": os.getpid(), "host": args.host, "port": port}
+    original_startup = server.startup
+
+    async def startup(sockets=None):  # the ready file once uvicorn accepts, not before
+        await original_startup(sockets=sockets)
+        if not server.started:
+            return
         if args.ready_file:
-            write_atomic(args.ready_file, json.dumps({"pid": os.getpid(), "host": args.host, "port": port}))
-        print(f"listening on http://{args.host}:{port} (POST /score, GET /health)", flush=True)
-        server.serve_forever()
+            write_atomic(args.ready_file, json.dumps(ready))
+        print(f"listening on http://{args.host}:{port} (POST /score, POST /v1/chat/completions, "
+                  "GET /v1/models, GET /health)", flush=True)
+
+    server.startup = startup
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # until uvicorn installs its own handlers
+    try:
+        server.run(sockets=[sock])
     except KeyboardInterrupt:
         pass
     finally:

@@ -6,7 +6,8 @@ unless deploy.port is set.
 
 The key: each deployment gets a fresh random key, kept in exactly one file, <run_dir>/secrets/endpoint.key
 (mode 600, folder 700). It is never put in spec.yaml, the manifest, logs or MLflow, nor on a command line.
-The chat stage copies it into Prompt flow's connection store, which keeps secrets encrypted.
+The chat stage copies it into this run's Prompt flow connection, which Prompt flow keeps encrypted; the chat
+page (chat.ui=true) reads it here and keeps it on the server side.
 """
 import time
 from pathlib import Path
@@ -58,13 +59,15 @@ def run(spec, ctx):
     model_dir = model_folder(reg, p, ctx.log)
     server.new_key(p.key)
     t0 = time.time()
+    model_id = f"{reg['model_name']}:{reg['model_version']}"  # its name in /v1/models and chat completions
     proc = server.start(server.command(model_dir, p.key, p.ready, d["host"], d["port"], d["max_new_tokens_limit"],
-                                       d["request_timeout_ms"]), p.log, p.started)
+                                       d["request_timeout_ms"], model_id), p.log, p.started)
     info = server.wait_ready(proc, d["host"], p.ready, p.log, d["ready_timeout_s"])
     base = f"http://{d['host']}:{info['port']}"
-    ctx.log(f"[deploy] {reg['model_uri']} serving at {base}/score (pid {proc.pid}, ready in {time.time() - t0:.1f}s); "
-            f"key in {p.key}; log in {p.log}")
-    return {"kind": "local", "url": f"{base}/score", "health_url": f"{base}/health", "pid": proc.pid,
+    ctx.log(f"[deploy] {reg['model_uri']} serving at {base}/score and {base}/v1 (OpenAI chat completions) "
+            f"(pid {proc.pid}, ready in {time.time() - t0:.1f}s); key in {p.key}; log in {p.log}")
+    return {"kind": "local", "url": f"{base}/score", "openai_base_url": f"{base}/v1", "model_id": model_id,
+            "health_url": f"{base}/health", "pid": proc.pid,
             "port": info["port"], "key_file": str(p.key), "log_file": str(p.log),
             "model_uri": reg["model_uri"], "model_dir": str(model_dir)}
 

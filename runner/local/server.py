@@ -37,12 +37,13 @@ class Paths:
 
 
 def command(model_dir: Path, key_file: Path, ready_file: Path, host: str = "127.0.0.1", port: int = 0,
-            limit: int | None = None, timeout_ms: int | None = None) -> list[str]:
+            limit: int | None = None, timeout_ms: int | None = None, model_name: str | None = None) -> list[str]:
     """The server's command line. The key is passed as a file, never as an argument."""
     cmd = [sys.executable, "-m", SERVER_MODULE, "--model-dir", str(model_dir), "--key-file", str(key_file),
            "--host", host, "--port", str(port), "--ready-file", str(ready_file)]
     return (cmd + (["--max-new-tokens-limit", str(limit)] if limit else [])
-            + (["--request-timeout-ms", str(timeout_ms)] if timeout_ms else []))
+            + (["--request-timeout-ms", str(timeout_ms)] if timeout_ms else [])
+            + (["--model-name", model_name] if model_name else []))
 
 
 def start(cmd: list[str], log_file: Path, started: Path | None = None) -> subprocess.Popen:

@@ -1,4 +1,5 @@
-"""teardown (local): stop the endpoint server that deploy started. Safe to repeat."""
+"""teardown (local): stop the endpoint server that deploy started, forget the run's chat connection. Safe to repeat."""
+from ..stages import chat
 from . import server
 from .server import Paths
 
@@ -14,6 +15,7 @@ def run(spec, ctx):
         ctx.log(f"[teardown] stopped the local endpoint (pid {', '.join(map(str, stopped))})")
     else:
         ctx.log("[teardown] no local endpoint is running for this run: nothing to stop")
+    chat.delete_connection(spec, ctx.run_dir, ctx.log)
     return {"stopped_pids": stopped}
 
 

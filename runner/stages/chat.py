@@ -1,23 +1,36 @@
-"""chat: ask the configured questions through the Prompt flow flow in flow/, which calls the endpoint.
+"""chat: ask the configured questions through the Prompt flow flow in flow/, which calls the endpoint; with
+chat.ui=true, serve the chat page instead (runner/stages/chat_page.py) until Ctrl-C.
 
-The flow reads the endpoint from the Prompt flow connection `phi3_endpoint` (written here), so
-`pf flow test --flow flow --inputs question="..."` and `pf flow serve --source flow --port 8080 --host localhost`
-use the same endpoint afterwards. Prompt flow keeps the key encrypted in its home directory
-(~/.promptflow, or $PF_HOME_DIRECTORY).
+Each run gets its own Prompt flow connection, phi3_<run name>_<8 hex of its run directory>, written here; the flow
+takes its name as the input `connection` (or $PHI3_CONNECTION), so two runs deployed at once each chat with their
+own model, and `pf flow test --flow flow --inputs connection=<name> ...` (or `--ui --environment-variables
+PHI3_CONNECTION=<name>`) reaches this run's endpoint afterwards. Prompt flow keeps the key encrypted in its home
+directory (~/.promptflow, or $PF_HOME_DIRECTORY).
 """
+import hashlib
 import json
 import logging
 import os
+import re
 from contextlib import contextmanager
+from pathlib import Path
 
 from trainer.generation import PARAMS
 
 from .. import REPO_ROOT
+from ..context import Context
 from ..errors import StageFailed
+from ..manifest import Manifest
 from ..registry import implementation
 
 FLOW_DIR = REPO_ROOT / "flow"
-CONNECTION_NAME = "phi3_endpoint"  # flow/flow.dag.yaml names the same connection
+CONNECTION_ENV = "PHI3_CONNECTION"  # flow/chat_tool.py reads the connection's name here when no input names it
+
+
+def connection_name(spec, run_dir) -> str:
+    """This run's Prompt flow connection: its run name and a hash of its run directory (two runs never share)."""
+    name = re.sub(r"[^A-Za-z0-9_]", "_", spec["run"]["name"])[:40]
+    return f"phi3_{name}_{hashlib.sha256(str(Path(run_dir).resolve()).encode()).hexdigest()[:8]}"
 
 
 def generation_params(spec) -> dict:
@@ -70,23 +83,28 @@ def quiet_logs():
         conn.setLevel(levels[1])
 
 
-def save_connection(pf, url: str, key: str):
+def save_connection(pf, name: str, url: str, key: str):
     from promptflow._sdk._errors import StoreConnectionEncryptionKeyError
     from promptflow.entities import CustomConnection
     try:
         pf.connections.create_or_update(
-            CustomConnection(name=CONNECTION_NAME, configs={"endpoint_url": url}, secrets={"api_key": key}))
+            CustomConnection(name=name, configs={"endpoint_url": url}, secrets={"api_key": key}))
     except StoreConnectionEncryptionKeyError:
         raise StageFailed("Prompt flow found no keyring to keep its connection encryption key in (usual on a "
                           "machine without a desktop session): install keyrings.alt into this environment") from None
 
 
-def ask(pf, question: str, params: dict, chat_history=None) -> str:
-    inputs = {"question": question, "chat_history": chat_history or [], "params": params}
+def ask(pf, connection: str, question: str, params: dict, chat_history=None) -> str:
+    inputs = {"question": question, "chat_history": chat_history or [], "params": params, "connection": connection}
     try:
         return pf.test(flow=str(FLOW_DIR), inputs=inputs)["answer"]
     except Exception as exc:  # the flow wraps the tool's error; its message says what went wrong
         raise StageFailed(f"the flow failed on {question!r}: {exc}") from None
+
+
+def commands(name: str) -> list[str]:
+    return [f"pf flow test --flow flow --inputs connection={name} question=\"...\"",
+            f"pf flow test --flow flow --ui --environment-variables {CONNECTION_ENV}={name}"]
 
 
 def run(spec, ctx):
@@ -95,18 +113,73 @@ def run(spec, ctx):
     from promptflow.client import PFClient
 
     settings = generation_params(spec)
+    name = connection_name(spec, ctx.run_dir)
     answers = []
     with quiet_logs():
         pf = PFClient()
-        save_connection(pf, url, key)
-        for question in spec["chat"]["questions"]:
-            answer = ask(pf, question, settings)
-            ctx.log(f"[chat] Q: {question}\n[chat] A: {answer}")
-            answers.append({"question": question, "answer": answer})
-    return {"answers": answers, "connection": CONNECTION_NAME, "endpoint_url": url, "flow": str(FLOW_DIR)}
+        save_connection(pf, name, url, key)
+        ctx.log(f"[chat] Prompt flow connection {name} -> {url}; from the repository root:\n"
+                + "\n".join(f"[chat]   {c}" for c in commands(name)))
+        if spec["chat"]["ui"]:
+            ctx.log("[chat] chat.ui=true: the chat page is served next, instead of the configured questions")
+        else:
+            for question in spec["chat"]["questions"]:
+                answer = ask(pf, name, question, settings)
+                ctx.log(f"[chat] Q: {question}\n[chat] A: {answer}")
+                answers.append({"question": question, "answer": answer})
+    return {"answers": answers, "connection": name, "endpoint_url": url, "flow": str(FLOW_DIR)}
+
+
+def delete_connection(spec, run_dir, log) -> None:
+    """Teardown: forget this run's connection (its endpoint is gone); nothing to do when there is none."""
+    keep_promptflow_local()
+    from promptflow.client import PFClient
+
+    name = connection_name(spec, run_dir)
+    with quiet_logs():
+        pf = PFClient()
+        try:
+            pf.connections.get(name)
+        except Exception:  # none: the chat stage never ran here, or it is gone already
+            return
+        pf.connections.delete(name)
+    log(f"[teardown] deleted the Prompt flow connection {name}")
+
+
+def upstream(spec, run_dir):
+    """What the chat page forwards to, read afresh from the manifest and the deploy backend (a redeploy moves a
+    local endpoint): the endpoint's OpenAI routes when deploy recorded them, else its /score."""
+    from .chat_page import Upstream
+
+    ctx = Context(Path(run_dir), Manifest(run_dir), log=lambda *_: None)
+    url, key = implementation("deploy", spec).endpoint_credentials(spec, ctx)
+    out, reg = ctx.upstream("deploy"), ctx.manifest.outputs("register")
+    model = out.get("model_id") or f"{reg.get('model_name', spec['register']['model_name'])}:{reg.get('model_version', '?')}"
+    limit = spec["deploy"]["max_new_tokens_limit"]
+    if out.get("openai_base_url"):
+        return Upstream("openai", out["openai_base_url"], key, model, limit, f"local endpoint {out['openai_base_url']}")
+    host = url.split("//", 1)[-1].split("/", 1)[0]
+    return Upstream("score", url, key, model, limit, f"endpoint {host} (/score)")
+
+
+def serve(spec, run_dir, out=print) -> int:
+    """chat.ui=true: the chat page in the foreground (python -m runner stages=[chat] chat.ui=true)."""
+    from . import chat_page
+
+    upstream(spec, run_dir)  # fails now, with the reason, when there is no endpoint to talk to
+    try:
+        return chat_page.serve(lambda: upstream(spec, run_dir), "127.0.0.1", spec["chat"]["ui_port"], out)
+    except OSError as exc:
+        raise StageFailed(f"cannot serve the chat page on 127.0.0.1:{spec['chat']['ui_port']} ({exc.strerror}): "
+                          "pick another chat.ui_port, or 0 for a free one") from None
 
 
 def plan(spec, ctx):
     where = implementation("deploy", spec).ENDPOINT
+    name = connection_name(spec, ctx.run_dir)
+    if spec["chat"]["ui"]:
+        port = spec["chat"]["ui_port"] or "a free port"
+        return [f"Prompt flow connection {name} -> {where}; then serves the chat page on 127.0.0.1 ({port}) "
+                "until Ctrl-C (chat.ui=true): the configured questions are not asked"]
     return [f"asks {len(spec['chat']['questions'])} question(s) through flow/ (Prompt flow), connection "
-            f"{CONNECTION_NAME} -> {where}, with {generation_params(spec)} (the endpoint's defaults for the rest)"]
+            f"{name} -> {where}, with {generation_params(spec)} (the endpoint's defaults for the rest)"]
