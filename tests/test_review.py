@@ -24,6 +24,10 @@ def repo(tmp_path):
 
 
 SECRET = "00000000-feed-beef-0000-000000000000"
+OPTIONS = {g: len(list((CONF_DIR / g).glob("*.yaml"))) for g in ("compute", "model", "data")}
+ALL = OPTIONS["compute"] * OPTIONS["model"] * OPTIONS["data"]  # every combination the review composes
+PHI = OPTIONS["compute"] * 2 * OPTIONS["data"]                  # those of model=phi3 and model=phi35
+PER_COMPUTE = OPTIONS["model"] * OPTIONS["data"]                # those of one compute option
 
 
 def review(repo, *args):
@@ -62,26 +66,26 @@ def review_after_edit(repo, conf_file, old, new, status):
 
 def test_no_change_is_one_line(repo):
     code, text, result = both(repo)
-    assert code == 0 and "**0 of 27 combinations change**" in text and "27 combination(s) unchanged." in text
-    assert result["summary"]["unchanged"] == 27
+    assert code == 0 and f"**0 of {ALL} combinations change**" in text and f"{ALL} combination(s) unchanged." in text
+    assert result["summary"]["unchanged"] == ALL
 
 
 def test_a_learning_rate_in_a_recipe_retrains_the_combinations_that_use_it(repo):
     code, text, result, changed = review_after_edit(repo, "train/seed_recipe.yaml", "learning_rate: 5.0e-6",
                                                     "learning_rate: 1.0e-5", "changed")
-    assert code == 0 and len(changed) == 18 and {c["name"].split("_")[-2] for c in changed} == {"phi3", "phi35"}
+    assert code == 0 and len(changed) == PHI and {c["name"].split("_")[-2] for c in changed} == {"phi3", "phi35"}
     for c in changed:
         assert c["changes"] == [{"key": "train.learning_rate", "old": 5e-06, "new": 1e-05}]
         assert c["verdict"] == "retrains" and c["redo"] == ["train", "register", "deploy"] and "azure" not in c
-    assert "**18 of 27 combinations change**" in text and "| `train.learning_rate` | `5e-06` | `1e-05` |" in text
-    assert "<details><summary>18 combination(s) retrains (train, register, deploy): 1 key(s)" in text
-    assert "9 combination(s) unchanged." in text
+    assert f"**{PHI} of {ALL} combinations change**" in text and "| `train.learning_rate` | `5e-06` | `1e-05` |" in text
+    assert f"<details><summary>{PHI} combination(s) retrains (train, register, deploy): 1 key(s)" in text
+    assert f"{ALL - PHI} combination(s) unchanged." in text
 
 
 def test_an_instance_type_shows_the_azure_and_cost_delta(repo):
     code, text, _, changed = review_after_edit(repo, "compute/a100.yaml", "Standard_NC24ads_A100_v4",
                                                "Standard_NC48ads_A100_v4", "changed")
-    assert code == 0 and len(changed) == 9 and all(c["name"].startswith("a100_") for c in changed)
+    assert code == 0 and len(changed) == PER_COMPUTE and all(c["name"].startswith("a100_") for c in changed)
     c = changed[0]
     assert c["azure"]["before"]["train_usd_per_hour"] == 3.67 and c["azure"]["after"]["train_usd_per_hour"] == 7.35
     assert c["azure"]["before"]["serve_usd_per_hour"] == c["azure"]["after"]["serve_usd_per_hour"]
@@ -95,11 +99,11 @@ def test_an_instance_type_shows_the_azure_and_cost_delta(repo):
 def test_a_typo_that_breaks_validation_exits_2_with_the_message(repo):
     code, text, _, invalid = review_after_edit(repo, "compute/a100.yaml", "precision: bf16", "precision: bf61",
                                                "invalid")
-    assert code == 2 and len(invalid) == 9 and all(c["was_valid"] for c in invalid)
+    assert code == 2 and len(invalid) == PER_COMPUTE and all(c["was_valid"] for c in invalid)
     assert "compute.precision: 'bf61' is not one of 'fp32', 'bf16', 'bf16-mixed', 'fp16'" in invalid[0]["problems"][0]
     assert "### Fail validation (the review exits 2)" in text and "`a100_phi35_1pct` (stopped validating)" in text
     code, out, _ = review(repo, "--validate-only")  # the pre-commit hook
-    assert code == 2 and "9 of 27 combinations do not validate" in out
+    assert code == 2 and f"{PER_COMPUTE} of {ALL} combinations do not validate" in out
 
 
 def test_a_new_data_option_adds_its_combinations(repo):
@@ -107,9 +111,10 @@ def test_a_new_data_option_adds_its_combinations(repo):
         "# python -m runner data=2pct\ndefaults: [/_base/data/ultrachat@_here_, _self_]\npercent: 2\n")
     code, text, result = both(repo)
     new = by_status(result, "new")
-    assert code == 0 and result["options"]["added"] == {"data": ["2pct"]} and len(new) == 9
-    assert "- new: `data=2pct`" in text and "9 new combination(s)" in text
-    assert result["summary"]["unchanged"] == 27
+    assert code == 0 and result["options"]["added"] == {"data": ["2pct"]}
+    assert len(new) == OPTIONS["compute"] * OPTIONS["model"]
+    assert "- new: `data=2pct`" in text and f"{OPTIONS['compute'] * OPTIONS['model']} new combination(s)" in text
+    assert result["summary"]["unchanged"] == ALL
 
 
 def test_a_base_that_is_not_a_commit_is_a_clear_error(repo):

@@ -1,6 +1,5 @@
 """python -m trainer --spec spec.yaml --train-file train.jsonl --eval-file test.jsonl --output-dir out/"""
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -25,7 +24,16 @@ def parse(argv=None):
                    help="remove --checkpoint-dir once the model is saved (they exist to resume an interrupted run)")
     p.add_argument("--summary-file", type=Path,
                    help="also write the run's figures here (Azure ML jobs: outputs/summary.json, read by the runner)")
-    return p.parse_args(argv)
+    p.add_argument("--tiny-corpus", type=Path,
+                   help="JSONL chats the tiny model's tokenizer is learnt from (default: the training rows)")
+    p.add_argument("--run-name", help="the MLflow run's name (the runner passes its run directory)")
+    p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="an MLflow run tag (repeatable)")
+    p.add_argument("--parent-run-id", help="nest the MLflow run under this one (a sweep's run)")
+    args = p.parse_args(argv)
+    bad = [t for t in args.tag if "=" not in t]
+    if bad:
+        p.error(f"--tag {bad[0]!r}: expected KEY=VALUE")
+    return args
 
 
 def empty(folder: Path):
@@ -42,11 +50,14 @@ def main(argv=None) -> int:
         if not args.spec.is_file():
             raise TrainerInputError(f"--spec {args.spec}: no such file")
         spec = yaml.safe_load(args.spec.read_text())
+        from .distributed import is_main
         from .fit import train
+        mlflow_run = {"run_name": args.run_name, "tags": dict(t.split("=", 1) for t in args.tag) or None,
+                      "parent_run_id": args.parent_run_id}
         summary = train(spec, args.spec, args.train_file, args.eval_file, args.output_dir, args.tracking_uri,
                         args.experiment, args.cache_dir, checkpoint_dir=args.checkpoint_dir,
-                        save_model_only=args.save_model_only)
-        rank0 = int(os.environ.get("RANK", "0")) == 0  # with several processes, rank 0 alone writes
+                        save_model_only=args.save_model_only, mlflow_run=mlflow_run, tiny_corpus=args.tiny_corpus)
+        rank0 = is_main()  # with several processes, rank 0 alone writes
         if args.summary_file and rank0:
             import json
 

@@ -1,12 +1,11 @@
 """Fine-tune with TRL's SFTTrainer, checkpointing as it goes, then log the model to MLflow."""
 import contextlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import chats, tracking
+from . import chats, distributed, memory, tracking
 from .errors import TrainerInputError
 from .files import last_complete_checkpoint, write_atomic
 from .hub import go_offline_unless_reachable
@@ -49,34 +48,14 @@ def base_model_dir(spec: dict, train_rows, cache_dir: Path) -> str:
             "model.id=/path/to/a/local/copy") from None
 
 
-def progress_callback():
-    """A progress bar for training steps, with a short loss line at each logging step; metrics go to MLflow."""
-    from transformers.trainer_callback import ProgressCallback
-
-    class LossLines(ProgressCallback):
-        def on_prediction_step(self, *a, **kw):
-            pass  # no nested bar for each evaluation
-
-        def on_log(self, args, state, control, logs=None, **kw):
-            logs = logs or {}
-            bits = [f"{k} {logs[k]:.4g}" for k in ("loss", "eval_loss", "learning_rate") if k in logs]
-            if bits and state.is_world_process_zero and state.max_steps:
-                line = f"[train] step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.1f}: " + ", ".join(bits)
-                (self.training_bar.write if self.training_bar is not None else print)(line)
-            numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
-            if numbers and state.is_world_process_zero:
-                import mlflow
-                if mlflow.active_run() is not None:  # none when fit() runs without recording (the benchmark)
-                    tracking.best_effort("log metrics", mlflow.log_metrics, numbers, step=state.global_step)
-
-    return LossLines()
-
-
-def sft_config(spec: dict, checkpoints: Path, precision: str, device: str):
-    """train.* keys are SFTConfig's own argument names, passed through as they are."""
+def sft_config(spec: dict, checkpoints: Path, precision: str, device: str, sharded: bool = False):
+    """train.* keys are SFTConfig's own argument names, passed through as they are; fsdp and fsdp_config only when
+    the run is sharded (train.fsdp=auto is decided by memory.sharding, not by the library)."""
     from trl import SFTConfig
 
-    t = {k: v for k, v in spec["train"].items() if k != "lora"}
+    t = {k: v for k, v in spec["train"].items() if k not in ("lora", "fsdp", "fsdp_config")}
+    if sharded:
+        t.update(distributed.fsdp_arguments(spec["train"].get("fsdp_config"), t["activation_checkpointing"]))
     if "activation_checkpointing" not in SFTConfig.__dataclass_fields__:
         # transformers before 5.2x (e.g. in GPU images) knows only the old name
         t["gradient_checkpointing"] = t.pop("activation_checkpointing")
@@ -109,6 +88,9 @@ class Job:
     train_rows: int
     eval_rows: int
     resume_from: str | None
+    processes: int = 1
+    sharded: bool = False
+    sharding: str = ""
 
 
 def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, checkpoints: Path, cache_dir: Path | None,
@@ -151,47 +133,65 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
     truncated = sum(n > max_len for n in lengths)
     if truncated:
         log(f"[train] {truncated} of {len(lengths)} training rows exceed max_length={max_len} tokens and are truncated")
-    args = sft_config(spec, checkpoints, precision, device)
-    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(spec),
-                         train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows))
+    processes = distributed.world_size()
+    gpu_gib = torch.cuda.get_device_properties(0).total_memory / memory.GIB if device == "cuda" else None
+    sharded, why = memory.sharding(spec, processes, gpu_gib)
+    if processes > 1:
+        log(f"[train] {processes} processes ({'NCCL' if device == 'cuda' else 'gloo on the CPU'}): {why}")
+    args = sft_config(spec, checkpoints, precision, device, sharded)
+    with distributed.fsdp_on_the_cpu(device, sharded):
+        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(spec),
+                             train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows))
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(progress_callback())
+    trainer.add_callback(tracking.progress_callback())
     last = last_complete_checkpoint(Path(args.output_dir), log)
     return Job(trainer, tokenizer, device, precision, base, sum(min(n, max_len) for n in lengths), truncated,
-               len(train_rows), len(eval_rows), last)
+               len(train_rows), len(eval_rows), last, processes, sharded, why)
 
 
 def fit(job: Job, epochs: float, main: bool, log, before_file: Path | None = None) -> dict:
     """Evaluate (unless resuming: before_file keeps the first attempt's), train, evaluate again; every rank's metrics."""
-    if job.resume_from is None:
-        before = job.trainer.evaluate()["eval_loss"]
+    measured = {}
+
+    def evaluate_before():
+        measured["before"] = before = job.trainer.evaluate()["eval_loss"]
         if main:
             import mlflow
             tracking.best_effort("log eval_loss_before", mlflow.log_metric, "eval_loss_before", before, step=0)
             if before_file:
                 write_atomic(before_file, json.dumps({"eval_loss_before": before}))
         log(f"[train] eval loss before training: {before:.4f}")
-    else:
+
+    if job.resume_from is not None:
         log(f"[train] resuming from {job.resume_from}")
-        before = json.loads(before_file.read_text())["eval_loss_before"] if before_file and before_file.is_file() else None
+        if before_file and before_file.is_file():
+            measured["before"] = json.loads(before_file.read_text())["eval_loss_before"]
+    elif job.sharded:
+        # FSDP2: accelerate shards the model together with its optimizer when training starts and refuses to
+        # prepare it alone for an evaluation before that; so the first evaluation runs as training begins
+        job.trainer.add_callback(distributed.at_train_begin(evaluate_before))
+    else:
+        evaluate_before()
     t0 = time.time()
     result = job.trainer.train(resume_from_checkpoint=job.resume_from)
     seconds = time.time() - t0
+    before = measured.get("before")
     return {"eval_loss_before": before, "eval_loss": job.trainer.evaluate()["eval_loss"],
             "train_loss": result.training_loss, "train_runtime_s": seconds,
             "tokens_per_s": job.tokens_per_epoch * epochs / max(seconds, 1e-9), "rows_truncated": job.truncated,
             "train_rows": job.train_rows, "eval_rows": job.eval_rows, "steps": job.trainer.state.global_step}
 
 
-def record(job: Job, metrics: dict, output_dir: Path, save_only: bool) -> dict:
+def record(job: Job, metrics: dict, output_dir: Path, save_only: bool, final=None) -> dict:
     """Rank 0 only: the model first, then the final metrics and the loss plot, into the active MLflow run.
 
-    save_only (the Azure ML job): the model is written with save_model into <output_dir>/mlflow_model, which the
-    workspace registers; nothing after it can lose the finished training.
+    final: the whole trained model (whole_model(), which every rank calls). save_only (the Azure ML job): the model
+    is written with save_model into <output_dir>/mlflow_model, which the workspace registers; nothing after it can
+    lose the finished training.
     """
     import mlflow
 
-    final = job.trainer.model
+    final = job.trainer.model if final is None else final
     if hasattr(final, "merge_and_unload"):
         final = final.merge_and_unload()  # LoRA: serve one plain model, no adapter plumbing
     final.config.use_cache = True
@@ -222,22 +222,24 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
     """
     output_dir = Path(output_dir)
     checkpoints = Path(checkpoint_dir or output_dir / "checkpoints")
+    # with several processes (torchrun / Azure ML's PyTorch distribution) all train, rank 0 alone records and logs
+    main = distributed.is_main()
+    if not main:
+        log = lambda *_: None  # noqa: E731
     job = setup(spec, train_file, eval_file, output_dir, checkpoints, cache_dir, log, tiny_corpus)
     experiment = experiment or spec["run"]["experiment_name"]
     uri = tracking.tracking_uri(tracking_uri, output_dir)
-    # with several processes (torchrun / Azure ML's PyTorch distribution) all train, rank 0 alone records
-    main = int(os.environ.get("RANK", "0")) == 0
-    if not main:
-        log = lambda *_: None  # noqa: E731
     summary = {"run_id": None, "model_uri": None, "mlflow_model_dir": None, "loss_plot": None, "tracking_uri": uri,
-               "experiment": experiment, "device": job.device, "precision": job.precision, "base_model": job.base}
+               "experiment": experiment, "device": job.device, "precision": job.precision, "base_model": job.base,
+               "processes": job.processes, "sharding": "fsdp2" if job.sharded else "ddp" if job.processes > 1 else None}
     with tracking.start(uri, experiment, output_dir / "mlflow_run.json", **(mlflow_run or {})) if main else contextlib.nullcontext() as run:
         if main and job.resume_from is None:
             tracking.best_effort("log the run spec", tracking.log_spec, spec, Path(spec_path))
         metrics = fit(job, spec["train"]["num_train_epochs"], main, log, output_dir / "eval_loss_before.json")
         summary.update(metrics)
+        final = distributed.whole_model(job)  # sharded: every rank takes part; rank 0 gets the model
         if main:
-            summary.update(run_id=run.info.run_id, **record(job, metrics, output_dir, save_model_only))
+            summary.update(run_id=run.info.run_id, **record(job, metrics, output_dir, save_model_only, final))
     if main:
         write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2))
     before = summary["eval_loss_before"]

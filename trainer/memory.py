@@ -111,19 +111,51 @@ class Estimate:
         return f"about {total} GiB ({parts})"
 
 
-def for_spec(spec: dict, device: str = "cuda") -> Estimate | None:
-    """The estimate for a run spec (one process), None when the model's shape is not known here."""
+def for_spec(spec: dict, device: str = "cuda", shards: int = 1) -> Estimate | None:
+    """The estimate for one process (shards: FSDP2 processes sharing the model); None for a shape not known here."""
     shape = shape_of(spec["model"])
     if shape is None:
         return None
-    return estimate(shape, spec["train"], spec["compute"]["precision"], spec["model"]["attn_implementation"], device)
+    m = spec["model"]
+    return estimate(shape, spec["train"], spec["compute"]["precision"], m["attn_implementation"], device, shards)
 
 
-def fitting(spec: dict, limit: float, device: str = "cuda") -> tuple[list[str], Estimate] | None:
-    """The fewest overrides (checkpointing, a smaller batch with the same global batch, 8-bit optimizer state, LoRA)
-    under which the estimate fits in limit bytes, and that estimate; None when nothing here fits."""
+HEADROOM = 0.9  # above this share of a GPU's memory an out-of-memory error is likely (the allocator needs room too)
+
+
+def sharding(spec: dict, processes: int, gpu_gib: float | None) -> tuple[bool, str]:
+    """Whether FSDP2 shards the model over the run's processes, and why: one rule for the plan (the SKU's GPUs) and
+    the trainer (the GPU torch reports). train.fsdp=auto shards where there are several processes and one GPU could
+    not hold the whole model with HEADROOM (the plan's estimate); else DDP, each process holding all of it."""
+    choice = spec["train"].get("fsdp", False)
+    if processes < 2:
+        return False, "one process: nothing to shard or replicate"
+    elif choice is True:
+        return True, f"FSDP2 (train.fsdp=true): weights, gradients and optimizer state sharded over {processes} processes"
+    if choice != "auto":
+        return False, f"DDP (train.fsdp=false): each of the {processes} processes holds the whole model"
+    whole = for_spec(spec)
+    if whole is None or not gpu_gib:
+        why = "no GPU memory to compare with" if whole else "the model's shape is not known here"
+        return False, f"DDP (train.fsdp=auto, {why}): each of the {processes} processes holds the whole model"
+    limit = gpu_gib * GIB
+    if whole.total <= HEADROOM * limit:
+        return False, (f"DDP (train.fsdp=auto): one GPU holds the whole model, about {whole.total / GIB:.0f} of its "
+                       f"{gpu_gib:.0f} GiB; each of the {processes} processes keeps all of it")
+    shared = for_spec(spec, shards=processes)
+    return True, (f"FSDP2 (train.fsdp=auto): the whole model would take about {whole.total / GIB:.0f} of the "
+                  f"{gpu_gib:.0f} GiB of one GPU; sharded over {processes} processes, about "
+                  f"{shared.total / GIB:.0f} GiB each")
+
+
+def fitting(spec: dict, limit: float, device: str = "cuda", processes: int = 1) -> tuple[list[str], Estimate] | None:
+    """The fewest overrides (sharding over the run's processes, checkpointing, a smaller batch with the same global
+    batch, 8-bit optimizer state, LoRA) under which the estimate fits in limit bytes, and that estimate; None when
+    nothing here fits."""
     t = spec["train"]
     changes = []  # (overrides, train updates), tried alone and then together
+    if processes > 1 and t.get("fsdp") is not True:
+        changes.append((["train.fsdp=true"], {"fsdp": True}))
     if not t.get("activation_checkpointing"):
         changes.append((["train.activation_checkpointing=true"], {"activation_checkpointing": True}))
     batches = []
@@ -142,7 +174,9 @@ def fitting(spec: dict, limit: float, device: str = "cuda") -> tuple[list[str], 
         train = dict(t)
         for _, update in combo:
             train.update(update)
-        est = for_spec({**spec, "train": train}, device)
+        # train.fsdp=auto reaches here only when the whole model does not fit: it shards
+        shards = processes if processes > 1 and train.get("fsdp") in (True, "auto") else 1
+        est = for_spec({**spec, "train": train}, device, shards)
         if est is not None and est.total <= limit:
             return [o for overrides, _ in combo for o in overrides], est
     return None
@@ -152,22 +186,34 @@ def _lora_params(shape: Shape, r: int) -> int:
     return shape.num_hidden_layers * sum(r * (a + b) for a, b in shape.layer_linears())
 
 
-def estimate(shape: Shape, train: dict, precision: str, attn: str = "eager", device: str = "cuda") -> Estimate:
-    """Peak bytes of one training process: one GPU's share when each process holds the whole model (DDP)."""
+def estimate(shape: Shape, train: dict, precision: str, attn: str = "eager", device: str = "cuda",
+             shards: int = 1) -> Estimate:
+    """Peak bytes of one training process: one GPU's share when each process holds the whole model (DDP, shards=1),
+    or, under FSDP2 over shards processes, its shard of weights, gradients and optimizer state plus what is gathered
+    whole for a while: the root module's parameters (embeddings, head, final norm), the decoder layer being computed
+    and the one prefetched, and one layer's full gradients before they are reduce-scattered. Activations are each
+    process's own either way."""
     n = shape.parameters()
     weight_bytes = 4 if precision in ("fp32", "bf16-mixed") else 2
     act = 4 if precision == "fp32" else 2  # matmul outputs: float32, or 16-bit (also under bf16 autocast)
     lora = train.get("lora") or {}
     trained = _lora_params(shape, lora["r"]) if lora.get("enabled") else n
-    weights = n * weight_bytes + (trained if lora.get("enabled") else 0) * weight_bytes
+    weights = (n * weight_bytes + (trained if lora.get("enabled") else 0) * weight_bytes) / shards
     notes = []
     if precision == "bf16-mixed":
-        weights += n * 2  # autocast keeps a bf16 copy of every weight it casts until the forward pass ends
+        weights += n * 2 / shards  # autocast keeps a bf16 copy of every weight it casts until the forward pass ends
         notes.append("bf16 copies of the weights under autocast")
-    grads = trained * weight_bytes
+    grads = trained * weight_bytes / shards
     per_param, what = optimizer_bytes(train.get("optim"), train.get("optim_args"), weight_bytes)
-    optimizer = trained * per_param
+    optimizer = trained * per_param / shards
     notes.append(f"optimizer: {what}")
+    if shards > 1:
+        h_, v_ = shape.hidden_size, shape.vocab_size
+        layer_params = sum(a * b for a, b in shape.layer_linears()) + 2 * h_
+        root_params = v_ * h_ * (1 if shape.tie_word_embeddings else 2) + h_
+        weights += (root_params + 2 * layer_params) * weight_bytes  # gathered: the root, this layer, the next
+        grads += layer_params * weight_bytes * (trained / n)       # one layer's full gradients, then reduce-scattered
+        notes.append(f"FSDP2: state sharded over {shards} processes, the root and two layers gathered at a time")
 
     h, i, v = shape.hidden_size, shape.intermediate_size, shape.vocab_size
     heads, layers = shape.num_attention_heads, shape.num_hidden_layers

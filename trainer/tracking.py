@@ -177,3 +177,26 @@ def log_model(model, tokenizer, local_copy: Path) -> str:
         shutil.rmtree(local_copy)
     mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(local_copy))
     return info.model_uri
+
+
+def progress_callback():
+    """A progress bar for training steps, with a short loss line at each logging step; metrics go to MLflow."""
+    from transformers.trainer_callback import ProgressCallback
+
+    class LossLines(ProgressCallback):
+        def on_prediction_step(self, *a, **kw):
+            pass  # no nested bar for each evaluation
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = logs or {}
+            bits = [f"{k} {logs[k]:.4g}" for k in ("loss", "eval_loss", "learning_rate") if k in logs]
+            if bits and state.is_world_process_zero and state.max_steps:
+                line = f"[train] step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.1f}: " + ", ".join(bits)
+                (self.training_bar.write if self.training_bar is not None else print)(line)
+            numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
+            if numbers and state.is_world_process_zero:
+                import mlflow
+                if mlflow.active_run() is not None:  # none when fit() runs without recording (the benchmark)
+                    best_effort("log metrics", mlflow.log_metrics, numbers, step=state.global_step)
+
+    return LossLines()

@@ -19,7 +19,7 @@ from trainer.files import write_atomic
 
 from .. import REPO_ROOT
 from ..errors import StageFailed
-from ..spec import azure_env_paths, digest, dump_yaml, redacted
+from ..spec import azure_env_paths, digest, dump_yaml, hardware, redacted
 from . import environments
 
 TRAINER_DIR = REPO_ROOT / "trainer"
@@ -63,6 +63,11 @@ def environment(spec) -> dict:
             "description": "python -m trainer: trainer/requirements.txt with the job's torch build and MLflow pair"}
 
 
+def serverless(spec) -> bool:
+    """compute.cluster_name=null: Azure ML serverless compute, no cluster (the job names its VM size)."""
+    return spec["compute"]["cluster_name"] is None
+
+
 def compute(spec) -> dict:
     c = spec["compute"]
     # no location: the cluster is made in the workspace's region unless compute.location names another
@@ -89,13 +94,15 @@ def job(spec, env: dict, train_file: str, eval_file: str, point: str = "") -> di
                     "--summary-file outputs/summary.json"
                     % (MODEL_OUTPUT, CHECKPOINT_OUTPUT)),
         "environment": f"azureml:{env['name']}:{env['version']}",
-        "compute": f"azureml:{c['cluster_name']}",
+        # serverless (no cluster named): Azure starts resources.instance_type nodes for this job alone
+        **({} if serverless(spec) else {"compute": f"azureml:{c['cluster_name']}"}),
         "inputs": {"train_file": {"type": "uri_file", "path": train_file},   # local files: the SDK uploads them
                    "eval_file": {"type": "uri_file", "path": eval_file}},
         "outputs": {MODEL_OUTPUT: {"type": "uri_folder"}, CHECKPOINT_OUTPUT: {"type": "uri_folder", "mode": "rw_mount"}},
         # Azure starts processes_per_instance copies per node with torch.distributed's variables set
-        "distribution": {"type": "pytorch", "process_count_per_instance": c["processes_per_instance"]},
-        "resources": {"instance_count": c["instance_count"]},
+        "distribution": {"type": "pytorch", "process_count_per_instance": hardware.processes_per_instance(c)},
+        "resources": {"instance_count": c["instance_count"],
+                      **({"instance_type": c["instance_type"]} if serverless(spec) else {})},
         "limits": {"timeout": int(c["max_hours"] * 3600)},  # seconds; bounds what the job can cost
         "tags": {"run": spec["run"]["name"], "model": str(spec["model"]["id"] or spec["model"]["name"]),
                  **({"sweep_point": point} if point else {})},
@@ -210,8 +217,10 @@ def prepare_train(spec, ctx, data: dict, job_name: str | None = None) -> dict:
     def build(s):
         env = environment(s)
         job_dict = job(s, env, *inputs, point=ctx.point.get("name", ""))
-        return {"environment.yml": env, "compute.yml": compute(s),
+        return {"environment.yml": env, **({} if serverless(s) else {"compute.yml": compute(s)}),
                 "job.yml": {"name": job_name, **job_dict} if job_name else job_dict}
+    if serverless(spec):
+        (folder(ctx) / "compute.yml").unlink(missing_ok=True)  # a cluster planned here before: not this run's
     return written(ctx, spec, build)
 
 

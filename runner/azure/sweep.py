@@ -16,7 +16,8 @@ POLL_S = 30  # how often the sweep asks for its jobs' statuses
 
 
 def plan(specs) -> list[str]:
-    """What the Azure points of a sweep cost at most, and how they run: submitted together, up to max_instances."""
+    """What the Azure points of a sweep cost at most, and how they run: submitted together, up to max_instances (or,
+    serverless, as many as the subscription's quota allows)."""
     azure = [s for s in specs if "train" in s["stages"]]
     if not azure:
         return []
@@ -27,6 +28,25 @@ def plan(specs) -> list[str]:
     total_usd, known = 0.0, True
     for cluster, group in by_cluster.items():
         c = group[0]["compute"]
+        if cluster is None:  # serverless: no cluster caps the jobs, the subscription's quota does; no idle nodes
+            node_hours = sum(s["compute"]["instance_count"] * s["compute"]["max_hours"] for s in group)
+            rate = hardware.usd(c["instance_type"], 1.0)
+            sku = hardware.gpu(c["instance_type"])
+            cores = f" ({sku.gpus} GPU(s) per node)" if sku else ""
+            lines.append(f"{len(group)} Azure ML job(s) on serverless compute, {c['instance_type']}{cores}: all "
+                         "submitted at once, then followed together; as many run at once as the subscription's "
+                         f"quota for that VM family allows ({c['instance_count']} node(s) per job), the rest queue")
+            lines.append(f"  wall time at most {len(group)} x {c['max_hours']} h (compute.max_hours, each job's time "
+                         "limit) if the quota runs one at a time, one job's if it runs them all")
+            if rate is None:
+                known = False
+                lines.append(f"  at most {node_hours:g} node-hours of {c['instance_type']} "
+                             "(price not in runner/spec/hardware.py)")
+            else:
+                total_usd += rate * node_hours
+                lines.append(f"  costs at most {node_hours:g} node-hours, no idle time = about ${rate * node_hours:.2f} "
+                             f"at ${rate}/h ({hardware.AS_OF}, approx.)")
+            continue
         at_once = max(1, c["max_instances"] // c["instance_count"])
         rounds = math.ceil(len(group) / at_once)
         node_hours = sum(s["compute"]["instance_count"] * s["compute"]["max_hours"] for s in group)

@@ -26,6 +26,7 @@ def plan(spec, ctx) -> list[str]:
     d = spec["deploy"]
     return [f"would delete endpoint {resources.endpoint_name(spec)} and its deployments if it exists, ending their bill "
             f"({d['instance_type']} x{d['instance_count']}: {hardware.hourly(d['instance_type'], d['instance_count'])}); "
-            "the compute cluster stays (it scales to 0 nodes when idle)"]
+            + ("serverless training left no cluster behind" if spec["compute"]["cluster_name"] is None else
+               "the compute cluster stays (it scales to 0 nodes when idle)")]
 
 

@@ -4,7 +4,7 @@ import secrets
 from pathlib import Path
 
 from ..errors import Detached, StageFailed
-from ..spec.rules import memory_line
+from ..spec.rules import memory_line, sharding_line
 from ..spec import hardware
 from . import resources
 from .client import azure_errors, client, get_or_none, load, rel, summary
@@ -45,7 +45,7 @@ def run(spec, ctx) -> dict:
     usd = hardware.usd(c["instance_type"], seconds / 3600 * c["instance_count"]) if seconds else None
     return {"job_name": job.name, "status": final.status,
             "model_path": resources.model_path(job.name), "environment": ctx.manifest.outputs("train").get("environment"),
-            "compute": c["cluster_name"], "experiment": spec["run"]["experiment_name"],
+            "compute": c["cluster_name"] or f"serverless {c['instance_type']}", "experiment": spec["run"]["experiment_name"],
             "eval_sha256": (data.get("sha256") or {}).get("test.jsonl"),  # the eval rows these losses are on (sweep summaries)
             **{k: metrics.get(k) for k in ("eval_loss_before", "eval_loss", "train_loss", "train_runtime_s",
                                            "tokens_per_s", "steps")},
@@ -60,7 +60,11 @@ def submit(ml, spec, ctx, data):
     env = call("create the environment", ml.environments.create_or_update,
                load(ctx, "environment.yml", res["environment.yml"]), log=log)
     log(f"[train] environment {env.name}:{env.version} ({spec['compute']['image']})")
-    ensure_compute(ml, ctx, load(ctx, "compute.yml", res["compute.yml"]))
+    if resources.serverless(spec):
+        log(f"[train] serverless compute: Azure starts {spec['compute']['instance_count']} x "
+            f"{spec['compute']['instance_type']} for this job alone (no cluster)")
+    else:
+        ensure_compute(ml, ctx, load(ctx, "compute.yml", res["compute.yml"]))
     # a retried submit of the same name would be refused (409) while the first one runs: look for it first
     job = call_once("submit the job", ml.jobs.create_or_update, load(ctx, "job.yml", res["job.yml"]),
                     check=lambda: get_or_none("look up the job", ml.jobs.get, job_name, log), log=log)
@@ -177,19 +181,28 @@ def plan(spec, ctx) -> list[str]:
                 "test_file": Path(ctx.run_dir) / "data" / "test.jsonl"}
     res = resources.prepare_train(spec, ctx, data)
     env, job = res["environment.yml"], res["job.yml"]
+    if resources.serverless(spec):
+        where = (f"serverless compute: no cluster (no compute.yml); Azure starts {c['instance_count']} x "
+                 f"{c['instance_type']} for the job alone, {hardware.hourly(c['instance_type'])} per node while it "
+                 "runs, no idle time billed after it; bounded by the subscription's quota for that VM family")
+        after = "after creating the environment"
+    else:
+        where = (f"{rel(ctx, 'compute.yml')}: cluster {c['cluster_name']}, {c['instance_type']}, "
+                 f"{c['min_instances']}..{c['max_instances']} {c['tier']} nodes in "
+                 f"{c['location'] or 'the workspace region'}: billed per node-hour while a node runs, "
+                 f"{hardware.hourly(c['instance_type'])} per node; scales to {c['min_instances']} after "
+                 f"{c['idle_time_before_scale_down']} s idle")
+        after = "after creating the environment and compute"
     return [
         f"{rel(ctx, 'environment.yml')}: environment {env['name']}:{env['version']} = {env['image']} "
         f"+ {rel(ctx, 'conda-train.yml')} (trainer/requirements.txt)",
-        f"{rel(ctx, 'compute.yml')}: cluster {c['cluster_name']}, {c['instance_type']}, "
-        f"{c['min_instances']}..{c['max_instances']} {c['tier']} nodes in {c['location'] or 'the workspace region'}: "
-        "billed per node-hour while "
-        f"a node runs, {hardware.hourly(c['instance_type'])} per node; "
-        f"scales to {c['min_instances']} after {c['idle_time_before_scale_down']} s idle",
+        where,
         f"{rel(ctx, 'job.yml')}: command job in experiment {spec['run']['experiment_name']}, "
-        f"{c['instance_count']} node(s) x {c['processes_per_instance']} process(es), code {rel(ctx, 'code')}, "
+        f"{c['instance_count']} node(s) x {hardware.processes_per_instance(c)} process(es), code {rel(ctx, 'code')}, "
         f"inputs {job['inputs']['train_file']['path']}, {job['inputs']['eval_file']['path']}; {max_cost(spec)}",
+        sharding_line(spec),
         memory_line(spec),
-        f"by hand: az ml job create -f {resources.folder(ctx) / 'job.yml'} (after creating the environment and compute)",
+        f"by hand: az ml job create -f {resources.folder(ctx) / 'job.yml'} ({after})",
     ]
 
 

@@ -64,6 +64,25 @@ def hourly(size: str, count: int = 1) -> str:
     return f"about ${price * count:.2f}/h (approx. list price)"
 
 
+def processes_per_instance(compute: dict) -> int:
+    """compute.processes_per_instance as a number: auto is the GPUs of the SKU (Azure) or of this machine (local,
+    unless compute.device=cpu), 1 without any."""
+    n = compute.get("processes_per_instance", 1)
+    if n != "auto":
+        return int(n)
+    if compute["kind"] == "azureml":
+        sku = gpu(compute["instance_type"])
+        return sku.gpus if sku else 1
+    local = visible() if compute["device"] != "cpu" else None
+    return local.count if local else 1
+
+
+def processes(compute: dict) -> int:
+    """Training processes in all: nodes x processes per node (this machine is one node)."""
+    nodes = compute.get("instance_count", 1) if compute["kind"] == "azureml" else 1
+    return nodes * processes_per_instance(compute)
+
+
 # ---- this machine ---------------------------------------------------------------------------------
 
 class LocalGpu(NamedTuple):
