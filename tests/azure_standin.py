@@ -138,6 +138,14 @@ class FakeML:
 
     def _job(self, job):
         assert isinstance(job, Command)
+        # as Azure: a job runs on a cluster that exists, or, naming none, on serverless compute, which needs the VM
+        # size in resources.instance_type
+        if job.compute:
+            cluster = job.compute.split(":", 1)[-1]
+            if cluster not in self.computes:
+                raise http_error(400, f"compute {cluster} not found in the workspace")
+        elif not (job.resources and getattr(job.resources, "instance_type", None)):
+            raise http_error(400, "serverless compute needs resources.instance_type (a VM size)")
         if job.name in self.jobs_by_name and self.jobs_by_name[job.name].status not in ("Completed", "Failed"):
             raise http_error(409, f"job {job.name} already exists and is running")
         self.note(entity=dump(job), job=job)

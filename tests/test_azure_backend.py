@@ -84,6 +84,32 @@ def test_train_reuses_an_existing_cluster(azure_ctx):
     assert "compute.begin_create_or_update" not in fake.names()
 
 
+def test_serverless_train_creates_no_compute_and_the_job_names_its_vm_size(azure_ctx):
+    spec, ctx, fake, logs = azure_ctx
+    spec["compute"]["cluster_name"] = None  # what compute=a100_serverless sets
+    out = az_train.run(spec, ctx)
+    assert not [n for n in fake.names() if n.startswith("compute.")] and not fake.computes  # no cluster made or read
+    job = fake.details("jobs.create_or_update")[0]["job"]
+    assert job.compute is None and job.resources.instance_type == "Standard_NC24ads_A100_v4"
+    assert out["status"] == "Completed" and out["compute"] == "serverless Standard_NC24ads_A100_v4"
+    assert any("serverless compute" in line and "no cluster" in line for line in logs)
+
+
+def test_the_stand_in_refuses_jobs_azure_would_refuse(azure_ctx):
+    """A job on a cluster the workspace does not have, or serverless without a VM size: 400, as Azure answers."""
+    from azure.ai.ml import load_job
+    spec, ctx, fake, _ = azure_ctx
+    az_train.plan(spec, ctx)
+    job = load_job(ctx.run_dir / "azure" / "job.yml")
+    with pytest.raises(Exception, match="compute gpu-a100-cluster not found"):
+        fake.jobs.create_or_update(job)
+    job.compute = None
+    with pytest.raises(Exception, match="serverless compute needs resources.instance_type"):
+        fake.jobs.create_or_update(job)
+    job.resources.instance_type = "Standard_NC24ads_A100_v4"
+    assert fake.jobs.create_or_update(job).status == "Starting"
+
+
 def test_failed_job_names_status_and_studio_url(azure_ctx):
     spec, ctx, fake, _ = azure_ctx
     fake.job_status = "Failed"

@@ -4,6 +4,7 @@ There is no Azure emulator; the SDK's load_* functions (the same code `az ml <th
 the judge of every file.
 """
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -177,3 +178,70 @@ def test_deploy_stages_the_code_again_so_a_fixed_scoring_script_is_deployed(comp
     ctx = Context(tmp_path / "run", Manifest(tmp_path / "run"))
     implementation("deploy", spec).plan(spec, ctx)
     assert script.read_text() == (REPO_ROOT / "trainer" / "scoring.py").read_text()
+
+
+def test_a_serverless_plan_has_no_cluster_and_no_idle_cost(compose_spec, tmp_path):
+    """compute=a100_serverless: the job names its VM size, no compute.yml, nothing billed idle; load_job agrees."""
+    spec = compose_spec("compute=a100_serverless", "model=phi35", "data=1pct", "plan=true")
+    run_dir = tmp_path / "run"
+    (run_dir / "azure").mkdir(parents=True)
+    (run_dir / "azure" / "compute.yml").write_text("name: left-by-an-earlier-plan\n")  # a cluster planned here before
+    lines = plan_all(spec, run_dir)
+    az = run_dir / "azure"
+    assert not (az / "compute.yml").exists()
+    job = load_job(az / "job.yml")
+    assert job.compute is None and job.resources.instance_type == "Standard_NC24ads_A100_v4"
+    assert job.resources.instance_count == 1 and job.distribution.process_count_per_instance == 1
+    text = "\n".join(lines["train"])
+    assert "serverless compute: no cluster" in text and "no idle time billed" in text and "idle" not in \
+        text.replace("no idle time billed", "")
+    assert "subscription's quota" in text and "after creating the environment)" in text
+    assert "no cluster behind" in lines["teardown"][0]
+
+
+def test_a_serverless_sweep_is_bounded_by_quota_and_counts_no_idle_hours(compose_spec):
+    from runner.azure import sweep
+    specs = [compose_spec("compute=a100_serverless", "model=phi35", "data=1pct", f"data.percent={p}", "plan=true")
+             for p in (1, 2, 5)]
+    text = "\n".join(sweep.plan(specs))
+    assert "3 Azure ML job(s) on serverless compute, Standard_NC24ads_A100_v4" in text
+    assert "subscription's quota" in text and "compute.max_instances" not in text
+    assert "costs at most 18 node-hours, no idle time = about $66.06" in text  # 18 x $3.67, no 0.25 h idle
+    cluster = "\n".join(sweep.plan([compose_spec("compute=a100", "model=phi35", "data=1pct", "plan=true")]))
+    assert "+ 0.25 idle" in cluster  # what serverless saves: the cluster's idle node before it scales down
+
+
+SKUS = {"a100x2": ("Standard_NC48ads_A100_v4", 2), "a100x4": ("Standard_NC96ads_A100_v4", 4),
+        "h100x8": ("Standard_ND96isr_H100_v5", 8)}
+
+
+@pytest.mark.parametrize("option", SKUS)
+def test_multi_gpu_skus_plan_one_process_per_gpu_and_say_whether_they_shard(compose_spec, tmp_path, option):
+    from runner.spec import hardware
+    size, gpus = SKUS[option]
+    sku = hardware.SKUS[size]
+    assert (sku.gpus, sku.gpu_gib) == (gpus, 80) and sku.usd_per_hour > 7  # GPU count, memory and price as data
+    # the phi3 default (8-bit state) fits one GPU whole: DDP
+    lines = plan_all(compose_spec(f"compute={option}", "model=phi3", "plan=true"), tmp_path / "ddp")["train"]
+    text = "\n".join(lines)
+    assert f"1 node(s) x {gpus} process(es)" in text and load_job(
+        tmp_path / "ddp" / "azure" / "job.yml").distribution.process_count_per_instance == gpus
+    assert f"processes: 1 node(s) x {gpus} process(es) = {gpus}; DDP (train.fsdp=auto): one GPU holds" in text
+    assert "memory: about 36 GiB of the 80 GiB" in text and "per GPU: fits" in text
+    # fp32 master weights and AdamW: about 76 of 80 GiB whole, so auto shards and the memory is one GPU's share
+    spec = compose_spec(f"compute={option}", "model=phi3", "train=seed_recipe", "compute.precision=bf16-mixed",
+                        "plan=true")
+    text = "\n".join(plan_all(spec, tmp_path / "fsdp")["train"])
+    assert f"FSDP2 (train.fsdp=auto): the whole model would take about 76 of the 80 GiB of one GPU; sharded over " \
+           f"{gpus} processes" in text
+    share = re.search(r"memory: about (\d+) GiB of the 80 GiB .* per GPU with FSDP2 over (\d) processes: fits", text)
+    assert share and int(share[2]) == gpus and int(share[1]) < 76 * 0.7
+
+
+def test_one_sweep_command_plans_every_gpu_sku(tmp_path):
+    r = runner_cli("-m", "compute=a100,a100x2,a100x4,h100x8", "model=phi3", "plan=true", cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for cluster, gpus in (("gpu-a100-cluster", 1), ("gpu-a100x2-cluster", 2), ("gpu-a100x4-cluster", 4),
+                          ("gpu-h100x8-cluster", 8)):
+        assert f"1 Azure ML job(s) on cluster {cluster}" in r.stdout
+        assert f"1 node(s) x {gpus} process(es) = {gpus}" in r.stdout

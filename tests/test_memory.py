@@ -170,3 +170,45 @@ def test_a_local_run_is_checked_against_the_gpu_nvidia_smi_reports(tmp_path):
                    "train.lora.enabled=true", "train.per_device_train_batch_size=1", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
     assert "of the 22 GiB of this machine's NVIDIA A10G" in r.stdout and "per GPU: fits" in r.stdout
+
+
+def test_sharding_divides_the_state_and_adds_what_fsdp2_gathers():
+    spec = _spec("compute=a100x4", "model=phi3", "train=seed_recipe", "compute.precision=bf16-mixed", "plan=true")
+    whole, shard = memory.for_spec(spec), memory.for_spec(spec, shards=4)
+    shape = memory.shape_of(spec["model"])
+    layer = sum(a * b for a, b in shape.layer_linears()) + 2 * shape.hidden_size
+    root = 2 * shape.vocab_size * shape.hidden_size + shape.hidden_size
+    # fp32 weights (+ bf16 autocast copies) and AdamW state: each process keeps a quarter, plus the root module and
+    # two decoder layers gathered whole, and one layer's full gradients before they are reduce-scattered
+    assert shard.weights == pytest.approx(whole.weights / 4 + (root + 2 * layer) * 4)
+    assert shard.grads == pytest.approx(whole.grads / 4 + layer * 4)
+    assert shard.optimizer == pytest.approx(whole.optimizer / 4) and shard.activations == whole.activations
+    n = shape.parameters()  # fp32 master weights, gradients and AdamW's two moments: 16 bytes each, about 61 GB
+    assert 60 < (whole.weights - 2 * n + whole.grads + whole.optimizer) / 1e9 < 62
+
+
+def test_auto_shards_only_with_several_processes_and_a_model_one_gpu_cannot_hold():
+    big = _spec("compute=a100x4", "model=phi3", "train=seed_recipe", "compute.precision=bf16-mixed", "plan=true")
+    small = _spec("compute=a100x4", "model=phi3", "plan=true")  # the 8-bit default: about 36 GiB
+    assert memory.sharding(big, 4, 80)[0] and not memory.sharding(big, 1, 80)[0]
+    assert not memory.sharding(small, 4, 80)[0] and memory.sharding(small, 4, 40)[0]  # 36 > 0.9 x 40
+    assert not memory.sharding(big, 4, None)[0]  # no GPU memory to compare with (the CPU): DDP
+    assert memory.sharding({**small, "train": {**small["train"], "fsdp": True}}, 2, 80) == \
+        (True, "FSDP2 (train.fsdp=true): weights, gradients and optimizer state sharded over 2 processes")
+    assert not memory.sharding({**big, "train": {**big["train"], "fsdp": False}}, 4, 80)[0]
+
+
+def test_a_replicated_run_that_cannot_fit_is_told_to_shard():
+    overrides = ("compute=a100x2", "model=phi3", "train=seed_recipe", "compute.precision=bf16-mixed", "plan=true",
+                 "train.per_device_train_batch_size=8")
+    spec = _spec(*overrides, "train.fsdp=false")
+    found = [p for p in problems(spec) if p.startswith("train: ")]
+    assert found and "it cannot fit; e.g. train.fsdp=true (about" in found[0]
+    assert not problems(_spec(*overrides, "train.fsdp=true")) and not problems(_spec(*overrides))  # auto shards
+
+
+def test_fsdp_with_one_process_and_more_local_processes_than_gpus_are_refused():
+    found = "\n".join(problems(_spec("compute=a100", "model=phi3", "train.fsdp=true", "plan=true")))
+    assert "train.fsdp: true shards the model over several processes, but this run has one" in found
+    # on a CPU any number of processes may train (the tests' gloo runs); compute=local auto is 1 there
+    assert not problems(_spec("compute.device=cpu", "compute.processes_per_instance=2", "train.fsdp=true", "plan=true"))
