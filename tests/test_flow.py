@@ -15,6 +15,7 @@ import endpoint_client  # noqa: E402
 from chat_tool import to_messages  # noqa: E402
 
 FLOW = REPO_ROOT / "flow"
+CONNECTION = "phi3_tests_0000abcd"  # named as the chat stage names a run's connection
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 outside_hosts = []  # every host other than loopback this process looks up or connects to, from the pf fixture on
 
@@ -35,18 +36,19 @@ def server(trained_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pf(server):
-    """A PFClient with the phi3_endpoint connection pointing at the test server, as the chat stage leaves it."""
+    """A PFClient with a run's connection pointing at the test server, as the chat stage leaves it."""
     sys.addaudithook(record_outside_hosts)  # cannot be removed; it only records
     from runner.stages import chat
     chat.keep_promptflow_local()
     from promptflow.client import PFClient
     client = PFClient()
-    chat.save_connection(client, server.url, server.key)
+    chat.save_connection(client, CONNECTION, server.url, server.key)
     return client
 
 
 def flow_answer(pf, question, history=None, max_new_tokens=96, **settings):
-    inputs = {"question": question, "chat_history": history or [], "params": {"max_new_tokens": max_new_tokens, **settings}}
+    inputs = {"question": question, "chat_history": history or [], "connection": CONNECTION,
+              "params": {"max_new_tokens": max_new_tokens, **settings}}
     return pf.test(flow=str(FLOW), inputs=inputs)["answer"]
 
 
@@ -96,19 +98,19 @@ def test_client_errors_say_what_is_wrong(server):
 
 def test_flow_errors_surface_through_promptflow(pf, server):
     from runner.stages import chat
-    chat.save_connection(pf, server.url, "a-wrong-key")
+    chat.save_connection(pf, CONNECTION, server.url, "a-wrong-key")
     try:
         with pytest.raises(Exception, match="rejected the key"):
             flow_answer(pf, "hello")
     finally:
-        chat.save_connection(pf, server.url, server.key)
+        chat.save_connection(pf, CONNECTION, server.url, server.key)
 
 
 def test_pf_cli_flow_test_uses_the_same_connection(pf, trained_run):
     question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
     pf_cli = os.path.join(os.path.dirname(sys.executable), "pf")
     r = subprocess.run([pf_cli, "flow", "test", "--flow", str(FLOW), "--inputs", f"question={question}",
-                        "max_new_tokens=96"],
+                        f"connection={CONNECTION}"],
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert answer in r.stdout
@@ -122,3 +124,17 @@ def test_nothing_reached_an_outside_host(pf):
     import time
     time.sleep(3)
     assert outside_hosts == []
+
+
+def test_without_a_connection_the_flow_says_how_to_name_one(pf):
+    inputs = {"question": "hi", "chat_history": [], "connection": "", "params": {}}
+    with pytest.raises(Exception, match="no connection named"):
+        pf.test(flow=str(FLOW), inputs=inputs)
+    with pytest.raises(Exception, match="no Prompt flow connection 'phi3_nobody_00000000'"):
+        pf.test(flow=str(FLOW), inputs={**inputs, "connection": "phi3_nobody_00000000"})
+
+
+def test_the_environment_names_the_connection_for_the_ui(pf, trained_run):
+    question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
+    inputs = {"question": question, "chat_history": [], "connection": "", "params": {"max_new_tokens": 96}}
+    assert pf.test(flow=str(FLOW), inputs=inputs, environment_variables={"PHI3_CONNECTION": CONNECTION})["answer"] == answer

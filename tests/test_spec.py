@@ -162,3 +162,10 @@ def test_azure_values_given_on_the_command_line_are_redacted_too(tmp_path):
     assert r.returncode == 0, r.stderr
     written = "".join(p.read_text() for p in (tmp_path / "outputs").rglob("*") if p.is_file())
     assert "1234-not-for-files" not in written + r.stdout
+
+
+def test_each_run_directory_gets_its_own_chat_connection(compose_spec, tmp_path):
+    from runner.stages.chat import connection_name
+    spec = compose_spec("run.name=my-run")
+    a, b = connection_name(spec, tmp_path / "a"), connection_name(spec, tmp_path / "b")
+    assert a != b and a.startswith("phi3_my_run_") and a == connection_name(spec, tmp_path / "a")

@@ -146,6 +146,7 @@ def make_app(scorer, key: str, model_id: str):
             except BaseException as exc:  # handed to the stream, which reports it as an error event
                 result = exc
             loop.call_soon_threadsafe(pieces.put_nowait, result)
+            return result
 
         worker = loop.run_in_executor(None, work)
         try:
@@ -177,8 +178,9 @@ def make_app(scorer, key: str, model_id: str):
             if not worker.done():  # the client went away mid-answer: stop generating at the next token
                 cancel.set()
                 result = await worker
-                log("chat completion (stream): the client went away; generation stopped "
-                    f"after {time.time() - t0:.2f}s")
+                made = result.get("completion_tokens", "?") if isinstance(result, dict) else "?"
+                log(f"chat completion (stream): the client went away; generation stopped after {made} of "
+                    f"{params['max_new_tokens']} token(s), {time.time() - t0:.2f}s")
 
     async def not_found(request, exc):
         method = request.method
