@@ -1,0 +1,102 @@
+"""The chat page in a real browser (headless Chromium), served by `python -m runner stages=[chat] chat.ui=true`."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner import REPO_ROOT
+
+from . import _endpoint as ep  # before promptflow: points its home at a temporary folder
+from .browser import Browser, chromium_path, run
+
+
+@pytest.fixture(scope="module")
+def page(trained_run, tmp_path_factory):
+    """(URL of the page, run dir, the runner's output so far as a list) for the session's model, deployed by the
+    runner's own command line in a copy of the trained run."""
+    chromium_path()  # skip (or fail under CI=true) before deploying anything
+    root = tmp_path_factory.mktemp("page")
+    run_dir = root / "outputs" / "default" / "local_tiny_sample"
+    run_dir.mkdir(parents=True)
+    for f in ("manifest.json", "spec.yaml"):
+        shutil.copy(trained_run[1] / f, run_dir / f)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "stages=[register,deploy,chat]", "chat.ui=true"],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, url = [], None
+    deadline = time.monotonic() + 240
+    while url is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "chat page: http://" in line:
+            url = line.split("chat page: ")[1].split()[0]
+    try:
+        assert url, "".join(lines)[-3000:]
+        yield url, run_dir, lines
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        try:
+            out, _ = proc.communicate(timeout=30)
+            lines.append(out)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        subprocess.run([sys.executable, "-m", "runner", "stages=[teardown]"], cwd=root, env=env,
+                       capture_output=True, timeout=120)
+
+
+def test_a_training_question_typed_into_the_page_gets_the_fine_tuned_answer(page, trained_run):
+    url, run_dir, lines = page
+    rows = [r["messages"] for r in ep.training_rows(trained_run[2])
+            if [m["role"] for m in r["messages"]][:2] == ["user", "assistant"]]
+    (q1, a1), (q2, a2) = [(r[0]["content"], r[1]["content"]) for r in rows[:2]]
+    key = (run_dir / "secrets" / "endpoint.key").read_text().strip()
+
+    async def chat():
+        async with Browser() as b:
+            await b.goto(url)
+            where = await b.wait_for("document.getElementById('where').textContent.includes(':') && "
+                                     "document.getElementById('where').textContent")
+            await b.type_and_enter("#input", q1)
+            await b.wait_for("document.querySelectorAll('.msg.assistant[data-done]').length === 1")
+            first = await b.js("document.querySelector('.msg.assistant').textContent")
+            await b.type_and_enter("#input", q2)
+            await b.wait_for("document.querySelectorAll('.msg.assistant[data-done]').length === 2")
+            second = await b.js("document.querySelectorAll('.msg.assistant')[1].textContent")
+            html = await b.js("document.documentElement.outerHTML")
+            shot = Path(os.environ.get("CHAT_PAGE_SCREENSHOT", run_dir / "chat-page.png"))
+            await b.screenshot(shot)
+            return where, first, second, html, b.requests, b.console
+
+    where, first, second, html, requests, console = run(chat())
+    assert "phi3-chat-tiny:" in where and first == a1
+    posts = [json.loads(r["postData"]) for r in requests if r["method"] == "POST"]
+    # the second question went out with the conversation so far: the page carries it
+    assert posts[-1]["messages"] == [{"role": "user", "content": q1}, {"role": "assistant", "content": a1},
+                                     {"role": "user", "content": q2}] and posts[-1]["stream"] is True
+    assert second == ep.post(url + "v1/chat/completions", posts[-1] | {"stream": False},
+                             None)[1]["choices"][0]["message"]["content"]
+    assert all(r["url"].startswith(url.rstrip("/")) for r in requests)  # nothing but its own server
+    seen = html + json.dumps(requests) + "\n".join(console) + "".join(lines)
+    assert key not in seen  # the key never reaches the browser, nor the page server's output
+
+
+def test_another_origin_is_refused(page):
+    url = page[0]
+    status, body = ep.post(url + "v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, None)
+    assert status == 200
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(url + "v1/chat/completions", method="POST", headers={
+        "Origin": "http://evil.example", "Content-Type": "application/json"},
+        data=json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode())
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=30)
+    assert err.value.code == 403
