@@ -100,3 +100,37 @@ def test_another_origin_is_refused(page):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 403
+
+
+def test_prompt_flows_own_window_answers_with_the_runs_connection(page, trained_run):
+    """`pf flow test --flow flow --ui`, as the seed's readers use it, with this project's pins (filelock < 3.21)."""
+    name = next(line.split("connection ")[1].split()[0] for line in page[2] if "Prompt flow connection" in line)
+    question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
+    pf_cli = os.path.join(os.path.dirname(sys.executable), "pf")
+    proc = subprocess.Popen([pf_cli, "flow", "test", "--flow", "flow", "--ui", "--skip-open-browser",
+                             "--environment-variables", f"PHI3_CONNECTION={name}"], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    lines, url = [], None
+    try:
+        deadline = time.monotonic() + 120
+        while url is None and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Chat page URL" in line:
+                url = line.rsplit(": ", 1)[1].strip()
+        assert url, "".join(lines)[-3000:]
+
+        async def chat():
+            async with Browser() as b:
+                await b.goto(url)
+                await b.wait_for("!!document.querySelector('[contenteditable]')", timeout=90)
+                await b.type_and_enter("[contenteditable]", question)
+                return await b.wait_for(f"document.body.innerText.includes({json.dumps(answer)})", timeout=120)
+
+        assert run(chat())
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        subprocess.run([pf_cli, "service", "stop"], capture_output=True, timeout=60)
