@@ -58,10 +58,11 @@ def job_argv(run_dir: Path, outputs: Path) -> list[str]:
     return argv[3:]
 
 
-def run_job(run_dir: Path, root: Path, processes: int, kill_when=None) -> tuple[subprocess.CompletedProcess, Path]:
+def run_job(run_dir: Path, root: Path, processes: int, kill_when=None,
+            kill_ranks=True) -> tuple[subprocess.CompletedProcess, Path]:
     """The job's command in its code folder: `python -m trainer ...` alone, or under torchrun with processes ranks.
 
-    kill_when(outputs) -> True: SIGKILL torchrun and its ranks at that moment.
+    kill_when(outputs) -> True: SIGKILL torchrun (and its ranks, unless kill_ranks=False) at that moment.
     """
     outputs = root / "job-outputs"
     writes = root / "writes"
@@ -81,7 +82,7 @@ def run_job(run_dir: Path, root: Path, processes: int, kill_when=None) -> tuple[
         time.sleep(0.2)
     # as a node that dies: torchrun and its ranks at once (torchrun starts each rank in a session of its own)
     import psutil
-    for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+    for p in [psutil.Process(proc.pid), *(psutil.Process(proc.pid).children(recursive=True) if kill_ranks else [])]:
         p.kill()
     out, _ = proc.communicate(timeout=60)
     return subprocess.CompletedProcess(proc.args, proc.returncode, out), outputs
@@ -175,8 +176,11 @@ def test_a_sigkilled_two_process_run_resumes_from_its_sharded_checkpoint(tmp_pat
     def second_checkpoint(outputs):
         return (outputs / "checkpoints" / "checkpoint-40" / "trainer_state.json").is_file()
 
-    r, outputs = run_job(run_dir, tmp_path, 2, kill_when=second_checkpoint)
+    r, outputs = run_job(run_dir, tmp_path, 2, kill_when=second_checkpoint, kill_ranks=False)
     assert r.returncode == -signal.SIGKILL and second_checkpoint(outputs), r.stdout[-3000:]
+    time.sleep(2)  # the ranks end with torchrun (trainer.distributed.die_with_launcher), not at their last step
+    assert not any("trainer" in " ".join(p.cmdline()) and str(outputs) in " ".join(p.cmdline())
+                   for p in __import__("psutil").process_iter() if p.pid != os.getpid()), "ranks left training"
     assert not (outputs / "model_output" / "mlflow_model").exists()
     r, outputs = run_job(run_dir, tmp_path, 2)
     assert r.returncode == 0, r.stdout[-3000:]

@@ -45,6 +45,8 @@ def empty(folder: Path):
 
 def main(argv=None) -> int:
     args = parse(argv)
+    from .distributed import die_with_launcher
+    die_with_launcher()
     import yaml
     try:
         if not args.spec.is_file():

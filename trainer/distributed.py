@@ -22,6 +22,19 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def die_with_launcher():
+    """Under torchrun (which starts each rank in a session of its own): end this rank when torchrun ends, however it
+    ends. Without it, a SIGKILLed torchrun leaves its ranks training, racing the re-run that resumes their work."""
+    import sys
+    if not os.environ.get("TORCHELASTIC_RUN_ID") or sys.platform != "linux":
+        return
+    import ctypes
+    import signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # torchrun died before this line: nobody to train for
+        os._exit(1)
+
+
 def fsdp_arguments(fsdp_config: dict | None, activation_checkpointing: bool) -> dict:
     """TrainingArguments' own fsdp and fsdp_config for a sharded run (transformers 5: fsdp=True, the rest in
     fsdp_config; version 2 is FSDP2, fully_shard per decoder layer and then the root).
