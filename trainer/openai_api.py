@@ -40,6 +40,49 @@ def _text_of(content, where: str) -> str:
     return content
 
 
+class Incremental:
+    """Text of a growing list of token ids, handed out in pieces that always add up to the final answer: the
+    stripped decode /score returns, cut before the first stop string. Held back until they are safe: leading and
+    trailing whitespace (the answer is stripped), a partial UTF-8 character, and the tail that may begin a stop."""
+
+    def __init__(self, decode, stops=()):
+        self.decode, self.stops, self.ids, self.sent, self.stopped = decode, list(stops), [], "", False
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+
+    def _visible(self, ids) -> str:
+        text = self.decode(ids).lstrip()
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self.stopped = True
+            text = text[:min(hits)]
+        return text
+
+    def _hand_out(self, safe: str) -> str:
+        if len(safe) <= len(self.sent) or not safe.startswith(self.sent):
+            return ""  # nothing new, or a decode that rewrote its past (the final piece settles it)
+        piece, self.sent = safe[len(self.sent):], safe
+        return piece
+
+    def push(self, new_ids) -> str:
+        if self.stopped:
+            return ""
+        self.ids += new_ids
+        text = self._visible(self.ids)
+        if self.stopped:
+            return self._hand_out(text.rstrip())
+        safe = text[:len(text) - self.hold].rstrip().rstrip("\ufffd")
+        return self._hand_out(safe)
+
+    def finish(self, all_ids) -> str:
+        """The last piece, from every generated id."""
+        stopped, self.stopped = self.stopped, False
+        final = self._visible(list(all_ids)).strip()
+        self.stopped = self.stopped or stopped
+        if not final.startswith(self.sent):
+            return ""
+        return self._hand_out(final)
+
+
 def parse_messages_openai(messages) -> list[dict]:
     if not isinstance(messages, list) or not messages:
         raise BadRequest('messages must be a non-empty list of {"role": "system|user|assistant", "content": "..."}')

@@ -22,6 +22,7 @@ from pathlib import Path
 if not __package__:  # loaded by file path (azmlinfsrv --entry_script trainer/scoring.py)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from trainer.contract import DEFAULT_LIMIT, BadRequest, parse_request  # noqa: E402,F401  (BadRequest: callers)
+from trainer.openai_api import Incremental  # noqa: E402
 
 LIMIT_ENV = "MAX_NEW_TOKENS_LIMIT"
 TIMEOUT_ENV = "REQUEST_TIMEOUT_MS"  # deploy.request_timeout_ms, set in the deployment's environment
@@ -165,49 +166,6 @@ class Scorer:
         conversations, params = parse_request(raw, self.limit)
         encoded = [self.encode(messages, params, i) for i, messages in enumerate(conversations)]
         return [self.generate(prompt, enc, params, deadline) for prompt, enc in encoded]
-
-
-class Incremental:
-    """Text of a growing list of token ids, handed out in pieces that always add up to the final answer: the
-    stripped decode /score returns, cut before the first stop string. Held back until they are safe: leading and
-    trailing whitespace (the answer is stripped), a partial UTF-8 character, and the tail that may begin a stop."""
-
-    def __init__(self, decode, stops=()):
-        self.decode, self.stops, self.ids, self.sent, self.stopped = decode, list(stops), [], "", False
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-
-    def _visible(self, ids) -> str:
-        text = self.decode(ids).lstrip()
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            text = text[:min(hits)]
-        return text
-
-    def _hand_out(self, safe: str) -> str:
-        if len(safe) <= len(self.sent) or not safe.startswith(self.sent):
-            return ""  # nothing new, or a decode that rewrote its past (the final piece settles it)
-        piece, self.sent = safe[len(self.sent):], safe
-        return piece
-
-    def push(self, new_ids) -> str:
-        if self.stopped:
-            return ""
-        self.ids += new_ids
-        text = self._visible(self.ids)
-        if self.stopped:
-            return self._hand_out(text.rstrip())
-        safe = text[:len(text) - self.hold].rstrip().rstrip("\ufffd")
-        return self._hand_out(safe)
-
-    def finish(self, all_ids) -> str:
-        """The last piece, from every generated id."""
-        stopped, self.stopped = self.stopped, False
-        final = self._visible(list(all_ids)).strip()
-        self.stopped = self.stopped or stopped
-        if not final.startswith(self.sent):
-            return ""
-        return self._hand_out(final)
 
 
 _scorer: Scorer | None = None

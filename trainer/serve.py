@@ -6,9 +6,8 @@ clients speak, on Starlette under uvicorn (one process, one model, requests queu
   POST /v1/chat/completions   OpenAI's chat completions (trainer/openai_api.py); "stream": true -> SSE
   GET  /v1/models             the one model served, as OpenAI lists models
   GET  /health                200 {"status": "ok"} (the server listens only once the model is loaded)
-Every route but /health wants `Authorization: Bearer <key>`; both generation routes share one limit on new
-tokens, one request timeout (504) and the same greedy answers. A stream whose client goes away stops generating
-at the next token, so an abandoned chat page does not hold the model.
+Every route but /health wants `Authorization: Bearer <key>`; both generation routes share one new-token limit,
+one request timeout (504) and the same greedy answers. A stream whose client leaves stops at the next token.
 
 The key is read from a file only readable by its owner, never from the command line, and never logged.
 With --port 0 the system picks a free port; --ready-file then tells the caller which (JSON: pid, host, port).
@@ -20,7 +19,6 @@ import json
 import os
 import signal
 import socket
-import stat
 import sys
 import threading
 import time
@@ -28,23 +26,10 @@ import traceback
 from pathlib import Path
 
 from .files import write_atomic
+from .http_log import AccessLog, log, read_key
 
 MAX_BODY_BYTES = 1 << 20
 KEEPALIVE_S = 2.0  # an SSE comment this often while a stream waits for the model: a page that left is noticed
-
-
-def read_key(path: Path) -> str:
-    mode = path.stat().st_mode
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise SystemExit(f"error: {path} is readable by others (mode {stat.filemode(mode)}); chmod 600 it")
-    key = path.read_text().strip()
-    if len(key) < 16:
-        raise SystemExit(f"error: the key in {path} is too short (at least 16 characters)")
-    return key
-
-
-def log(msg: str):
-    print(f"{time.strftime('%d/%b/%Y %H:%M:%S')} {msg}", flush=True)
 
 
 def make_app(scorer, key: str, model_id: str):
@@ -190,29 +175,6 @@ def make_app(scorer, key: str, model_id: str):
     routes = [Route("/health", health), Route("/score", score, methods=["POST"]),
               Route("/v1/models", list_models), Route("/v1/chat/completions", chat_completions, methods=["POST"])]
     return AccessLog(Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}))
-
-
-class AccessLog:
-    """One line per request: method, path, status, seconds. Headers (and so the key) never reach the log."""
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t0, status = time.time(), [None]
-
-        async def send_noting(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_noting)
-        finally:
-            client = (scope.get("client") or ("-",))[0]
-            log(f"{client} \"{scope['method']} {scope['path']}\" {status[0]} {time.time() - t0:.2f}s")
 
 
 def parse(argv=None):
