@@ -16,6 +16,19 @@ from . import _endpoint as ep  # before promptflow: points its home at a tempora
 from .browser import Browser, chromium_path, run
 
 
+def first_url(proc, lines: list, marker: str, timeout: float, pick):
+    """Read the process's output (kept in lines) until a line with marker; pick(line) is the URL, None if none came."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            return None
+        lines.append(line)
+        if marker in line:
+            return pick(line)
+    return None
+
+
 @pytest.fixture(scope="module")
 def page(trained_run, tmp_path_factory):
     """(URL of the page, run dir, the runner's output so far as a list) for the session's model, deployed by the
@@ -29,15 +42,8 @@ def page(trained_run, tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "runner", "stages=[register,deploy,chat]", "chat.ui=true"],
                             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, url = [], None
-    deadline = time.monotonic() + 240
-    while url is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "chat page: http://" in line:
-            url = line.split("chat page: ")[1].split()[0]
+    lines = []
+    url = first_url(proc, lines, "chat page: http://", 240, lambda line: line.split("chat page: ")[1].split()[0])
     try:
         assert url, "".join(lines)[-3000:]
         yield url, run_dir, lines
@@ -112,16 +118,9 @@ def test_prompt_flows_own_window_answers_with_the_runs_connection(page, trained_
     proc = subprocess.Popen([pf_cli, "flow", "test", "--flow", "flow", "--ui", "--skip-open-browser",
                              "--environment-variables", f"PHI3_CONNECTION={name}"], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines, url = [], None
+    lines = []
     try:
-        deadline = time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Chat page URL" in line:
-                url = line.rsplit(": ", 1)[1].strip()
+        url = first_url(proc, lines, "Chat page URL", 120, lambda line: line.rsplit(": ", 1)[1].strip())
         assert url, "".join(lines)[-3000:]
 
         async def chat():
