@@ -115,6 +115,9 @@ def test_prompt_flows_own_window_answers_with_the_runs_connection(page, trained_
     server_log = page[1] / "deploy" / "server.log"
     scored = server_log.read_text().count('"POST /score" 200')
     pf_cli = os.path.join(os.path.dirname(sys.executable), "pf")
+    # the window runs the flow through Prompt flow's service, a long-lived process on 127.0.0.1:23333; one left
+    # from another Prompt flow home would look connections up there: start from none
+    subprocess.run([pf_cli, "service", "stop"], capture_output=True, timeout=60)
     proc = subprocess.Popen([pf_cli, "flow", "test", "--flow", "flow", "--ui", "--skip-open-browser",
                              "--environment-variables", f"PHI3_CONNECTION={name}"], cwd=REPO_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
