@@ -104,6 +104,31 @@ def in_use(directory: Path) -> str | None:
         os.close(fd)
 
 
+_TEMP = re.compile(r"^\..+\.tmp(\d+)$")  # trainer.files.write_atomic's temp file: .<name>.tmp<pid>
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove the temp files of atomic writes that a kill cut short (their writer's pid is gone); a live writer's
+    (an endpoint still serving from an earlier command) is left alone. Called by the run's new writer."""
+    removed = []
+    for path in Path(directory).rglob(".*.tmp*"):
+        m = _TEMP.match(path.name)
+        if m and path.is_file() and not _alive(int(m.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class OneWriter:
     """`with OneWriter(run_dir):` this process is the run directory's only writer, or UserError (exit 2) names the
     one that is, and what to do. The lock is an flock on <run_dir>/.lock: no stale pid file survives a SIGKILL."""
@@ -126,6 +151,7 @@ class OneWriter:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self.fd = fd
+        remove_stale_temps(self.directory)
         return self
 
     def __exit__(self, *exc):

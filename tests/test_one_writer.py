@@ -97,3 +97,23 @@ def test_two_invocations_of_one_run_at_once_train_once(tmp_path):
         [e.experiment_id for e in mlflow.MlflowClient(
             manifest["stages"]["train"]["outputs"]["tracking_uri"]).search_experiments()])
     assert len(runs) == 1
+
+
+def test_the_next_writer_removes_temp_files_a_kill_left_and_keeps_a_live_writers(tmp_path):
+    from trainer.files import write_atomic
+    from runner.rundir import OneWriter
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # exited: its temp file is what a SIGKILL between write and rename leaves
+    (tmp_path / "deploy").mkdir()
+    cut = [tmp_path / f".manifest.json.tmp{dead_pid}", tmp_path / "deploy" / f".server.json.tmp{dead_pid}"]
+    for path in cut:
+        path.write_text('{"half": ')
+    live = tmp_path / f".server.json.tmp{os.getpid()}"  # a writer still at work (this process)
+    live.write_text("{}")
+    other = tmp_path / "notes.tmp1"  # not an atomic write's name: not ours to remove
+    other.write_text("x")
+    with OneWriter(tmp_path, "python -m runner"):
+        assert not any(p.exists() for p in cut)
+        assert live.exists() and other.exists()
+        write_atomic(tmp_path / "manifest.json", "{}")
+    assert (tmp_path / "manifest.json").read_text() == "{}"
