@@ -47,11 +47,15 @@ def post(url: str, body, key: str | None, timeout: float = 60) -> tuple[int, obj
 class Server:
     """python -m trainer.serve on a free loopback port, started as the deploy stage starts it."""
 
-    def __init__(self, model_dir, workdir: Path, limit: int = 128):
+    def __init__(self, model_dir, workdir: Path, limit: int = 128, key: str | None = None):
+        """key: the one it accepts (as an Azure endpoint's key is given); a fresh random one by default."""
         from runner.local import server
+        from trainer.files import write_atomic
         workdir.mkdir(parents=True, exist_ok=True)
         key_file, self.ready, self.log = workdir / "endpoint.key", workdir / "server.json", workdir / "server.log"
         server.new_key(key_file)
+        if key is not None:
+            write_atomic(key_file, key + "\n", mode=0o600)
         self.key = key_file.read_text().strip()
         self.proc = server.start(server.command(model_dir, key_file, self.ready, limit=limit), self.log)
         try:

@@ -146,3 +146,89 @@ def test_prompt_flows_own_window_answers_with_the_runs_connection(page, trained_
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
         subprocess.run([pf_cli, "service", "stop"], capture_output=True, timeout=60)
+
+
+def test_the_page_chats_with_an_azure_endpoint_and_the_browser_never_sees_its_key(trained_run, compose_spec,
+                                                                                   tmp_path, monkeypatch):
+    """compute=a100: deploy against the recording Azure stand-in, then the page finds the endpoint's scoring URI
+    and key from Azure as the runner does; the URI's host stands for a local server speaking /score (Azure's
+    contract, no streaming) that accepts only that key."""
+    import dataclasses
+    import threading
+
+    import uvicorn
+
+    from runner.app import write_spec
+    from runner.azure import deploy as az_deploy
+    from runner.azure import retry
+    from runner.context import Context
+    from runner.manifest import Manifest
+    from runner.spec import azure_env_paths
+    from runner.stages import chat, chat_page
+
+    from .azure_standin import AZURE, KEY, FakeML
+
+    chromium_path()
+    spec = compose_spec("compute=a100", "model=phi35", "data=1pct")
+    spec["azure"] = dict(AZURE)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_spec(spec, run_dir, azure_env_paths())
+    fake = FakeML()
+    monkeypatch.setattr(az_deploy, "client", lambda spec: fake)
+    monkeypatch.setattr(retry, "_sleep", lambda s: None)
+    ctx = Context(run_dir, Manifest(run_dir), log=lambda *_: None, stage="deploy")
+    ctx.manifest.record("register", "done", "h", {"model_name": "phi3-chat-phi35", "model_version": "3"})
+    ctx.manifest.record("deploy", "done", "h", az_deploy.run(spec, ctx))
+
+    azure = chat.upstream(spec, run_dir)  # what the page is given: Azure's scoring URI and key, /score only
+    assert azure.kind == "score" and azure.key == KEY and azure.model == "phi3-chat-phi35:3"
+    assert azure.url.startswith("https://") and azure.url.endswith(".inference.ml.azure.com/score")
+    local = ep.Server(trained_run[2]["stages"]["train"]["outputs"]["mlflow_model_dir"], tmp_path / "endpoint",
+                      limit=spec["deploy"]["max_new_tokens_limit"], key=KEY)
+    resolved = []
+
+    def resolve():
+        up = chat.upstream(spec, run_dir)
+        resolved.append(up.url)
+        return dataclasses.replace(up, url=local.url)  # the one thing the stand-in cannot give: a reachable host
+
+    printed = []
+    server = uvicorn.Server(uvicorn.Config(chat_page.make_app(resolve, printed.append), host="127.0.0.1", port=0,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/"
+        (q1, a1), (q2, _) = ep.single_turn_pairs(trained_run[2], 2)
+
+        async def chat_in_browser():
+            async with Browser() as b:
+                await b.goto(url)
+                where = await b.wait_for("document.getElementById('where').textContent.includes(':') && "
+                                         "document.getElementById('where').textContent")
+                await b.type_and_enter("#input", q1)
+                await b.wait_for("document.querySelectorAll('.msg.assistant[data-done]').length === 1")
+                first = await b.js("document.querySelector('.msg.assistant').textContent")
+                await b.type_and_enter("#input", q2)
+                await b.wait_for("document.querySelectorAll('.msg.assistant[data-done]').length === 2")
+                html = await b.js("document.documentElement.outerHTML")
+                return where, first, html, b.requests, b.console
+
+        where, first, html, requests, console = run(chat_in_browser())
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        local.stop()
+    assert "inference.ml.azure.com (/score)" in where and "phi3-chat-phi35:3" in where
+    assert first == a1  # the fine-tuned answer, through Azure's contract
+    assert resolved and set(resolved) == {azure.url}
+    posts = [json.loads(r["postData"]) for r in requests if r["method"] == "POST"]
+    assert [m["content"] for m in posts[-1]["messages"]] == [q1, a1, q2]  # the conversation carried
+    assert all(r["url"].startswith(url.rstrip("/")) for r in requests)  # the browser talks to its own server only
+    assert local.log.read_text().count('"POST /score" 200') == 2  # both turns reached the endpoint with its key
+    seen = html + json.dumps(requests) + "\n".join(console) + "\n".join(map(str, printed))
+    assert KEY not in seen and KEY[::-1] not in seen

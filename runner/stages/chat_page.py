@@ -12,6 +12,7 @@ Only pages this process served may call it: requests naming another Host (DNS re
 Origin (a web page in another tab) are refused with 403. The endpoint is looked up again when it stops
 answering or refuses the key (a redeploy moves a local endpoint to a new port and key).
 """
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -163,7 +164,12 @@ def make_app(resolve, log=print):
 
     routes = [Route("/", page), Route("/v1/models", models),
               Route("/v1/chat/completions", completions, methods=["POST"])]
-    return Starlette(routes=routes, on_shutdown=[client.aclose])
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        await client.aclose()
+
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def serve(resolve, host: str, port: int, out=print, log_level: str = "warning") -> int:
