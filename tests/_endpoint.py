@@ -70,3 +70,57 @@ class Server:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=20)
+
+
+def abandon_stream(url: str, body: dict, key: str | None, pieces: int = 3, timeout: float = 60) -> list[str]:
+    """POST a streaming chat completion, read until `pieces` content deltas came, then hang up (as a closed tab
+    does). Returns the deltas read; fewer when the answer ended first."""
+    import http.client
+    from urllib.parse import urlsplit
+    u = urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    conn.request("POST", u.path, json.dumps({**body, "stream": True}), headers)
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.read()[:500]
+    got = []
+    while len(got) < pieces:
+        line = resp.fp.readline()
+        if not line or line.strip() == b"data: [DONE]":
+            break
+        if line.startswith(b"data: "):
+            delta = json.loads(line[6:])["choices"][0]["delta"]
+            if delta.get("content"):
+                got.append(delta["content"])
+    conn.sock.close()  # hang up mid-answer
+    conn.close()
+    return got
+
+
+def wait_for_line(path: Path, marker: str, skip: int = 0, timeout: float = 30) -> str | None:
+    """The first line of the file containing marker, past the first `skip` such lines; None after timeout."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [line for line in Path(path).read_text().splitlines() if marker in line]
+        if len(found) > skip:
+            return found[skip]
+        time.sleep(0.05)
+    return None
+
+
+WENT_AWAY = "the client went away; generation stopped after "
+
+
+def abandoned(url, key, log, max_tokens: int, tries=5) -> int:
+    """Tokens generated for a streamed answer hung up on after 3 pieces (sampled noise: it rarely ends early;
+    an answer that did end before the hang-up is tried again)."""
+    body = {"messages": [{"role": "user", "content": "zq xv"}], "max_tokens": max_tokens, "temperature": 2.0}
+    for _ in range(tries):
+        seen = Path(log).read_text().count(WENT_AWAY)
+        if len(abandon_stream(url, body, key)) < 3:
+            continue
+        line = wait_for_line(log, WENT_AWAY, skip=seen)
+        assert line, Path(log).read_text()[-2000:]
+        return int(line.split(WENT_AWAY)[1].split()[0])
+    raise AssertionError(f"every sampled answer ended within 3 pieces in {tries} tries")

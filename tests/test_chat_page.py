@@ -232,3 +232,10 @@ def test_the_page_chats_with_an_azure_endpoint_and_the_browser_never_sees_its_ke
     assert local.log.read_text().count('"POST /score" 200') == 2  # both turns reached the endpoint with its key
     seen = html + json.dumps(requests) + "\n".join(console) + "\n".join(map(str, printed))
     assert KEY not in seen and KEY[::-1] not in seen
+
+
+def test_a_stream_the_page_abandons_stops_the_endpoint_generating(page):
+    """A tab closed mid-answer: the page server hangs up on the endpoint, which stops at the next token."""
+    url, run_dir = page[0], page[1]
+    made = ep.abandoned(url + "v1/chat/completions", None, run_dir / "deploy" / "server.log", 256)
+    assert made < 100  # of 256

@@ -172,6 +172,15 @@ def test_a_cancelled_completion_frees_the_model_at_the_next_token(model_dir):
     s.lock.release()
 
 
+def test_a_stream_the_client_abandons_stops_generating_and_frees_the_model(server):
+    made = ep.abandoned(f"{server.base}/v1/chat/completions", server.key, server.log, 480)
+    assert made < 100  # of 480: stopped at the hang-up, not at the end
+    t0 = time.monotonic()
+    status, body = ep.post(f"{server.base}/v1/chat/completions",
+                           {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}, server.key)
+    assert status == 200 and time.monotonic() - t0 < 30  # the model is free for the next request
+
+
 # ---- the request contract, fuzzed without a model --------------------------------------------------------
 
 json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),

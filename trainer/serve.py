@@ -162,10 +162,14 @@ def make_app(scorer, key: str, model_id: str):
         finally:
             if not worker.done():  # the client went away mid-answer: stop generating at the next token
                 cancel.set()
-                result = await worker
-                made = result.get("completion_tokens", "?") if isinstance(result, dict) else "?"
-                log(f"chat completion (stream): the client went away; generation stopped after {made} of "
-                    f"{params['max_new_tokens']} token(s), {time.time() - t0:.2f}s")
+
+                def note(done):  # no await here: the stream's task is being cancelled, and would be again
+                    result = None if done.cancelled() else done.result()
+                    made = result.get("completion_tokens", "?") if isinstance(result, dict) else "?"
+                    log(f"chat completion (stream): the client went away; generation stopped after {made} of "
+                        f"{params['max_new_tokens']} token(s), {time.time() - t0:.2f}s")
+
+                worker.add_done_callback(note)
 
     async def not_found(request, exc):
         method = request.method
