@@ -22,6 +22,7 @@ from runner.errors import StageFailed, UserError
 from runner.manifest import Manifest
 from runner.spec import azure_env_paths
 
+from . import _endpoint  # noqa: F401  before promptflow: its home in a temporary folder
 from .azure_standin import AZURE, CLIENT_ID, KEY, SUBSCRIPTION, TENANT, FakeML, Killed, http_error
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -348,6 +349,23 @@ def test_teardown_deletes_the_endpoint_and_is_idempotent(azure_ctx):
     assert ctx.manifest.entry("deploy")["status"] == "stopped"  # the next deploy creates it again
     assert az_teardown.run(spec, ctx) == {"deleted": None}
     assert fake.names().count("online_endpoints.begin_delete") == 1
+
+
+def test_teardown_forgets_the_runs_prompt_flow_connection(azure_ctx):
+    from promptflow.client import PFClient
+
+    from runner.stages import chat
+    spec, ctx, fake, logs = azure_ctx
+    ctx.manifest.record("deploy", "done", "h", deploy_once(spec, ctx, "1"))
+    url, key = az_deploy.endpoint_credentials(spec, ctx)
+    name = chat.connection_name(spec, ctx.run_dir)
+    chat.keep_promptflow_local()
+    chat.save_connection(PFClient(), name, url, key)  # what the chat stage writes
+    ctx.manifest.record("chat", "done", "h", {"connection": name, "endpoint_url": url})
+    az_teardown.run(spec, ctx)
+    assert f"[teardown] deleted the Prompt flow connection {name}" in logs
+    assert name not in [c.name for c in PFClient().connections.list()]
+    az_teardown.run(spec, ctx)  # again: nothing left to delete, no error
 
 
 def test_missing_endpoint_for_chat_is_a_stage_failure(azure_ctx):

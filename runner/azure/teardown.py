@@ -1,5 +1,7 @@
-"""teardown (Azure ML): delete the endpoint and its deployments. Safe to repeat; the cluster scales to 0 alone."""
+"""teardown (Azure ML): delete the endpoint and its deployments, and the run's Prompt flow connection. Safe to
+repeat; the cluster scales to 0 alone."""
 from ..spec import hardware
+from ..stages import chat
 from . import resources
 from .client import azure_errors, client, get_or_none
 from .retry import call
@@ -19,6 +21,7 @@ def run(spec, ctx) -> dict:
             pass  # deleted meanwhile
     ctx.log(f"[teardown] deleted endpoint {name}" if deleted else f"[teardown] no endpoint {name}: nothing to delete")
     ctx.manifest.mark_stopped("deploy")  # so the next deploy creates it again
+    chat.delete_connection(spec, ctx.run_dir, ctx.log)
     return {"deleted": deleted}
 
 
@@ -27,6 +30,7 @@ def plan(spec, ctx) -> list[str]:
     return [f"would delete endpoint {resources.endpoint_name(spec)} and its deployments if it exists, ending their bill "
             f"({d['instance_type']} x{d['instance_count']}: {hardware.hourly(d['instance_type'], d['instance_count'])}); "
             + ("serverless training left no cluster behind" if spec["compute"]["cluster_name"] is None else
-               "the compute cluster stays (it scales to 0 nodes when idle)")]
+               "the compute cluster stays (it scales to 0 nodes when idle)")
+            + "; deletes the run's Prompt flow connection if its chat stage wrote one"]
 
 

@@ -20,4 +20,5 @@ def run(spec, ctx):
 
 
 def plan(spec, ctx):
-    return ["stops every local endpoint server this run directory started (recorded, or left by a crash)"]
+    return ["stops every local endpoint server this run directory started (recorded, or left by a crash), and "
+            "deletes the run's Prompt flow connection if its chat stage wrote one"]

@@ -131,7 +131,10 @@ def run(spec, ctx):
 
 
 def delete_connection(spec, run_dir, log) -> None:
-    """Teardown: forget this run's connection (its endpoint is gone); nothing to do when there is none."""
+    """Teardown (either backend): forget this run's connection, as its endpoint is gone. Prompt flow (seconds to
+    import) is loaded only when this run's chat stage ever wrote one."""
+    if not Manifest(run_dir).outputs("chat").get("connection"):
+        return
     keep_promptflow_local()
     from promptflow.client import PFClient
 
