@@ -18,7 +18,6 @@ import hmac
 import json
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -201,45 +200,28 @@ def parse(argv=None):
 def main(argv=None) -> int:
     args = parse(argv)
     key = read_key(args.key_file)
-    import uvicorn
+    from . import asgi, scoring
 
-    from . import scoring
-
-    # bind first: a busy port fails at once, not after loading the model; early requests wait in the backlog
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((args.host, args.port))
+        sock = asgi.bind(args.host, args.port)
     except OSError as exc:
         raise SystemExit(f"error: cannot listen on {args.host}:{args.port} ({exc.strerror})") from None
-    sock.listen(64)
-    sock.set_inheritable(True)
     port = sock.getsockname()[1]
     t0 = time.time()
     scorer = scoring.load(args.model_dir, args.max_new_tokens_limit, args.request_timeout_ms)
     model_id = args.model_name or scorer.model_dir.name
     print(f"loaded {scorer.model_dir} as {model_id!r} in {time.time() - t0:.1f}s "
           f"(max_new_tokens limit {scorer.limit}, device {scorer.device})", flush=True)
-    config = uvicorn.Config(make_app(scorer, key, model_id), log_level="warning", access_log=False, lifespan="off",
-                            timeout_graceful_shutdown=3, limit_concurrency=256)
-    server = uvicorn.Server(config)
-    ready = {"pid": os.getpid(), "host": args.host, "port": port}
-    original_startup = server.startup
 
-    async def startup(sockets=None):  # the ready file once uvicorn accepts, not before
-        await original_startup(sockets=sockets)
-        if not server.started:
-            return
+    def listening():  # the ready file once uvicorn accepts, not before
         if args.ready_file:
-            write_atomic(args.ready_file, json.dumps(ready))
+            write_atomic(args.ready_file, json.dumps({"pid": os.getpid(), "host": args.host, "port": port}))
         print(f"listening on http://{args.host}:{port} (POST /score, POST /v1/chat/completions, "
-                  "GET /v1/models, GET /health)", flush=True)
+              "GET /v1/models, GET /health)", flush=True)
 
-    server.startup = startup
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # until uvicorn installs its own handlers
     try:
-        server.run(sockets=[sock])
+        asgi.run(make_app(scorer, key, model_id), sock, listening, lifespan="off", limit_concurrency=256)
     except KeyboardInterrupt:
         pass
     finally:

@@ -172,27 +172,14 @@ def make_app(resolve, log=print):
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def serve(resolve, host: str, port: int, out=print, log_level: str = "warning") -> int:
-    """Serve the page in the foreground until Ctrl-C (or SIGTERM); prints its URL once it listens."""
-    import socket
+def serve(resolve, host: str, port: int, out=print) -> int:
+    """Serve the page in the foreground until Ctrl-C (or SIGTERM); prints its URL once it listens. OSError when
+    the port cannot be had."""
+    from trainer import asgi
 
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(64)
+    sock = asgi.bind(host, port)
     port = sock.getsockname()[1]
-    app = make_app(resolve, out)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=3))
-    original_startup = server.startup
-
-    async def startup(sockets=None):
-        await original_startup(sockets=sockets)
-        if server.started:
-            out(f"[chat] chat page: http://{host}:{port}/  (Ctrl-C stops it; the endpoint keeps running)")
-
-    server.startup = startup
-    server.run(sockets=[sock])
+    asgi.run(make_app(resolve, out), sock,
+             lambda: out(f"[chat] chat page: http://{host}:{port}/  (Ctrl-C stops it; the endpoint keeps running)"))
     out("[chat] chat page stopped")
     return 0
