@@ -239,3 +239,30 @@ def test_a_stream_the_page_abandons_stops_the_endpoint_generating(page):
     url, run_dir = page[0], page[1]
     made = ep.abandoned(url + "v1/chat/completions", None, run_dir / "deploy" / "server.log", 256)
     assert made < 100  # of 256
+
+
+def test_an_endpoint_gone_while_the_page_is_open_is_said_on_the_page_not_a_crash():
+    """The endpoint was torn down under an open page: looking it up again fails, and the page says why (502)."""
+    import socket
+
+    from starlette.testclient import TestClient
+
+    from runner.errors import StageFailed
+    from runner.stages import chat_page
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    calls = []
+
+    def resolve():
+        calls.append(1)
+        if len(calls) > 1:
+            raise StageFailed("no local endpoint is running for this run: python -m runner stages=[deploy]")
+        return chat_page.Upstream("openai", f"http://127.0.0.1:{port}/v1", "k" * 20, "m:1", 64, "local")
+
+    printed = []
+    with TestClient(chat_page.make_app(resolve, printed.append), base_url=f"http://127.0.0.1:{port}") as client:
+        r = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 502 and "cannot reach the endpoint" in r.json()["error"]["message"]
+    assert len(calls) == 2 and any("stages=[deploy]" in line for line in printed)

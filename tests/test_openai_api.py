@@ -212,6 +212,9 @@ def test_parse_maps_openai_settings_onto_the_scoring_ones():
     assert opts["stop"] == ["\n"] and opts["stream"] is False
     _, params, _ = oa.parse_chat({"messages": [{"role": "user", "content": "hi"}]}, 256, "m")
     assert params["temperature"] == 0.0 and params["do_sample"] is False and params["max_new_tokens"] == 64
+    _, params, _ = oa.parse_chat({"messages": [{"role": "user", "content": "hi"}], "n": None,
+                                  "max_completion_tokens": None, "max_tokens": 50}, 256, "m")
+    assert params["max_new_tokens"] == 50  # explicit nulls, as some clients send them, count as absent
 
 
 def test_incremental_text_adds_up_to_the_stripped_answer():
@@ -225,3 +228,8 @@ def test_incremental_text_adds_up_to_the_stripped_answer():
     stop = Incremental(decode, ["wor"])
     pieces = [stop.push([i]) for i in range(len(words))] + [stop.finish(range(len(words)))]
     assert "".join(pieces) == "Hello" and stop.stopped
+    # a stop longer than the answer so far: nothing of its prefix is handed out before it completes
+    parts = ["U", "se", "r:", " hi"]
+    short = Incremental(lambda ids: "".join(parts[i] for i in ids), ["User:"])
+    pieces = [short.push([i]) for i in range(len(parts))] + [short.finish(range(len(parts)))]
+    assert "".join(pieces) == "" == short.sent and short.stopped

@@ -70,7 +70,7 @@ class Incremental:
         text = self._visible(self.ids)
         if self.stopped:
             return self._hand_out(text.rstrip())
-        safe = text[:len(text) - self.hold].rstrip().rstrip("\ufffd")
+        safe = text[:max(len(text) - self.hold, 0)].rstrip().rstrip("\ufffd")
         return self._hand_out(safe)
 
     def finish(self, all_ids) -> str:
@@ -120,7 +120,7 @@ def parse_chat(body, limit: int, served_model: str) -> tuple[list[dict], dict, d
     model = body.get("model")
     if model not in (None, "", served_model):
         raise NotFound(f"model {model!r} is not served here; this endpoint serves {served_model!r} (GET /v1/models)")
-    if body.get("n", 1) != 1:
+    if body.get("n") not in (None, 1):
         raise BadRequest(f"n={body['n']!r}: this endpoint returns one choice per request; send n=1 or leave it out")
     for name, off in (("tools", (None, [])), ("functions", (None, [])), ("logprobs", (None, False))):
         if body.get(name, None) not in off:
@@ -130,7 +130,8 @@ def parse_chat(body, limit: int, served_model: str) -> tuple[list[dict], dict, d
         raise BadRequest(f"response_format {fmt!r} is not supported; this endpoint answers in plain text")
     messages = parse_messages_openai(body["messages"])
     params = {}
-    tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    tokens = body.get("max_completion_tokens")
+    tokens = body.get("max_tokens") if tokens is None else tokens  # an explicit null is as good as absent
     if tokens is not None:
         params["max_new_tokens"] = tokens
     temperature = body.get("temperature")

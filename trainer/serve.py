@@ -133,6 +133,7 @@ def make_app(scorer, key: str, model_id: str):
             return result
 
         worker = loop.run_in_executor(None, work)
+        finished = False  # the final item was read (the executor's future may not say done yet)
         try:
             yield oa.sse(oa.chunk(cid, opts["model"], {"role": "assistant", "content": ""}))
             while True:
@@ -144,6 +145,7 @@ def make_app(scorer, key: str, model_id: str):
                 if isinstance(item, str):
                     yield oa.sse(oa.chunk(cid, opts["model"], {"content": item}))
                     continue
+                finished = True
                 if isinstance(item, BaseException):
                     status = 504 if isinstance(item, TimedOut) else 500
                     if status == 500:
@@ -159,7 +161,7 @@ def make_app(scorer, key: str, model_id: str):
                 yield oa.sse("[DONE]")
                 return
         finally:
-            if not worker.done():  # the client went away mid-answer: stop generating at the next token
+            if not finished:  # the client went away mid-answer: stop generating at the next token
                 cancel.set()
 
                 def note(done):  # no await here: the stream's task is being cancelled, and would be again

@@ -34,6 +34,7 @@ class Upstream:
 
 def make_app(resolve, log=print):
     """The page's ASGI app; resolve() -> Upstream, called at start and whenever the endpoint seems to have moved."""
+    import anyio
     import httpx
     from starlette.applications import Starlette
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -68,17 +69,28 @@ def make_app(resolve, log=print):
             try:
                 req = client.build_request(method, url, headers=headers(up), content=body)
                 resp = await client.send(req, stream=stream)
-            except httpx.TransportError as exc:
-                if attempt == 0:
-                    state["up"] = resolve()
-                    continue
-                return None, f"cannot reach the endpoint at {url.split('?')[0]} ({type(exc).__name__}): is it running?"
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # not sent: safe to send again
+                problem = f"cannot reach the endpoint at {url.split('?')[0]} ({type(exc).__name__}): is it running?"
+                if attempt == 1 or not await look_up_again():
+                    return None, problem
+                continue
+            except httpx.HTTPError as exc:  # sent, and maybe generating: not sent twice
+                return None, f"the endpoint at {url.split('?')[0]} did not answer ({type(exc).__name__})"
             if resp.status_code == 401 and attempt == 0:
                 await resp.aclose()
-                state["up"] = resolve()
-                continue
+                if await look_up_again():
+                    continue
+                return None, "the endpoint refused the key, and looking it up again failed"
             return resp, None
-        return None, "the endpoint refused the key"
+
+    async def look_up_again() -> bool:
+        """Read the endpoint afresh (a redeploy moves it); off the event loop, as Azure's SDK blocks."""
+        try:
+            state["up"] = await anyio.to_thread.run_sync(resolve)
+            return True
+        except Exception as exc:  # no endpoint any more (torn down), Azure unreachable: said on the page
+            log(f"[chat] looking the endpoint up again failed: {exc}")
+            return False
 
     async def page(request):
         if not allowed(request):
@@ -112,14 +124,20 @@ def make_app(resolve, log=print):
         if resp is None:
             return JSONResponse(oa.error(problem, 502), 502)
         if not wants_stream or resp.status_code != 200:
-            body = await resp.aread()
-            await resp.aclose()
+            try:
+                body = await resp.aread()
+            except httpx.HTTPError as exc:
+                return JSONResponse(oa.error(f"the endpoint stopped answering ({type(exc).__name__})", 502), 502)
+            finally:
+                await resp.aclose()
             return Response(body, resp.status_code, media_type=resp.headers.get("content-type"))
 
         async def relay():
             try:
                 async for part in resp.aiter_raw():
                     yield part
+            except httpx.HTTPError as exc:  # the endpoint died mid-answer: an error event, not a cut-off stream
+                yield oa.sse(oa.error(f"the endpoint stopped answering ({type(exc).__name__})", 502))
             finally:  # the page went away (or the answer ended): close upstream, which stops the generation
                 await resp.aclose()
 
