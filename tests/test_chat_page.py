@@ -29,6 +29,24 @@ def first_url(proc, lines: list, marker: str, timeout: float, pick):
     return None
 
 
+async def two_turns(url: str, q1: str, q2: str, screenshot: Path | None = None) -> dict:
+    """Open the page, ask q1 then q2 as a person would (type, Enter, wait for the answer); what the page showed
+    and what the browser sent."""
+    async with Browser() as b:
+        await b.goto(url)
+        where = await b.wait_for("document.getElementById('where').textContent.includes(':') && "
+                                 "document.getElementById('where').textContent")
+        answers = []
+        for n, q in enumerate((q1, q2), 1):
+            await b.type_and_enter("#input", q)
+            await b.wait_for(f"document.querySelectorAll('.msg.assistant[data-done]').length === {n}")
+            answers.append(await b.js(f"document.querySelectorAll('.msg.assistant')[{n - 1}].textContent"))
+        html = await b.js("document.documentElement.outerHTML")
+        if screenshot:
+            await b.screenshot(screenshot)
+        return {"where": where, "answers": answers, "html": html, "requests": b.requests, "console": b.console}
+
+
 @pytest.fixture(scope="module")
 def page(trained_run, tmp_path_factory):
     """(URL of the page, run dir, the runner's output so far as a list) for the session's model, deployed by the
@@ -65,23 +83,10 @@ def test_a_training_question_typed_into_the_page_gets_the_fine_tuned_answer(page
     (q1, a1), (q2, a2) = [(r[0]["content"], r[1]["content"]) for r in rows[:2]]
     key = (run_dir / "secrets" / "endpoint.key").read_text().strip()
 
-    async def chat():
-        async with Browser() as b:
-            await b.goto(url)
-            where = await b.wait_for("document.getElementById('where').textContent.includes(':') && "
-                                     "document.getElementById('where').textContent")
-            await b.type_and_enter("#input", q1)
-            await b.wait_for("document.querySelectorAll('.msg.assistant[data-done]').length === 1")
-            first = await b.js("document.querySelector('.msg.assistant').textContent")
-            await b.type_and_enter("#input", q2)
-            await b.wait_for("document.querySelectorAll('.msg.assistant[data-done]').length === 2")
-            second = await b.js("document.querySelectorAll('.msg.assistant')[1].textContent")
-            html = await b.js("document.documentElement.outerHTML")
-            shot = Path(os.environ.get("CHAT_PAGE_SCREENSHOT", run_dir / "chat-page.png"))
-            await b.screenshot(shot)
-            return where, first, second, html, b.requests, b.console
-
-    where, first, second, html, requests, console = run(chat())
+    shot = Path(os.environ.get("CHAT_PAGE_SCREENSHOT", run_dir / "chat-page.png"))
+    seen = run(two_turns(url, q1, q2, shot))
+    where, (first, second), html = seen["where"], seen["answers"], seen["html"]
+    requests, console = seen["requests"], seen["console"]
     assert "phi3-chat-tiny:" in where and first == a1
     posts = [json.loads(r["postData"]) for r in requests if r["method"] == "POST"]
     # the second question went out with the conversation so far: the page carries it
@@ -205,20 +210,9 @@ def test_the_page_chats_with_an_azure_endpoint_and_the_browser_never_sees_its_ke
         url = f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}/"
         (q1, a1), (q2, _) = ep.single_turn_pairs(trained_run[2], 2)
 
-        async def chat_in_browser():
-            async with Browser() as b:
-                await b.goto(url)
-                where = await b.wait_for("document.getElementById('where').textContent.includes(':') && "
-                                         "document.getElementById('where').textContent")
-                await b.type_and_enter("#input", q1)
-                await b.wait_for("document.querySelectorAll('.msg.assistant[data-done]').length === 1")
-                first = await b.js("document.querySelector('.msg.assistant').textContent")
-                await b.type_and_enter("#input", q2)
-                await b.wait_for("document.querySelectorAll('.msg.assistant[data-done]').length === 2")
-                html = await b.js("document.documentElement.outerHTML")
-                return where, first, html, b.requests, b.console
-
-        where, first, html, requests, console = run(chat_in_browser())
+        seen = run(two_turns(url, q1, q2))
+        where, first, html = seen["where"], seen["answers"][0], seen["html"]
+        requests, console = seen["requests"], seen["console"]
     finally:
         server.should_exit = True
         thread.join(timeout=30)
