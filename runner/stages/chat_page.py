@@ -84,11 +84,11 @@ def make_app(resolve, log=print):
             return resp, None
 
     async def look_up_again() -> bool:
-        """Read the endpoint afresh (a redeploy moves it); off the event loop, as Azure's SDK blocks."""
+        """Read the endpoint afresh (a redeploy moves it); off the event loop, as a backend's lookup may block on the network."""
         try:
             state["up"] = await anyio.to_thread.run_sync(resolve)
             return True
-        except Exception as exc:  # no endpoint any more (torn down), Azure unreachable: said on the page
+        except Exception as exc:  # no endpoint any more (torn down), the cloud unreachable: said on the page
             log(f"[chat] looking the endpoint up again failed: {exc}")
             return False
 
