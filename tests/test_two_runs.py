@@ -21,16 +21,18 @@ pytestmark = pytest.mark.slow
 RUNS = ("alpha", "beta")
 
 
-def scored(run_dir: Path) -> int:
-    """/score requests the run's endpoint answered so far, from its access log."""
+def served(run_dir: Path, route: str = "POST /score") -> int:
+    """Requests on route that the run's endpoint answered so far, from its access log."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    return Path(manifest["stages"]["deploy"]["outputs"]["log_file"]).read_text().count('"POST /score" 200')
+    return Path(manifest["stages"]["deploy"]["outputs"]["log_file"]).read_text().count(f'"{route}" 200')
+
+
+def scored(run_dir: Path) -> int:
+    return served(run_dir)
 
 
 def completions(run_dir: Path) -> int:
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    return Path(manifest["stages"]["deploy"]["outputs"]["log_file"]).read_text().count(
-        '"POST /v1/chat/completions" 200')
+    return served(run_dir, "POST /v1/chat/completions")
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ def run(spec, ctx) -> dict:
             pass  # deleted meanwhile
     ctx.log(f"[teardown] deleted endpoint {name}" if deleted else f"[teardown] no endpoint {name}: nothing to delete")
     ctx.manifest.mark_stopped("deploy")  # so the next deploy creates it again
-    chat.delete_connection(spec, ctx.run_dir, ctx.log)
+    chat.delete_connection(ctx)
     return {"deleted": deleted}
 
 

@@ -15,7 +15,7 @@ def run(spec, ctx):
         ctx.log(f"[teardown] stopped the local endpoint (pid {', '.join(map(str, stopped))})")
     else:
         ctx.log("[teardown] no local endpoint is running for this run: nothing to stop")
-    chat.delete_connection(spec, ctx.run_dir, ctx.log)
+    chat.delete_connection(ctx)
     return {"stopped_pids": stopped}
 
 

@@ -130,15 +130,15 @@ def run(spec, ctx):
     return {"answers": answers, "connection": name, "endpoint_url": url, "flow": str(FLOW_DIR)}
 
 
-def delete_connection(spec, run_dir, log) -> None:
+def delete_connection(ctx) -> None:
     """Teardown (either backend): forget this run's connection, as its endpoint is gone. Prompt flow (seconds to
     import) is loaded only when this run's chat stage ever wrote one."""
-    if not Manifest(run_dir).outputs("chat").get("connection"):
+    name, log = ctx.manifest.outputs("chat").get("connection"), ctx.log
+    if not name:
         return
     keep_promptflow_local()
     from promptflow.client import PFClient
 
-    name = connection_name(spec, run_dir)
     with quiet_logs():
         pf = PFClient()
         try:
@@ -174,9 +174,9 @@ def serve(spec, run_dir, out=print) -> int:
     """chat.ui=true: the chat page in the foreground (python -m runner stages=[chat] chat.ui=true)."""
     from . import chat_page
 
-    upstream(spec, run_dir)  # fails now, with the reason, when there is no endpoint to talk to
+    first = upstream(spec, run_dir)  # fails now, with the reason, when there is no endpoint to talk to
     try:
-        return chat_page.serve(lambda: upstream(spec, run_dir), "127.0.0.1", spec["chat"]["ui_port"], out)
+        return chat_page.serve(lambda: upstream(spec, run_dir), "127.0.0.1", spec["chat"]["ui_port"], out, first)
     except OSError as exc:
         raise StageFailed(f"cannot serve the chat page on 127.0.0.1:{spec['chat']['ui_port']} ({exc.strerror}): "
                           "pick another chat.ui_port, or 0 for a free one") from None

@@ -32,8 +32,9 @@ class Upstream:
     describe: str  # what the page's header says it talks to (no key, no subscription)
 
 
-def make_app(resolve, log=print):
-    """The page's ASGI app; resolve() -> Upstream, called at start and whenever the endpoint seems to have moved."""
+def make_app(resolve, log=print, first: Upstream | None = None):
+    """The page's ASGI app; resolve() -> Upstream, called at start (unless first is given: the caller looked it
+    up already) and whenever the endpoint seems to have moved."""
     import anyio
     import httpx
     from starlette.applications import Starlette
@@ -43,7 +44,7 @@ def make_app(resolve, log=print):
     from trainer import openai_api as oa
     from trainer.contract import BadRequest
 
-    state = {"up": resolve()}
+    state = {"up": first or resolve()}
     client = httpx.AsyncClient(timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=10))
     html = PAGE.read_text()
 
@@ -190,14 +191,14 @@ def make_app(resolve, log=print):
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-def serve(resolve, host: str, port: int, out=print) -> int:
+def serve(resolve, host: str, port: int, out=print, first: Upstream | None = None) -> int:
     """Serve the page in the foreground until Ctrl-C (or SIGTERM); prints its URL once it listens. OSError when
     the port cannot be had."""
     from trainer import asgi
 
     sock = asgi.bind(host, port)
     port = sock.getsockname()[1]
-    asgi.run(make_app(resolve, out), sock,
+    asgi.run(make_app(resolve, out, first), sock,
              lambda: out(f"[chat] chat page: http://{host}:{port}/  (Ctrl-C stops it; the endpoint keeps running)"))
     out("[chat] chat page stopped")
     return 0
