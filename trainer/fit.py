@@ -5,10 +5,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import chats, distributed, memory, tracking
+from . import audit, chats, distributed, memory, tracking
 from .errors import TrainerInputError
 from .files import last_complete_checkpoint, write_atomic
-from .hub import go_offline_unless_reachable
+from .hub import base_model_dir, go_offline_unless_reachable, load_tokenizer, stop_ids
 
 
 def resolve_device(compute: dict) -> str:
@@ -18,34 +18,6 @@ def resolve_device(compute: dict) -> str:
     if compute["device"] == "cuda" and not torch.cuda.is_available():
         raise TrainerInputError("compute.device is cuda but no GPU is visible; use compute=local compute.device=cpu")
     return compute["device"]
-
-
-def base_model_dir(spec: dict, train_rows, cache_dir: Path) -> str:
-    """Folder or hub id of the base model; a clear error when its weights are not on this machine."""
-    model = spec["model"]
-    if model["source"] == "tiny":
-        from .tiny import build_or_load
-        return str(build_or_load(train_rows, model["tiny"], cache_dir))
-    ident = model["id"]
-    looks_local = ident.startswith((".", "/", "~")) or Path(ident).expanduser().exists()
-    if looks_local:
-        path = Path(ident).expanduser()
-        if not (path / "config.json").is_file():
-            raise TrainerInputError(f"model.id: {path} is not a model folder (no config.json there); "
-                                    "point model.id at a folder written by save_pretrained")
-        return str(path)
-    from huggingface_hub import snapshot_download
-    online = go_offline_unless_reachable()
-    try:
-        return snapshot_download(ident, local_files_only=not online,
-                                 allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"])
-    except Exception as exc:
-        if online:
-            raise TrainerInputError(f"could not fetch {ident} from the hub: {exc}") from None
-        raise TrainerInputError(
-            f"the weights of {ident} are not available locally and the hub cannot be reached: download them on a "
-            f"machine with access (hf download {ident}) into this machine's Hugging Face cache, or set "
-            "model.id=/path/to/a/local/copy") from None
 
 
 def sft_config(spec: dict, checkpoints: Path, precision: str, device: str, sharded: bool = False):
@@ -91,10 +63,11 @@ class Job:
     processes: int = 1
     sharded: bool = False
     sharding: str = ""
+    cut_before_stop: int = 0  # training rows max_length cuts inside an answer, before its end-of-turn token
 
 
 def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, checkpoints: Path, cache_dir: Path | None,
-          log, tiny_corpus: Path | None = None) -> Job:
+          log, tiny_corpus: Path | None = None, spec_path: Path | None = None) -> Job:
     """Check the inputs, then build the model, tokenizer and SFTTrainer. Writes nothing before the checks pass."""
     go_offline_unless_reachable()  # before any huggingface import: offline means no retry loops
     train_rows, eval_rows = chats.load(train_file), chats.load(eval_file)
@@ -107,19 +80,24 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
     # sweep could train on, so all points start from one base model and their eval losses count the same tokens
     corpus = chats.load(tiny_corpus) if tiny_corpus and spec["model"]["source"] == "tiny" else train_rows
     base = base_model_dir(spec, corpus, Path(cache_dir or output_dir / "cache"))
+    tokenizer = load_tokenizer(base, spec, spec_path)
+    audited = audit.for_training(spec["train"], tokenizer, stop_ids(base), train_rows)
+    if audited.problems:
+        raise TrainerInputError(audit.refusal(audited))
     output_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be usable
+    write_atomic(output_dir / "template_audit.txt", audited.report + "\n")
+    log(f"[train] {audited.summary(spec['train']['max_length'])}\n[train] the first chat as it is trained (loss on "
+        f"the tokens in \u27e6 \u27e7; the first {min(len(train_rows), 3)} in {output_dir / 'template_audit.txt'}):\n"
+        f"{audit.terminal(audited.first)}")
 
     import datasets
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from transformers.trainer_callback import ProgressCallback
     from trl import SFTTrainer
 
     datasets.disable_progress_bars()  # TRL's map passes would print four bars per split
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     # bf16: bf16 weights and optimizer state; bf16-mixed: fp32 master weights, bf16 autocast (updates below bf16's
     # resolution still land: bench/train_recipes.py --precision-check measures it)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "bf16-mixed": torch.float32}[precision]
@@ -142,11 +120,14 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
     with distributed.fsdp_on_the_cpu(device, sharded):
         trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(spec),
                              train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows))
+    mismatch = audit.confirm(trainer, audited, max_len)
+    if mismatch:
+        raise TrainerInputError(audit.refusal(audit.Audit(mismatch, 0, 0, [], "", "", [])))
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(tracking.progress_callback())
     last = last_complete_checkpoint(Path(args.output_dir), log)
     return Job(trainer, tokenizer, device, precision, base, sum(min(n, max_len) for n in lengths), truncated,
-               len(train_rows), len(eval_rows), last, processes, sharded, why)
+               len(train_rows), len(eval_rows), last, processes, sharded, why, audited.cut_before_stop)
 
 
 def fit(job: Job, epochs: float, main: bool, log, before_file: Path | None = None) -> dict:
@@ -179,6 +160,7 @@ def fit(job: Job, epochs: float, main: bool, log, before_file: Path | None = Non
     return {"eval_loss_before": before, "eval_loss": job.trainer.evaluate()["eval_loss"],
             "train_loss": result.training_loss, "train_runtime_s": seconds,
             "tokens_per_s": job.tokens_per_epoch * epochs / max(seconds, 1e-9), "rows_truncated": job.truncated,
+            "rows_cut_before_stop": job.cut_before_stop,
             "train_rows": job.train_rows, "eval_rows": job.eval_rows, "steps": job.trainer.state.global_step}
 
 
@@ -226,7 +208,7 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
     main = distributed.is_main()
     if not main:
         log = lambda *_: None  # noqa: E731
-    job = setup(spec, train_file, eval_file, output_dir, checkpoints, cache_dir, log, tiny_corpus)
+    job = setup(spec, train_file, eval_file, output_dir, checkpoints, cache_dir, log, tiny_corpus, spec_path)
     experiment = experiment or spec["run"]["experiment_name"]
     uri = tracking.tracking_uri(tracking_uri, output_dir)
     summary = {"run_id": None, "model_uri": None, "mlflow_model_dir": None, "loss_plot": None, "tracking_uri": uri,

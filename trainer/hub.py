@@ -1,10 +1,14 @@
-"""Decide, before importing huggingface libraries, whether the hub can be reached at all.
+"""Where the base model and its tokenizer come from: the hub (reached or not), a local folder, or the tiny build.
 
-Without this, every hub call on an offline machine retries for tens of seconds before failing.
+Whether the hub can be reached is decided before any huggingface library is imported: without it, every hub call
+on an offline machine retries for tens of seconds before failing.
 """
 import os
 import socket
 from functools import lru_cache
+from pathlib import Path
+
+from .errors import TrainerInputError
 
 
 @lru_cache(maxsize=1)
@@ -28,3 +32,70 @@ def go_offline_unless_reachable() -> bool:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
     return online
+
+
+def base_model_dir(spec: dict, train_rows, cache_dir: Path) -> str:
+    """Folder or hub id of the base model; a clear error when its weights are not on this machine."""
+    model = spec["model"]
+    if model["source"] == "tiny":
+        from .tiny import build_or_load
+        return str(build_or_load(train_rows, model["tiny"], cache_dir))
+    ident = model["id"]
+    looks_local = ident.startswith((".", "/", "~")) or Path(ident).expanduser().exists()
+    if looks_local:
+        path = Path(ident).expanduser()
+        if not (path / "config.json").is_file():
+            raise TrainerInputError(f"model.id: {path} is not a model folder (no config.json there); "
+                                    "point model.id at a folder written by save_pretrained")
+        return str(path)
+    from huggingface_hub import snapshot_download
+    online = go_offline_unless_reachable()
+    try:
+        return snapshot_download(ident, local_files_only=not online,
+                                 allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"])
+    except Exception as exc:
+        if online:
+            raise TrainerInputError(f"could not fetch {ident} from the hub: {exc}") from None
+        raise TrainerInputError(
+            f"the weights of {ident} are not available locally and the hub cannot be reached: download them on a "
+            f"machine with access (hf download {ident}) into this machine's Hugging Face cache, or set "
+            "model.id=/path/to/a/local/copy") from None
+
+
+def chat_template_file(spec: dict, spec_path: Path | None = None) -> Path | None:
+    """model.chat_template: a Jinja file the user brings, as given (the runner makes it absolute), or beside the
+    spec file (the Azure job's code folder holds a copy there)."""
+    name = spec["model"].get("chat_template")
+    if not name:
+        return None
+    path = Path(name).expanduser()
+    if not path.is_file() and spec_path is not None and (Path(spec_path).parent / path.name).is_file():
+        path = Path(spec_path).parent / path.name
+    if not path.is_file():
+        raise TrainerInputError(f"model.chat_template: {name} is not a file; point it at a Jinja chat template")
+    return path
+
+
+def load_tokenizer(base: str, spec: dict, spec_path: Path | None = None):
+    """The base model's tokenizer, with model.chat_template in place of its own template when one is given (it is
+    saved with the fine-tuned model, so the endpoint prompts with it too), and a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    template = chat_template_file(spec, spec_path)
+    if template is not None:
+        tokenizer.chat_template = template.read_text(encoding="utf-8")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def stop_ids(base: str) -> list:
+    """The ids generation stops at: the model's generation config eos_token_id (a list or one id)."""
+    from transformers import GenerationConfig
+    try:
+        eos = GenerationConfig.from_pretrained(base).eos_token_id
+    except OSError:  # no generation_config.json: generation falls back to the model config's
+        from transformers import AutoConfig
+        eos = AutoConfig.from_pretrained(base).eos_token_id
+    return [e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
