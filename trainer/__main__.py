@@ -26,6 +26,9 @@ def parse(argv=None):
                    help="also write the run's figures here (Azure ML jobs: outputs/summary.json, read by the runner)")
     p.add_argument("--tiny-corpus", type=Path,
                    help="JSONL chats the tiny model's tokenizer is learnt from (default: the training rows)")
+    p.add_argument("--eval-dir", type=Path,
+                   help="after training, compare the model with its base on the eval file into this folder "
+                        "(metrics.json, report.md, answers.jsonl; the spec's eval section) and log them to MLflow")
     p.add_argument("--run-name", help="the MLflow run's name (the runner passes its run directory)")
     p.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="an MLflow run tag (repeatable)")
     p.add_argument("--parent-run-id", help="nest the MLflow run under this one (a sweep's run)")
@@ -58,7 +61,8 @@ def main(argv=None) -> int:
                       "parent_run_id": args.parent_run_id}
         summary = train(spec, args.spec, args.train_file, args.eval_file, args.output_dir, args.tracking_uri,
                         args.experiment, args.cache_dir, checkpoint_dir=args.checkpoint_dir,
-                        save_model_only=args.save_model_only, mlflow_run=mlflow_run, tiny_corpus=args.tiny_corpus)
+                        save_model_only=args.save_model_only, mlflow_run=mlflow_run, tiny_corpus=args.tiny_corpus,
+                        eval_dir=args.eval_dir)
         rank0 = is_main()  # with several processes, rank 0 alone writes
         if args.summary_file and rank0:
             import json

@@ -191,16 +191,30 @@ def record(job: Job, metrics: dict, output_dir: Path, save_only: bool, final=Non
             "loss_plot": str(plot) if plot else None}
 
 
+def evaluate_here(spec: dict, job: Job, final, eval_file: Path, eval_dir: Path, log) -> dict:
+    """The eval stage's work inside this process, on the model just trained, logged to the active MLflow run."""
+    import mlflow
+
+    from . import evaluate
+    final.eval()
+    metrics = evaluate.evaluate(final, lambda: evaluate.load_model(job.base, str(next(final.parameters()).device)),
+                                job.tokenizer, chats.load(eval_file), spec["eval"], stop_ids(job.base),
+                                spec["train"]["max_length"], eval_dir, log)
+    tracking.best_effort("log the eval", evaluate.log_to_mlflow, mlflow, metrics, eval_dir)
+    return {k: metrics[k] for k in ("base_nll", "tuned_nll", "base_stop_rate", "tuned_stop_rate")}
+
+
 def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output_dir: Path,
           tracking_uri: str | None = None, experiment: str | None = None, cache_dir: Path | None = None,
           log=print, checkpoint_dir: Path | None = None, save_model_only: bool = False,
-          mlflow_run: dict | None = None, tiny_corpus: Path | None = None) -> dict:
+          mlflow_run: dict | None = None, tiny_corpus: Path | None = None, eval_dir: Path | None = None) -> dict:
     """Set up, fit, record. The same summary shape on every rank; only rank 0 records to MLflow and logs the model.
 
     checkpoint_dir: where checkpoints go (default <output_dir>/checkpoints); a re-run resumes from the last one.
     save_model_only: write the model folder instead of logging it to the tracking server (the Azure ML job).
     mlflow_run: run_name, tags and parent_run_id of a new MLflow run (what it is, and the sweep it belongs to).
     tiny_corpus: JSONL chats the tiny model's tokenizer is learnt from (default: the training rows).
+    eval_dir: also compare the trained model with its base on the eval rows (trainer/evaluate.py) into this folder.
     """
     output_dir = Path(output_dir)
     checkpoints = Path(checkpoint_dir or output_dir / "checkpoints")
@@ -222,6 +236,8 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
         final = distributed.whole_model(job)  # sharded: every rank takes part; rank 0 gets the model
         if main:
             summary.update(run_id=run.info.run_id, **record(job, metrics, output_dir, save_model_only, final))
+            if eval_dir is not None and spec.get("eval"):  # the Azure job: the base model is on this node already
+                summary["eval"] = evaluate_here(spec, job, final, eval_file, Path(eval_dir), log)
     if main:
         write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2))
     before = summary["eval_loss_before"]

@@ -91,7 +91,7 @@ def job(spec, env: dict, train_file: str, eval_file: str, point: str = "") -> di
         "command": ("python -m trainer --spec spec.yaml --train-file ${{inputs.train_file}} "
                     "--eval-file ${{inputs.eval_file}} --output-dir ${{outputs.%s}} "
                     "--checkpoint-dir ${{outputs.%s}} --save-model-only --delete-checkpoints-when-done "
-                    "--summary-file outputs/summary.json"
+                    "--summary-file outputs/summary.json --eval-dir outputs/eval"
                     % (MODEL_OUTPUT, CHECKPOINT_OUTPUT)),
         "environment": f"azureml:{env['name']}:{env['version']}",
         # serverless (no cluster named): Azure starts resources.instance_type nodes for this job alone

@@ -13,7 +13,7 @@ from ..spec.rules import memory_line, sharding_line
 
 KEEP = ("run_id", "model_uri", "tracking_uri", "experiment", "mlflow_model_dir", "loss_plot", "steps",
         "train_loss", "eval_loss", "eval_loss_before", "tokens_per_s", "rows_truncated", "train_runtime_s", "device",
-        "processes", "sharding")
+        "processes", "sharding", "base_model", "rows_cut_before_stop")
 
 
 def output_root(spec) -> Path:
