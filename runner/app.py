@@ -1,4 +1,5 @@
 """The runner as plain functions: config -> spec -> validate -> plan or execute. __main__ only adds Hydra."""
+import hashlib
 import shutil
 import sys
 import tempfile
@@ -25,6 +26,10 @@ exit_codes = []  # one per run of `python -m runner`; a -m sweep goes on past a 
 def inputs_hash(stage, spec, manifest) -> str:
     parts = {p: get_path(spec, p) for p in stage.depends_on}
     parts["upstream"] = {u: manifest.outputs(u) for u in stage.upstream}
+    for p in stage.files:  # an edited file is a changed input (validation made sure it exists)
+        path = get_path(spec, p)
+        if path:
+            parts[f"sha256 of {p}"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
     return digest(parts)
 
 

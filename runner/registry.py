@@ -22,6 +22,7 @@ class Stage:
     reads: str             # for the plan
     writes: str            # for the plan
     always: bool = False   # runs every time (its effect is the point, or it is idempotent)
+    files: tuple = ()      # spec paths naming files whose content, not only their name, is among its inputs
 
     def load(self, kind: str):
         return import_module(self.backends[kind])
@@ -37,7 +38,7 @@ STAGES = [
           writes="data/train.jsonl, data/test.jsonl"),
     Stage("train", {LOCAL: "runner.local.train", AZUREML: "runner.azure.train"},
           ("model", "train", "compute", "run.experiment_name"), ("data",),
-          reads="data/train.jsonl, data/test.jsonl and the base model",
+          reads="data/train.jsonl, data/test.jsonl and the base model", files=("model.chat_template",),
           writes="an MLflow run with the fine-tuned model, metrics and a loss plot"),
     Stage("eval", {LOCAL: "runner.local.eval", AZUREML: "runner.azure.eval"}, ("eval", "train.max_length"),
           ("data", "train"),

@@ -6,6 +6,7 @@ would reject. What comes back is shaped as Azure returns it: Studio URLs that ca
 """
 import copy
 import json
+import shutil
 import warnings
 from types import SimpleNamespace
 
@@ -64,12 +65,15 @@ class FakeML:
     (the request went through, the answer was lost).
     """
 
-    def __init__(self, job_status="Completed", answer='["Hi there"]', auth_mode="key", lifecycle=(), job_summary=None):
+    def __init__(self, job_status="Completed", answer='["Hi there"]', auth_mode="key", lifecycle=(), job_summary=None,
+                 job_outputs=None):
         """lifecycle: the statuses a job shows, one per status read, before job_status (streaming waits it out).
         job_status: the status a job ends with, or job_status(job entity) -> that status, job by job.
         job_summary(job entity) -> the summary.json the trainer writes to the job's outputs/ (None: none written).
+        job_outputs: a folder holding what the job's command wrote to its outputs/ (a real run of it), downloaded as
+        Azure downloads the job's default artifacts.
         """
-        self.lifecycle, self.job_summary = tuple(lifecycle), job_summary
+        self.lifecycle, self.job_summary, self.job_outputs = tuple(lifecycle), job_summary, job_outputs
         self.calls, self.failures, self.failures_after = [], {}, {}
         self.job_status, self.answer, self.auth_mode = job_status, answer, auth_mode
         self.computes, self.endpoints, self.deployments, self.jobs_by_name, self.models_by_name = {}, {}, {}, {}, {}
@@ -184,6 +188,8 @@ class FakeML:
         root = Path(download_path) / "artifacts"
         (root / "user_logs").mkdir(parents=True, exist_ok=True)
         (root / "user_logs" / "std_log.txt").write_text("training...\n")
+        if self.job_outputs is not None:  # what the job's command wrote into its outputs/ folder
+            shutil.copytree(self.job_outputs, root / "outputs", dirs_exist_ok=True)
         if self.job_summary is not None:
             (root / "outputs").mkdir(exist_ok=True)
             (root / "outputs" / "summary.json").write_text(json.dumps(self.job_summary(job.entity)))

@@ -185,7 +185,7 @@ def _dedupe(problems):
             more[key] += 1
         else:
             first[key], more[key] = msg, 0
-    return [(k, msg + (f" (and {more[(k, key)]} more rows)" if more[(k, key)] else ""))
+    return [(k, msg + (f" (and {more[(k, key)]} more like it)" if more[(k, key)] else ""))
             for (k, key), msg in first.items()]
 
 

@@ -14,7 +14,6 @@ BUILD = 2  # 2: Phi-3's own chat template and <|endoftext|> as eos, as in micros
 SPECIAL_TOKENS = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
 
 
-
 def chat_template() -> str:
     """Phi-3-mini's own chat template, as TRL ships it: each turn "<|role|>\n{content}<|end|>\n".
 
@@ -61,7 +60,7 @@ def build_model(tokenizer, shape: dict):
     from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
 
     torch.manual_seed(shape["seed"])
-    end_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>")]
+    end_ids = stop_ids(tokenizer)
     config = Phi3Config(
         vocab_size=len(tokenizer), hidden_size=shape["hidden_size"], num_hidden_layers=shape["num_hidden_layers"],
         num_attention_heads=shape["num_attention_heads"], num_key_value_heads=shape["num_attention_heads"],
@@ -96,3 +95,19 @@ def build_or_load(rows, shape: dict, cache_dir: Path) -> Path:
         if not (target / "config.json").exists():
             raise
     return target
+
+
+def tokenizer_for(rows, shape: dict, cache_dir: Path):
+    """The tokenizer build_or_load would give these chats, without writing anything: the cached one, or built in
+    memory (the plan's template audit)."""
+    texts = chat_texts(rows)
+    target = Path(cache_dir) / f"tiny-phi3-{cache_key(shape, texts)}"
+    if (target / "config.json").exists():
+        from transformers import AutoTokenizer
+        return AutoTokenizer.from_pretrained(target)
+    return build_tokenizer(texts, shape["vocab_size"])
+
+
+def stop_ids(tokenizer) -> list:
+    """The generation config's eos ids build_model writes: <|end|> and <|endoftext|>."""
+    return [tokenizer.convert_tokens_to_ids(t) for t in ("<|end|>", "<|endoftext|>")]

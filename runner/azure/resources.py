@@ -27,6 +27,7 @@ TRAINER_DIR = REPO_ROOT / "trainer"
 # adds Python 3.11 and the pins. "minimal-ubuntu22.04-py311-cpu-inference" was only ever a folder name in
 # azureml-assets, never a published image: deployments on it fail with ImageBuildFailure.
 INFERENCE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest"
+TEMPLATE_FILE = "chat_template.jinja"                 # model.chat_template's copy in the staged code folder
 SCORING_SCRIPT = "trainer/scoring.py"                # relative to the staged code folder
 DEPLOYMENT_NAMES = ("blue", "green")                 # alternate, so the live one is never replaced in place
 MODEL_OUTPUT = "model_output"
@@ -197,6 +198,14 @@ def stage_code(ctx) -> Path:
         shutil.rmtree(dst)  # no stale files: the SDK uploads the folder as it is
     shutil.copytree(TRAINER_DIR, dst / "trainer", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     shutil.copy2(spec_file, dst / "spec.yaml")
+    import yaml
+    staged = yaml.safe_load(spec_file.read_text())
+    template = (staged.get("model") or {}).get("chat_template")
+    if template:  # model.chat_template travels with the code; the job's spec names the copy beside it
+        shutil.copy2(template, dst / TEMPLATE_FILE)
+        staged["model"]["chat_template"] = TEMPLATE_FILE
+        from ..spec import dump_yaml
+        (dst / "spec.yaml").write_text(dump_yaml(staged))
     return dst
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from ..errors import Detached, StageFailed
 from ..spec.rules import memory_line, sharding_line
+from ..stages import template_audit
 from ..spec import hardware
 from . import resources
 from .client import azure_errors, client, get_or_none, load, rel, summary
@@ -48,7 +49,7 @@ def run(spec, ctx) -> dict:
             "compute": c["cluster_name"] or f"serverless {c['instance_type']}", "experiment": spec["run"]["experiment_name"],
             "eval_sha256": (data.get("sha256") or {}).get("test.jsonl"),  # the eval rows these losses are on (sweep summaries)
             **{k: metrics.get(k) for k in ("eval_loss_before", "eval_loss", "train_loss", "train_runtime_s",
-                                           "tokens_per_s", "steps")},
+                                           "tokens_per_s", "steps", "rows_cut_before_stop", "eval_dir")},
             "cost_usd": None if usd is None else round(usd, 2)}
 
 
@@ -112,7 +113,14 @@ def job_summary(ml, ctx, job_name) -> dict:
     dest = resources.folder(ctx) / "job-artifacts" / job_name
     try:
         call("download the job's summary", ml.jobs.download, job_name, download_path=str(dest), log=ctx.log)
-        return json.loads((dest / "artifacts" / "outputs" / "summary.json").read_text())
+        figures = json.loads((dest / "artifacts" / "outputs" / "summary.json").read_text())
+        evaluated = dest / "artifacts" / "outputs" / "eval"
+        kept = resources.folder(ctx) / "job-eval"
+        shutil.rmtree(kept, ignore_errors=True)
+        if (evaluated / "metrics.json").is_file():  # the eval the job ran after training: the eval stage reads it
+            shutil.copytree(evaluated, kept)
+            figures["eval_dir"] = str(kept.relative_to(ctx.run_dir))
+        return figures
     except Exception as exc:  # the metrics are for the sweep table; the model is what matters
         ctx.warn(f"could not read job {job_name}'s summary.json ({summary(exc)}); its metrics are in Studio")
         return {}
@@ -202,6 +210,7 @@ def plan(spec, ctx) -> list[str]:
         f"inputs {job['inputs']['train_file']['path']}, {job['inputs']['eval_file']['path']}; {max_cost(spec)}",
         sharding_line(spec),
         memory_line(spec),
+        *template_audit.plan_lines(spec, ctx),
         f"by hand: az ml job create -f {resources.folder(ctx) / 'job.yml'} ({after})",
     ]
 

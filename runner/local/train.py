@@ -10,6 +10,7 @@ from .. import REPO_ROOT
 from ..errors import StageFailed, UserError
 from ..spec import hardware
 from ..spec.rules import memory_line, sharding_line
+from ..stages import template_audit
 
 KEEP = ("run_id", "model_uri", "tracking_uri", "experiment", "mlflow_model_dir", "loss_plot", "steps",
         "train_loss", "eval_loss", "eval_loss_before", "tokens_per_s", "rows_truncated", "train_runtime_s", "device",
@@ -136,4 +137,4 @@ def plan(spec, ctx):
     return [f"model:  {base}; {t['num_train_epochs']} epochs, lr {t['learning_rate']}, "
             f"{spec['compute']['precision']} on {spec['compute']['device']}",
             f"mlflow: {store_uri(spec)}, experiment {spec['run']['experiment_name']} "
-            "(MLFLOW_TRACKING_URI wins)", sharding_line(spec), memory_line(spec)]
+            "(MLFLOW_TRACKING_URI wins)", sharding_line(spec), memory_line(spec), *template_audit.plan_lines(spec, ctx)]

@@ -131,6 +131,22 @@ def max_length_fits_model(spec):
                                    f"({_context_of(spec)}), e.g. train.max_length={_context_of(spec)}")
 
 
+def chat_template_is_a_file(spec):
+    path = spec["model"].get("chat_template")
+    if not path:
+        return
+    from pathlib import Path
+    p = Path(path)
+    if not p.is_file():
+        yield "model.chat_template", (f"{path} is not a file; point it at a Jinja chat template, e.g. "
+                                      "model.chat_template=conf/templates/my_template.jinja, or null for the model's own")
+        return
+    try:
+        p.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        yield "model.chat_template", f"{path} cannot be read as UTF-8 text ({exc}); save it as UTF-8"
+
+
 def _context_of(spec):
     tiny = spec["model"]["tiny"]
     return tiny["max_position_embeddings"] if spec["model"]["source"] == "tiny" and tiny else 1 << 30
@@ -246,4 +262,5 @@ def warnings(spec) -> list[str]:
 
 RULES = [bf16_needs_a_gpu, one_slice, test_size_range, split_not_empty, fixed_slice_not_empty, source_fields,
          azure_workspace_set, azure_endpoint_name, chat_within_endpoint_limit, cluster_size, max_length_fits_model, fits_gpu_memory,
+         chat_template_is_a_file,
          gpu_computes_in_bf16, processes_per_gpu, fsdp_needs_processes]

@@ -25,6 +25,9 @@ def settle(spec: dict, overrides) -> dict:
     in_sweep = overrides is not None
     if spec["data"].get("eval") == "auto":
         spec["data"]["eval"] = "fixed" if in_sweep else "split"
+    if spec["model"].get("chat_template"):  # the file as found from here: the job and the trainer need no cwd
+        from . import resolve_path
+        spec["model"]["chat_template"] = str(resolve_path(spec["model"]["chat_template"]))
     if in_sweep and not any(key_of(o) == "stages" for o in overrides):
         spec["stages"] = [s for s in spec["stages"] if s not in NOT_IN_SWEEPS]
     return spec

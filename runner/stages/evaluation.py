@@ -65,8 +65,8 @@ def plan(spec, ctx) -> list[str]:
     rows = min(e["rows"], test_rows) if test_rows else e["rows"]
     at_most = "" if test_rows else "at most "
     judge = e["judge"]
-    return [f"eval: both models (base and fine-tuned) score the assistant tokens of {at_most}{rows} held-out chats "
+    return [f"adds:   both models (base and fine-tuned) score the assistant tokens of {at_most}{rows} held-out chats "
             f"(up to {rows} x {t['max_length']} tokens, each model) and answer {min(e['samples'], rows)} held-out "
             f"prompts greedily, up to {e['max_new_tokens']} tokens each ({2 * min(e['samples'], rows)} generations)",
-            "judge: " + (f"{judge['model']} at {judge['base_url']}, {2 * min(e['samples'], rows)} requests (each "
+            "judge:  " + (f"{judge['model']} at {judge['base_url']}, {2 * min(e['samples'], rows)} requests (each "
                          "sample in both orders)" if judge else "off (eval.judge: nothing leaves this machine)")]

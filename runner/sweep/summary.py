@@ -11,8 +11,9 @@ from ..manifest import Manifest
 from ..spec.settle import key_of
 from . import deploy_stages, point_command
 
-COLUMNS = ["point", "status", "train rows", "eval rows", "eval loss before", "eval loss after", "train time (s)",
-           "tokens/s", "cost (USD)", "eval set", "run directory"]
+COLUMNS = ["point", "status", "train rows", "eval rows", "eval loss before", "eval loss after", "base NLL",
+           "tuned NLL", "base stops", "tuned stops", "train time (s)", "tokens/s", "cost (USD)", "eval set",
+           "run directory"]
 
 
 def row_of(name: str, run_dir: Path) -> dict:
@@ -20,18 +21,27 @@ def row_of(name: str, run_dir: Path) -> dict:
     holds (a point whose data was redone after it trained shows no loss until it trains again)."""
     m = Manifest(run_dir)
     data, train = m.outputs("data"), m.outputs("train")
-    status = {s: m.entry(s).get("status") for s in ("data", "train", "register")}
+    status = {s: m.entry(s).get("status") for s in ("data", "train", "eval", "register")}
     last = next((f"{s} {st}" for s, st in reversed(status.items()) if st), "not run")
     eval_set = (data.get("eval") or {}).get("sha256")
     trained = status["train"] == "done" and train.get("eval_sha256") is not None
     if trained and train["eval_sha256"] != eval_set:
         trained, last = False, "train out of date (its data changed)"
     figures = train if trained else {}
+    # the eval stage's figures (base against fine-tuned), when it ran on this training and these eval rows
+    e = m.outputs("eval") if trained and m.entry("eval").get("status") == "done" else {}
+    e = e if e.get("eval_sha256") == eval_set else {}
     return {"point": name, "status": last, "train rows": data.get("train_rows"), "eval rows": data.get("test_rows"),
             "eval loss before": figures.get("eval_loss_before"), "eval loss after": figures.get("eval_loss"),
+            "base NLL": e.get("base_nll"), "tuned NLL": e.get("tuned_nll"),
+            "base stops": _rate(e.get("base_stop_rate")), "tuned stops": _rate(e.get("tuned_stop_rate")),
             "train time (s)": figures.get("train_runtime_s"), "tokens/s": figures.get("tokens_per_s"),
             "cost (USD)": figures.get("cost_usd"), "eval set": eval_set,
             "run directory": str(run_dir), "registered": m.entry("register").get("status") == "done"}
+
+
+def _rate(value) -> str | None:
+    return None if value is None else f"{100 * value:.0f} %"
 
 
 def _fmt(value) -> str:
