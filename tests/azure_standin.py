@@ -70,8 +70,9 @@ class FakeML:
         """lifecycle: the statuses a job shows, one per status read, before job_status (streaming waits it out).
         job_status: the status a job ends with, or job_status(job entity) -> that status, job by job.
         job_summary(job entity) -> the summary.json the trainer writes to the job's outputs/ (None: none written).
-        job_outputs: a folder holding what the job's command wrote to its outputs/ (a real run of it), downloaded as
-        Azure downloads the job's default artifacts.
+        job_outputs: a folder holding what the job's command wrote to its outputs/ (a real run of it), or
+        job_outputs(job entity) -> {path under outputs/: text}; downloaded as Azure downloads the job's default
+        artifacts.
         """
         self.lifecycle, self.job_summary, self.job_outputs = tuple(lifecycle), job_summary, job_outputs
         self.calls, self.failures, self.failures_after = [], {}, {}
@@ -188,7 +189,11 @@ class FakeML:
         root = Path(download_path) / "artifacts"
         (root / "user_logs").mkdir(parents=True, exist_ok=True)
         (root / "user_logs" / "std_log.txt").write_text("training...\n")
-        if self.job_outputs is not None:  # what the job's command wrote into its outputs/ folder
+        if callable(self.job_outputs):  # {path under outputs/: text} the job's command writes
+            for rel, text in self.job_outputs(job.entity).items():
+                (root / "outputs" / rel).parent.mkdir(parents=True, exist_ok=True)
+                (root / "outputs" / rel).write_text(text)
+        elif self.job_outputs is not None:  # what a real run of the job's command wrote into its outputs/ folder
             shutil.copytree(self.job_outputs, root / "outputs", dirs_exist_ok=True)
         if self.job_summary is not None:
             (root / "outputs").mkdir(exist_ok=True)

@@ -76,9 +76,9 @@ def test_a_learning_rate_in_a_recipe_retrains_the_combinations_that_use_it(repo)
     assert code == 0 and len(changed) == PHI and {c["name"].split("_")[-2] for c in changed} == {"phi3", "phi35"}
     for c in changed:
         assert c["changes"] == [{"key": "train.learning_rate", "old": 5e-06, "new": 1e-05}]
-        assert c["verdict"] == "retrains" and c["redo"] == ["train", "register", "deploy"] and "azure" not in c
+        assert c["verdict"] == "retrains" and c["redo"] == ["train", "eval", "register", "deploy"] and "azure" not in c
     assert f"**{PHI} of {ALL} combinations change**" in text and "| `train.learning_rate` | `5e-06` | `1e-05` |" in text
-    assert f"<details><summary>{PHI} combination(s) retrains (train, register, deploy): 1 key(s)" in text
+    assert f"<details><summary>{PHI} combination(s) retrains (train, eval, register, deploy): 1 key(s)" in text
     assert f"{ALL - PHI} combination(s) unchanged." in text
 
 

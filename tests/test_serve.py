@@ -232,6 +232,11 @@ def test_the_local_server_answers_504_past_its_request_timeout(model_dir, tmp_pa
         status, reply = ep.post(f"http://127.0.0.1:{info['port']}/score",
                                 {"input_data": ["hi"], "params": {"max_new_tokens": 200}}, key.read_text().strip())
         assert status == 504 and "request timeout of 1 ms" in reply["error"]
+        # the OpenAI route: the same 504, in OpenAI's error shape
+        status, reply = ep.post(f"http://127.0.0.1:{info['port']}/v1/chat/completions",
+                                {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200},
+                                key.read_text().strip())
+        assert status == 504 and "request timeout of 1 ms" in reply["error"]["message"]
     finally:
         proc.terminate()
         proc.wait(timeout=20)

@@ -33,9 +33,24 @@ def trainer_summary(job):
             "tokens_per_s": 5000.0, "steps": 30}
 
 
+def trainer_eval(job):
+    """What the trainer's eval after training writes to the job's outputs/eval (trainer/evaluate.py's figures)."""
+    from trainer import eval_report
+    point = job.tags["sweep_point"]
+    said = [{"text": "an answer", "tokens": 20, "stopped": True}] * 4
+    rambling = [{"text": "and so on", "tokens": 128, "stopped": False}] * 4
+    samples = [{"messages": [{"role": "user", "content": "q"}], "reference": "a", "reference_tokens": 25,
+                "base": b, "tuned": t} for b, t in zip(rambling, said)]
+    metrics = eval_report.figures({"nll": 2.3, "tokens": 900, "answers": rambling},
+                                  {"nll": LOSS[point] + 0.1, "tokens": 900, "answers": said}, samples, 20,
+                                  {"rows": 200, "samples": 20, "max_new_tokens": 128}, 60.0)
+    return {"eval/metrics.json": json.dumps(metrics), "eval/report.md": eval_report.markdown(metrics, samples),
+            "eval/answers.jsonl": "".join(json.dumps(s) + "\n" for s in samples)}
+
+
 @pytest.fixture
 def cloud(monkeypatch, tmp_path):
-    fake = FakeML(lifecycle=("Queued", "Running", "Running"), job_summary=trainer_summary)
+    fake = FakeML(lifecycle=("Queued", "Running", "Running"), job_summary=trainer_summary, job_outputs=trainer_eval)
     for module in (az_train, az_register, az_sweep, az_deploy):
         monkeypatch.setattr(module, "client", lambda spec: fake)
     monkeypatch.setattr(retry, "_sleep", lambda s: None)
@@ -87,7 +102,8 @@ def test_every_job_is_submitted_before_any_is_waited_on(cloud, monkeypatch, tmp_
     out = capsys.readouterr().out
     assert "[sweep] following 3 Azure ML job(s) together" in out
     table = (tmp_path / "outputs/default/sweep.md").read_text()
-    assert "| data.percent=100 | register done | 76 | 20 | 2.3 | 1.6 | 1800 | 5000 | 1.83 |" in table
+    # the eval columns: the job evaluated base and fine-tuned models on the same eval rows
+    assert "| data.percent=100 | register done | 76 | 20 | 2.3 | 1.6 | 2.3 | 1.7 | 0 % | 100 % | 1800 | 5000 | 1.83 |" in table
     assert ("Deploy it: python -m runner -m compute=a100 model=phi35 data.percent=100 stages=[deploy,chat]"
             in table)
     assert (tmp_path / "outputs/default/sweep.png").is_file()

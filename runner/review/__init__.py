@@ -125,10 +125,13 @@ def redone(old: dict, new: dict) -> list[str]:
 def verdict(stages: list[str]) -> str:
     if "train" in stages:
         return "retrains"
+    also = " and re-evaluates" if "eval" in stages else ""
     if "register" in stages:
-        return "re-registers and redeploys"
+        return "re-registers and redeploys" + also
     if "deploy" in stages:
-        return "redeploys only"
+        return "redeploys" + (also or " only")
+    if "eval" in stages:
+        return "re-evaluates only"
     return "re-splits data only" if "data" in stages else "nothing"
 
 
