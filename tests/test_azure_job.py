@@ -207,3 +207,44 @@ def test_the_job_environment_pairs_mlflow_and_azureml_mlflow(job):
     r = subprocess.run([str(job[3]), "-c", probe], capture_output=True, text=True, timeout=120,
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert r.returncode == 0 and r.stdout.strip() == "3.15.0", r.stderr[-2000:]
+
+
+def test_the_job_evaluates_after_training_and_the_eval_stage_takes_its_figures(job, tracking, tmp_path, monkeypatch):
+    """The job's command line compares the model with its base on its node (outputs/eval, logged to the workspace's
+    run); the Azure train stage downloads the job's outputs as Azure serves them and the eval stage reads them."""
+    import shutil
+
+    from runner.azure import retry
+    from runner.azure import train as az_train
+
+    from .azure_standin import FakeML
+    spec, run_dir, azure, _ = job
+    r, _, run_id, client = run_job(job, tracking, tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    written = azure / "code" / "outputs"  # the job's cwd is its code folder; Azure uploads its outputs/
+    metrics = json.loads((written / "eval" / "metrics.json").read_text())
+    assert metrics["tuned_nll"] < metrics["base_nll"] and metrics["samples"] == 20
+    assert metrics["tuned_stop_rate"] > metrics["base_stop_rate"]
+    assert "[eval] 20 held-out chats" in r.stdout  # in the job's log, as in the terminal
+    assert f"base {metrics['base_nll']:.3f} -> fine-tuned {metrics['tuned_nll']:.3f}" in r.stdout
+    logged = client.get_run(run_id).data.metrics
+    assert logged["eval_tuned_nll"] == pytest.approx(metrics["tuned_nll"])
+    assert {(a.path, a.is_dir) for a in client.list_artifacts(run_id)} >= {("eval", True)}  # report.md and the rest
+    kept = tmp_path / "job-outputs"
+    shutil.copytree(written, kept)
+
+    fake = FakeML(job_outputs=kept)
+    monkeypatch.setattr(az_train, "client", lambda spec: fake)
+    monkeypatch.setattr(retry, "_sleep", lambda s: None)
+    printed = []
+    manifest = execute({**spec, "plan": False, "stages": ["train", "eval"]}, run_dir, out=printed.append)
+    out = manifest["stages"]["eval"]["outputs"]
+    assert manifest["stages"]["eval"]["status"] == "done" and out["tuned_nll"] == metrics["tuned_nll"]
+    assert (run_dir / "eval" / "report.md").read_text() == (kept / "eval" / "report.md").read_text()
+    assert any(p.startswith("[eval] figures of job ") for p in printed)
+    assert any(f"fine-tuned {metrics['tuned_nll']:.3f}" in p for p in printed)
+    # other eval settings than the job's: said, with the command that evaluates anew
+    changed = {**spec, "plan": False, "stages": ["eval"], "eval": {**spec["eval"], "max_new_tokens": 7}}
+    from runner.errors import UserError
+    with pytest.raises(UserError, match="evaluated with other eval settings \\(eval.max_new_tokens\\)"):
+        execute(changed, run_dir, out=lambda *_: None)

@@ -17,7 +17,7 @@ def test_plan_prints_spec_and_stages_and_writes_only_spec_and_plan(tmp_path):
     r = runner_cli("compute=local", "plan=true", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "model:" in r.stdout and "stages:" in r.stdout
-    for stage in ("data", "train", "register", "deploy", "chat"):
+    for stage in ("data", "train", "eval", "register", "deploy", "chat"):
         assert f"  {stage}: would run (never ran here)" in r.stdout or f"  {stage}: runs every time" in r.stdout
     run_dir = tmp_path / "outputs/default/local_tiny_sample"
     assert files_under(run_dir) == ["plan.txt", "spec.yaml"]

@@ -26,7 +26,14 @@ def test_default_run_answers_through_prompt_flow_and_reuses_everything_on_rerun(
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run_dir = tmp_path / "outputs/default/local_tiny_sample"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert {s for s, e in manifest["stages"].items() if e["status"] == "done"} == {"data", "train", "register", "deploy", "chat"}
+    assert {s for s, e in manifest["stages"].items() if e["status"] == "done"} == \
+        {"data", "train", "eval", "register", "deploy", "chat"}
+    # the template audit before training, the eval after it: printed, and the figures on disk
+    assert "[train] template audit passed on 76 rows" in r.stdout and "\u27e6" in r.stdout
+    metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
+    assert metrics["tuned_nll"] < metrics["base_nll"] and metrics["tuned_stop_rate"] >= metrics["base_stop_rate"]
+    assert f"[eval] held-out NLL (assistant tokens, 20 chats, {metrics['tokens']} tokens)" in r.stdout
+    assert (run_dir / "eval" / "report.md").read_text().count("| fine-tuned | ") == metrics["samples"] == 20
     try:
         # the fine-tuned weights are the ones served: the flow answers training prompts with their training answers
         for pair in manifest["stages"]["chat"]["outputs"]["answers"]:
@@ -46,7 +53,7 @@ def test_default_run_answers_through_prompt_flow_and_reuses_everything_on_rerun(
 
         again = runner_cli(cwd=tmp_path)  # nothing changed: reuse the model and the running endpoint
         assert again.returncode == 0, again.stderr[-3000:]
-        for stage in ("data", "train", "register", "deploy"):
+        for stage in ("data", "train", "eval", "register", "deploy"):
             assert f"[{stage}] skipped: inputs unchanged" in again.stdout
         assert json.loads((run_dir / "manifest.json").read_text())["stages"]["deploy"]["outputs"]["pid"] == dep["pid"]
     finally:

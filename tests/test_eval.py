@@ -115,7 +115,7 @@ def test_the_judge_against_a_real_local_endpoint(evaluated, tmp_path, monkeypatc
     try:
         monkeypatch.setenv("JUDGE_KEY_FOR_TEST", server.key)
         judged = copy.deepcopy(spec)
-        judged["eval"].update(samples=4, judge={"base_url": f"{server.base}/v1", "model": "phi3-chat-tiny",
+        judged["eval"].update(samples=4, judge={"base_url": f"{server.base}/v1", "model": "mlflow_model",
                                                 "api_key_env": "JUDGE_KEY_FOR_TEST"})
         before = server.log.read_text().count("POST /v1/chat/completions")
         printed = []
@@ -130,7 +130,7 @@ def test_the_judge_against_a_real_local_endpoint(evaluated, tmp_path, monkeypatc
             assert j["win_rate"] is None and j["win_rate_ci95"] == [None, None]
         samples = [json.loads(line) for line in (run_dir / "eval" / "answers.jsonl").read_text().splitlines()]
         assert all(set(s["judge"]) == {"tuned_as_A", "tuned_as_B"} for s in samples)
-        assert "## Judge" in (run_dir / "eval" / "report.md").read_text() and any("judge phi3-chat-tiny" in p for p in printed)
+        assert "## Judge" in (run_dir / "eval" / "report.md").read_text() and any("judge mlflow_model" in p for p in printed)
         for path in run_dir.rglob("*"):  # the key is read from the environment, written nowhere
             if path.is_file() and path.stat().st_size < 5_000_000:
                 assert server.key.encode() not in path.read_bytes(), path

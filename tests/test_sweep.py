@@ -32,7 +32,7 @@ def mlflow_runs(tmp_path):
 
 
 def test_a_fraction_sweep_evaluates_every_point_on_the_same_rows_and_summarises(tmp_path):
-    r = runner_cli("-m", "data.percent=25,50,100", "stages=[data,train]", cwd=tmp_path, timeout=600)
+    r = runner_cli("-m", "data.percent=25,50,100", "stages=[data,train,eval]", cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     runs = {p: manifest(tmp_path, p) for p in POINTS}
     assert len({m["data"]["outputs"]["eval"]["sha256"] for m in runs.values()}) == 1
@@ -47,8 +47,12 @@ def test_a_fraction_sweep_evaluates_every_point_on_the_same_rows_and_summarises(
     root = tmp_path / "outputs/default"
     table = (root / "sweep.md").read_text()
     for p in POINTS:
-        assert f"| data.percent={p} | train done | {runs[p]['data']['outputs']['train_rows']} |" in table
-    assert "| data.percent=25 | train done |" in r.stdout  # printed too
+        assert f"| data.percent={p} | eval done | {runs[p]['data']['outputs']['train_rows']} |" in table
+        e = runs[p]["eval"]["outputs"]  # does more data make a better model? the eval columns, one eval set
+        assert f"| {e['base_nll']:.4g} | {e['tuned_nll']:.4g} | {100 * e['base_stop_rate']:.0f} % | " \
+               f"{100 * e['tuned_stop_rate']:.0f} % |" in table
+    assert len({round(runs[p]["eval"]["outputs"]["base_nll"], 6) for p in POINTS}) == 1  # one base, same rows
+    assert "| data.percent=25 | eval done |" in r.stdout  # printed too
     assert (root / "sweep.csv").read_text().splitlines()[0].startswith("point,status,train rows,eval rows")
     assert (root / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = min(after, key=after.get)
@@ -58,7 +62,7 @@ def test_a_fraction_sweep_evaluates_every_point_on_the_same_rows_and_summarises(
     client, found = mlflow_runs(tmp_path)
     parents = [x for x in found if "runner.sweep_dir" in x.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert parents[0].info.run_name == "default sweep: data.percent=25,50,100 stages=[data,train]"
+    assert parents[0].info.run_name == "default sweep: data.percent=25,50,100 stages=[data,train,eval]"
     children = {x.info.run_name: x for x in found if x.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert set(children) == {f"default/local_tiny_sample/data.percent={p}" for p in POINTS}
     for p in POINTS:
@@ -66,8 +70,8 @@ def test_a_fraction_sweep_evaluates_every_point_on_the_same_rows_and_summarises(
             str(point_dir(tmp_path, p).resolve())
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"sweep.md", "sweep.csv", "sweep.png"}
 
-    again = runner_cli("-m", "data.percent=25,50,100", "stages=[data,train]", cwd=tmp_path, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("skipped: inputs unchanged") == 6
+    again = runner_cli("-m", "data.percent=25,50,100", "stages=[data,train,eval]", cwd=tmp_path, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("skipped: inputs unchanged") == 9
     assert len(mlflow_runs(tmp_path)[1]) == len(found)
 
 

@@ -201,6 +201,8 @@ def evaluate_here(spec: dict, job: Job, final, eval_file: Path, eval_dir: Path, 
                                 job.tokenizer, chats.load(eval_file), spec["eval"], stop_ids(job.base),
                                 spec["train"]["max_length"], eval_dir, log)
     tracking.best_effort("log the eval", evaluate.log_to_mlflow, mlflow, metrics, eval_dir)
+    for line in evaluate.eval_report.lines(metrics):
+        log(f"[eval] {line}")
     return {k: metrics[k] for k in ("base_nll", "tuned_nll", "base_stop_rate", "tuned_stop_rate")}
 
 
