@@ -85,7 +85,8 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
     if audited.problems:
         raise TrainerInputError(audit.refusal(audited))
     output_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be usable
-    write_atomic(output_dir / "template_audit.txt", audited.report + "\n")
+    if distributed.is_main():  # with several processes, rank 0 alone writes
+        write_atomic(output_dir / "template_audit.txt", audited.report + "\n")
     log(f"[train] {audited.summary(spec['train']['max_length'])}\n[train] the first chat as it is trained (loss on "
         f"the tokens in \u27e6 \u27e7; the first {min(len(train_rows), 3)} in {output_dir / 'template_audit.txt'}):\n"
         f"{audit.terminal(audited.first)}")
@@ -196,7 +197,6 @@ def evaluate_here(spec: dict, job: Job, final, eval_file: Path, eval_dir: Path, 
     import mlflow
 
     from . import evaluate
-    final.eval()
     metrics = evaluate.evaluate(final, lambda: evaluate.load_model(job.base, str(next(final.parameters()).device)),
                                 job.tokenizer, chats.load(eval_file), spec["eval"], stop_ids(job.base),
                                 spec["train"]["max_length"], eval_dir, log)
