@@ -160,8 +160,8 @@ def run(tokenizer, rows, *, assistant_only_loss: bool, max_length: int | None, s
             stops |= {row.ids[t.stop] for t in row.turns if t.role == "assistant" and t.stop >= 0}
             labelled.append((row.ids, row.labels))
             if n < shown:
-                shown_rows.append(_show(tokenizer, row.ids, row.labels, max_length if len(row.ids) > (max_length or
-                                                                                                    len(row.ids)) else None))
+                cut_here = max_length if max_length is not None and len(row.ids) > max_length else None
+                shown_rows.append(_show(tokenizer, row.ids, row.labels, cut_here))
     missing = sorted(stops - stop_ids)
     if missing:
         problems.append(("d", f"the model's stop ids {sorted(stop_ids)} do not include the end-of-turn token "
