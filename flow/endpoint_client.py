@@ -1,4 +1,4 @@
-"""A small client for an Azure-ML-style scoring endpoint (the local trainer.serve or an Azure online endpoint).
+"""A small client for an Azure-ML-style scoring endpoint (the local serving.serve or an Azure online endpoint).
 
 No Prompt flow import on purpose: Prompt flow is retired in April 2027, and whatever replaces the flow
 layer can call ask() as it is. Standard library only.

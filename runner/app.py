@@ -17,7 +17,7 @@ from .spec import rules
 from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, redacted, to_spec
 from .spec.settle import command_shown, settle
 from .spec.validate import validate
-from trainer.files import write_atomic
+from common.files import write_atomic
 
 
 exit_codes = []  # one per run of `python -m runner`; a -m sweep goes on past a failed point, exits with the worst

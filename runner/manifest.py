@@ -3,7 +3,7 @@ import json
 import time
 from pathlib import Path
 
-from trainer.files import write_atomic
+from common.files import write_atomic
 
 
 class Manifest:

@@ -104,7 +104,7 @@ def in_use(directory: Path) -> str | None:
         os.close(fd)
 
 
-_TEMP = re.compile(r"^\..+\.tmp(\d+)$")  # trainer.files.write_atomic's temp file: .<name>.tmp<pid>
+_TEMP = re.compile(r"^\..+\.tmp(\d+)$")  # common.files.write_atomic's temp file: .<name>.tmp<pid>
 
 
 def remove_stale_temps(directory: Path) -> list[Path]:

@@ -45,12 +45,12 @@ def post(url: str, body, key: str | None, timeout: float = 60) -> tuple[int, obj
 
 
 class Server:
-    """python -m trainer.serve on a free loopback port, started as the deploy stage starts it."""
+    """python -m serving.serve on a free loopback port, started as the deploy stage starts it."""
 
     def __init__(self, model_dir, workdir: Path, limit: int = 128, key: str | None = None):
         """key: the one it accepts (as an Azure endpoint's key is given); a fresh random one by default."""
         from runner.local import server
-        from trainer.files import write_atomic
+        from common.files import write_atomic
         workdir.mkdir(parents=True, exist_ok=True)
         key_file, self.ready, self.log = workdir / "endpoint.key", workdir / "server.json", workdir / "server.log"
         server.new_key(key_file)

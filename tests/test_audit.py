@@ -175,7 +175,7 @@ def test_a_template_of_ones_own_trains_and_serves(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "template audit passed" in r.stdout and "<|system|>\u21b5\nBe brief.<|end|>" in r.stdout
     manifest = json.loads((tmp_path / "outputs" / "default" / "local_tiny_sample" / "manifest.json").read_text())
-    from trainer import scoring
+    from serving import scoring
     scorer = scoring.Scorer(manifest["stages"]["train"]["outputs"]["mlflow_model_dir"])
     assert scorer.tokenizer.chat_template == own
     prompt, _ = scorer.encode([{"role": "user", "content": "hi"}], {"max_new_tokens": 8})

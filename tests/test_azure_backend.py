@@ -197,7 +197,7 @@ def test_deploy_is_blue_green_without_downtime(azure_ctx):
     assert dep.environment_variables == {"MAX_NEW_TOKENS_LIMIT": "256", "REQUEST_TIMEOUT_MS": "180000"}  # nothing the scoring script does not read
     assert dep.request_settings.max_concurrent_requests_per_instance == 3
     assert dep.liveness_probe.initial_delay == 500 and dep.readiness_probe.success_threshold == 1
-    assert dep.code_configuration.scoring_script == "trainer/scoring.py"
+    assert dep.code_configuration.scoring_script == "serving/scoring.py"
     invoke = fake.details("online_endpoints.invoke")[0]
     assert invoke == {"deployment_name": "blue", "request": {"input_data": ["Hello"], "params": {"max_new_tokens": 8}}}
     assert fake.details("online_endpoints.begin_create_or_update")[1]["traffic"] == {"blue": 100}

@@ -110,8 +110,7 @@ def test_a_bad_body_is_a_400_with_the_reason_once_encoded(server, body, words):
 
 def test_the_model_loads_from_the_folder_layout_azure_mounts(staged):
     """No relative import, no parent package: the script imports as azmlinfsrv loads it (by file path)."""
-    code = staged / "code"
-    script = code / "trainer" / "scoring.py"
+    script = staged / "deployment-code" / "serving" / "scoring.py"
     probe = ("import importlib.util as u, sys; s = u.spec_from_file_location('entry_module', sys.argv[1]); "
              "m = u.module_from_spec(s); s.loader.exec_module(m); print(m.init.__doc__ is not None)")
     python = azure_envs.build("inference", yaml.safe_load((staged / "conda-inference.yml").read_text())

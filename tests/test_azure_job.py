@@ -181,7 +181,7 @@ def test_the_job_saves_the_model_where_model_yml_points_and_logs_to_the_workspac
     assert {a.path for a in client.list_artifacts(run_id)} >= {"spec.yaml", "loss.png"}
 
     # register and deploy take that folder as it is: the scoring module answers from it
-    from trainer import scoring
+    from serving import scoring
     question, answer = single_turn_pairs(json.loads((run_dir / "manifest.json").read_text()), 1)[0]
     scorer = scoring.Scorer(model_dir)
     assert scorer.score({"input_data": [question], "params": {"max_new_tokens": 96}}) == [answer]
@@ -221,7 +221,7 @@ def test_the_job_evaluates_after_training_and_the_eval_stage_takes_its_figures(j
     spec, run_dir, azure, _ = job
     r, _, run_id, client = run_job(job, tracking, tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    written = azure / "code" / "outputs"  # the job's cwd is its code folder; Azure uploads its outputs/
+    written = azure / resources.JOB_CODE / "outputs"  # the job's cwd is its code folder; Azure uploads its outputs/
     metrics = json.loads((written / "eval" / "metrics.json").read_text())
     assert metrics["tuned_nll"] < metrics["base_nll"] and metrics["samples"] == 20
     assert metrics["tuned_stop_rate"] > metrics["base_stop_rate"]

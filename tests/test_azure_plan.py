@@ -74,7 +74,7 @@ def test_plan_writes_files_the_sdk_loads(compose_spec, tmp_path, case):
     assert job.outputs["model_output"].type == "uri_folder" and job.outputs["checkpoints"].mode == "rw_mount"
     assert "--checkpoint-dir ${{outputs.checkpoints}} --save-model-only" in job.command
     code = az / job.code
-    assert (code / "trainer" / "__main__.py").is_file() and (code / "trainer" / "scoring.py").is_file()
+    assert (code / "trainer" / "__main__.py").is_file() and (code / "common" / "chats.py").is_file()
     staged = yaml.safe_load((code / "spec.yaml").read_text())
     assert staged["model"]["id"] == base and staged["azure"]["subscription_id"] is None
 
@@ -87,7 +87,7 @@ def test_plan_writes_files_the_sdk_loads(compose_spec, tmp_path, case):
     deployment = load_online_deployment(az / "deployment.yml")
     assert deployment.name == "blue" and deployment.instance_type == "Standard_E4s_v3"
     assert deployment.instance_count == 1 and deployment.model == f"{model.name}@latest"
-    assert deployment.code_configuration.scoring_script == "trainer/scoring.py"
+    assert deployment.code_configuration.scoring_script == "serving/scoring.py"
     inference = deployment.environment.conda_file["dependencies"][-1]["pip"]
     assert "azureml-inference-server-http==1.5.1" in inference and "torch==2.13.0+cpu" in inference
     assert deployment.environment.image == "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest"
@@ -173,11 +173,26 @@ def test_cli_azure_compute_without_variables_exits_2_and_leaves_no_run_directory
 def test_deploy_stages_the_code_again_so_a_fixed_scoring_script_is_deployed(compose_spec, tmp_path):
     spec = compose_spec("compute=a100", "plan=true")
     plan_all(spec, tmp_path / "run")
-    script = tmp_path / "run" / "azure" / "code" / "trainer" / "scoring.py"
+    script = tmp_path / "run" / "azure" / "deployment-code" / "serving" / "scoring.py"
     script.write_text("# the scoring script as the train stage staged it, before a fix\n")
     ctx = Context(tmp_path / "run", Manifest(tmp_path / "run"))
     implementation("deploy", spec).plan(spec, ctx)
-    assert script.read_text() == (REPO_ROOT / "trainer" / "scoring.py").read_text()
+    assert script.read_text() == (REPO_ROOT / "serving" / "scoring.py").read_text()
+
+
+def test_each_code_folder_holds_only_what_runs_there(compose_spec, tmp_path):
+    """The training job ships trainer/ and common/ (and the spec); the deployment serving/ and common/. Neither
+    carries the other's code, and nothing in them imports the package it does not ship with."""
+    spec = compose_spec("compute=a100", "plan=true")
+    plan_all(spec, tmp_path / "run")
+    azure = tmp_path / "run" / "azure"
+    job, deployment = azure / "job-code", azure / "deployment-code"
+    assert sorted(p.name for p in job.iterdir()) == ["common", "spec.yaml", "trainer"]
+    assert sorted(p.name for p in deployment.iterdir()) == ["common", "serving"]
+    for folder, absent in ((job, "serving"), (deployment, "trainer")):
+        for path in folder.rglob("*.py"):
+            text = path.read_text()
+            assert f"from {absent}" not in text and f"import {absent}" not in text, path
 
 
 def test_a_serverless_plan_has_no_cluster_and_no_idle_cost(compose_spec, tmp_path):

@@ -169,7 +169,8 @@ def test_the_page_chats_with_an_azure_endpoint_and_the_browser_never_sees_its_ke
     from runner.context import Context
     from runner.manifest import Manifest
     from runner.spec import azure_env_paths
-    from runner.stages import chat, chat_page
+    from runner.stages import chat
+    from serving import chat_page
 
     from .azure_standin import AZURE, KEY, FakeML
 
@@ -242,7 +243,7 @@ def test_an_endpoint_gone_while_the_page_is_open_is_said_on_the_page_not_a_crash
     from starlette.testclient import TestClient
 
     from runner.errors import StageFailed
-    from runner.stages import chat_page
+    from serving import chat_page
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

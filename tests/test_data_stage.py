@@ -7,7 +7,7 @@ import pytest
 
 from runner.app import execute
 from runner.errors import UserError
-from trainer.chats import ROLES
+from common.chats import ROLES
 
 from .helpers import SAMPLE, read_jsonl, run_data
 

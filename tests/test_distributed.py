@@ -69,9 +69,9 @@ def run_job(run_dir: Path, root: Path, processes: int, kill_when=None,
     writes.mkdir(parents=True, exist_ok=True)
     launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
                 if processes > 1 else [sys.executable])
-    env = {**os.environ, "PYTHONPATH": str(run_dir / "azure" / "code"), "RANK_WRITES_DIR": str(writes),
+    env = {**os.environ, "PYTHONPATH": str(run_dir / "azure" / "job-code"), "RANK_WRITES_DIR": str(writes),
            "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*launcher, str(WRAPPER), *job_argv(run_dir, outputs)], cwd=run_dir / "azure" / "code",
+    proc = subprocess.Popen([*launcher, str(WRAPPER), *job_argv(run_dir, outputs)], cwd=run_dir / "azure" / "job-code",
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     if kill_when is None:
@@ -121,7 +121,7 @@ def check_one_model_from_rank_zero(root: Path, outputs: Path, processes: int):
 
 
 def answers(model_dir: Path, manifest: dict, n: int = 2) -> tuple[list, list]:
-    from trainer import scoring
+    from serving import scoring
     scorer = scoring.Scorer(model_dir)
     pairs = single_turn_pairs(manifest, n)
     return [scorer.score({"input_data": [q], "params": {"max_new_tokens": 96}})[0] for q, _ in pairs], \

@@ -21,9 +21,9 @@ RUN = "outputs/default/local_tiny_sample"
 
 
 def server_loading(run_dir):
-    """A trainer.serve of this run directory has started and has not said it is ready."""
+    """A serving.serve of this run directory has started and has not said it is ready."""
     run_dir = run_dir.resolve()
-    return any("trainer.serve" in command_line(pid) for pid in processes_of(run_dir)) and \
+    return any("serving.serve" in command_line(pid) for pid in processes_of(run_dir)) and \
         not (run_dir / "deploy" / "server.json").exists()
 
 

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from runner.errors import UserError
 from runner.stages.data import check_rows, read_rows
-from trainer import chats, contract
+from common.chats import ROLES, row_problem
+from serving import contract
+from trainer import chats
 from trainer.errors import TrainerInputError
 
 # FUZZ_EXAMPLES=20000 for a longer hunt; CI runs the default (about 10 s for all five)
@@ -58,7 +60,7 @@ def check_file(data: bytes, on_bad_row: str):
             return
         assert len(good) + skipped == len(rows) and (on_bad_row == "skip" or skipped == 0)
         for row in good:  # a kept row is a chat the trainer takes and the data stage can write back as UTF-8
-            assert chats.row_problem(row) is None
+            assert row_problem(row) is None
             json.dumps(row, ensure_ascii=False).encode("utf-8")
 
 
@@ -89,7 +91,7 @@ def test_the_trainers_loader_takes_any_bytes(data):
             rows = chats.load(path)
         except TrainerInputError:
             return
-        assert rows and all(chats.row_problem(r) is None for r in rows)
+        assert rows and all(row_problem(r) is None for r in rows)
 
 
 def check_request(raw):
@@ -100,7 +102,7 @@ def check_request(raw):
         return
     assert 1 <= len(conversations) <= contract.MAX_INPUTS
     for msgs in conversations:
-        assert msgs and all(m["role"] in chats.ROLES and isinstance(m["content"], str) for m in msgs)
+        assert msgs and all(m["role"] in ROLES and isinstance(m["content"], str) for m in msgs)
         for m in msgs:
             m["content"].encode("utf-8")  # what the tokenizer will be given
     assert set(params) == set(contract.PARAMS)

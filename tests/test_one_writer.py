@@ -100,7 +100,7 @@ def test_two_invocations_of_one_run_at_once_train_once(tmp_path):
 
 
 def test_the_next_writer_removes_temp_files_a_kill_left_and_keeps_a_live_writers(tmp_path):
-    from trainer.files import write_atomic
+    from common.files import write_atomic
     from runner.rundir import OneWriter
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)  # exited: its temp file is what a SIGKILL between write and rename leaves

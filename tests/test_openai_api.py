@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer import openai_api as oa
-from trainer.contract import BadRequest
+from serving import openai_api as oa
+from serving.contract import BadRequest
 
 from . import _endpoint as ep
 
@@ -155,7 +155,7 @@ def test_errors_have_openais_shape_and_the_score_route_keeps_its_own(server):
 
 
 def test_a_cancelled_completion_frees_the_model_at_the_next_token(model_dir):
-    from trainer import scoring
+    from serving import scoring
     s = scoring.Scorer(model_dir, max_new_tokens_limit=480)
     params = {"max_new_tokens": 480, "temperature": 2.0, "do_sample": True, "top_p": 1.0, "return_full_text": False}
     _, enc = s.encode([{"role": "user", "content": "zq xv"}], params)
@@ -218,7 +218,7 @@ def test_parse_maps_openai_settings_onto_the_scoring_ones():
 
 
 def test_incremental_text_adds_up_to_the_stripped_answer():
-    from trainer.scoring import Incremental
+    from serving.scoring import Incremental
     words = ["  Hel", "lo", " wor", "ld", "  \n", "end", " "]
     decode = lambda ids: "".join(words[i] for i in ids)  # noqa: E731
     text = Incremental(decode)

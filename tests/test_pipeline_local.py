@@ -49,7 +49,7 @@ def test_register_deploy_chat_then_reuse(trained_run, run_dir):
     reg, dep, chat = (stages[s]["outputs"] for s in ("register", "deploy", "chat"))
     assert reg["model_uri"] == f"models:/{reg['model_name']}/{reg['model_version']}"
     assert dep["kind"] == "local" and dep["url"] == f"http://127.0.0.1:{dep['port']}/score"
-    assert "trainer.serve" in command_line(dep["pid"])
+    assert "serving.serve" in command_line(dep["pid"])
     assert chat["answers"] == [{"question": question, "answer": answer}]
     assert f"[chat] A: {answer}" in log
 

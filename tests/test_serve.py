@@ -17,7 +17,7 @@ def model_dir(trained_run):
 
 @pytest.fixture(scope="module")
 def scoring(model_dir):
-    from trainer import scoring
+    from serving import scoring
     scoring.load(model_dir, max_new_tokens_limit=128)
     return scoring
 
@@ -90,7 +90,7 @@ def test_bad_bodies_are_refused_with_a_message(scoring, body, message):
 def test_model_folder_is_found_below_the_azure_model_dir(model_dir, tmp_path):
     import shutil
 
-    from trainer.scoring import find_mlflow_model
+    from common.files import find_mlflow_model
     nested = tmp_path / "phi3-chat" / "1" / "mlflow_model"
     shutil.copytree(model_dir, nested)
     assert find_mlflow_model(tmp_path) == nested
@@ -158,13 +158,13 @@ def test_a_key_file_readable_by_others_is_refused(model_dir, tmp_path):
     key = tmp_path / "key"
     key.write_text("x" * 40)
     key.chmod(0o644)
-    r = subprocess.run([sys.executable, "-m", "trainer.serve", "--model-dir", str(model_dir), "--key-file", str(key)],
+    r = subprocess.run([sys.executable, "-m", "serving.serve", "--model-dir", str(model_dir), "--key-file", str(key)],
                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "chmod 600" in r.stderr
 
 
 def test_scoring_and_server_import_nothing_from_runner_hydra_azure_or_promptflow(scoring):
-    code = "import sys, trainer.serve, trainer.scoring as s; s.load(sys.argv[1])"
+    code = "import sys, serving.serve, serving.scoring as s; s.load(sys.argv[1])"
     assert imported_by(code, scoring._scorer.model_dir) & NOT_IN_TRAINER == set()
 
 
@@ -173,7 +173,7 @@ def test_a_bf16_model_is_served_in_float32_on_the_cpu(model_dir, tmp_path):
     import mlflow
     import torch
 
-    from trainer import scoring as sc
+    from serving import scoring as sc
     from trainer.tracking import save_model
     parts = mlflow.transformers.load_model(model_dir, return_type="components")
     save_model(parts["model"].to(torch.bfloat16), parts["tokenizer"], tmp_path / "bf16")
@@ -213,7 +213,7 @@ def test_a_prompt_that_fits_only_without_its_answer_is_refused_too(scoring):
 
 
 def test_generation_stops_at_the_request_timeout(model_dir):
-    from trainer.scoring import Scorer, TimedOut
+    from serving.scoring import Scorer, TimedOut
     scorer = Scorer(model_dir, max_new_tokens_limit=256, request_timeout_ms=1)
     t0 = time.monotonic()
     with pytest.raises(TimedOut, match="request timeout of 1 ms"):
@@ -243,5 +243,5 @@ def test_the_local_server_answers_504_past_its_request_timeout(model_dir, tmp_pa
 
 
 def test_a_request_without_max_new_tokens_is_never_refused_for_the_default():
-    from trainer.contract import parse_params
+    from serving.contract import parse_params
     assert parse_params({}, 32)["max_new_tokens"] == 32 and parse_params({}, 256)["max_new_tokens"] == 64

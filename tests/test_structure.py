@@ -94,11 +94,12 @@ def test_train_keys_are_sft_config_arguments(tmp_path):
 
 
 def test_generation_defaults_have_one_home(trained_run):
-    """The scoring defaults, the MLflow signature and the flow all come from trainer/generation.py."""
+    """The scoring defaults, the MLflow signature and the flow all come from common/generation.py."""
     import mlflow
 
-    from trainer import contract, tracking
-    from trainer.generation import DEFAULTS
+    from common.generation import DEFAULTS
+    from serving import contract
+    from trainer import tracking
     assert {k: contract.PARAMS[k][1] for k in DEFAULTS} == DEFAULTS
     out = trained_run[2]["stages"]["train"]["outputs"]
     tracking.point_at(out["tracking_uri"])
@@ -129,6 +130,27 @@ def test_the_requirements_have_one_reader():
         job = envs.packages(envs.train_pip(device))
         changed = {envs.name_of(p) for p in set(job) ^ set(pins)}
         assert changed == {"torch", "mlflow", "azureml-mlflow"}, changed
+
+
+def top_level_imports(package: str):
+    """(module path, top-level package) for every import in a package, at module level or in a function."""
+    import ast
+    for path in (REPO_ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                yield from ((path.relative_to(REPO_ROOT), a.name.split(".")[0]) for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                yield path.relative_to(REPO_ROOT), node.module.split(".")[0]
+
+
+def test_training_serving_and_what_they_share_stay_apart():
+    """common/ is the standard library only; trainer/ (the Azure job's code) and serving/ (the deployment's) import
+    common/ and never each other, nor the runner, Hydra or Prompt flow."""
+    import sys
+    assert {(str(m), p) for m, p in top_level_imports("common") if p not in sys.stdlib_module_names | {"common"}} == set()
+    for package, never in (("trainer", {"serving", "runner", "hydra", "azure", "promptflow"}),
+                           ("serving", {"trainer", "runner", "hydra", "promptflow"})):
+        assert {(str(m), p) for m, p in top_level_imports(package) if p in never} == set(), package
 
 
 # runner/ in layers: a module imports only from its own layer or those below (python -m pytest -k layers)

@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         if args.summary_file and rank0:
             import json
 
-            from .files import write_atomic
+            from common.files import write_atomic
             args.summary_file.parent.mkdir(parents=True, exist_ok=True)
             # the figures alone: in an Azure ML job the tracking URI names the subscription, and this file is downloaded
             figures = {k: v for k, v in summary.items() if k not in ("tracking_uri", "model_uri", "mlflow_model_dir",

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import audit, eval_report
-from .files import write_atomic
+from common.files import find_mlflow_model, write_atomic
 
 BATCH = 8
 
@@ -134,7 +134,6 @@ def load_tuned(mlflow_dir):
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
-    from .scoring import find_mlflow_model
     parts = mlflow.transformers.load_model(str(find_mlflow_model(mlflow_dir)), return_type="components")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = parts["model"].float() if device == "cpu" else parts["model"]
@@ -157,3 +156,19 @@ def log_to_mlflow(mlflow, metrics: dict, folder: Path):
     for name in ("metrics.json", "report.md", "answers.jsonl"):
         if (Path(folder) / name).is_file():
             mlflow.log_artifact(str(Path(folder) / name), artifact_path="eval")
+
+
+def after_training(spec: dict, base: str, tokenizer, final, eval_file: Path, out_dir: Path, log) -> dict:
+    """The eval stage's work in the training process (the Azure job), on the model just trained; logged to the
+    active MLflow run and to the job's log. The base model is loaded onto the trained one's device."""
+    import mlflow
+
+    from . import chats, tracking
+    from .hub import stop_ids
+    device = str(device_of(final))
+    metrics = evaluate(final, lambda: load_model(base, device), tokenizer, chats.load(eval_file), spec["eval"],
+                       stop_ids(base), spec["train"]["max_length"], out_dir, log)
+    tracking.best_effort("log the eval", log_to_mlflow, mlflow, metrics, out_dir)
+    for line in eval_report.lines(metrics):
+        log(f"[eval] {line}")
+    return {k: metrics[k] for k in ("base_nll", "tuned_nll", "base_stop_rate", "tuned_stop_rate")}

@@ -1,20 +1,9 @@
-"""Small file helpers shared by the trainer, the local endpoint and the runner (which may import trainer)."""
+"""The trainer's file helpers: its pinned requirements (the Azure environments are generated from them) and the
+checkpoint a re-run resumes from. Atomic writes: common/files.py."""
 import json
-import os
 from pathlib import Path
 
 REQUIREMENTS = Path(__file__).with_name("requirements.txt")
-
-
-def write_atomic(path, text: str, mode: int | None = None):
-    """Write via a temp file and rename, so a crash never leaves a half-written file and readers never see one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        if mode is not None:
-            os.chmod(tmp, mode)
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def pinned_requirements() -> list[str]:

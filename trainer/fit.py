@@ -5,9 +5,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.files import write_atomic
+
 from . import audit, chats, distributed, memory, tracking
 from .errors import TrainerInputError
-from .files import last_complete_checkpoint, write_atomic
+from .files import last_complete_checkpoint
 from .hub import base_model_dir, go_offline_unless_reachable, load_tokenizer, stop_ids
 
 
@@ -192,20 +194,6 @@ def record(job: Job, metrics: dict, output_dir: Path, save_only: bool, final=Non
             "loss_plot": str(plot) if plot else None}
 
 
-def evaluate_here(spec: dict, job: Job, final, eval_file: Path, eval_dir: Path, log) -> dict:
-    """The eval stage's work inside this process, on the model just trained, logged to the active MLflow run."""
-    import mlflow
-
-    from . import evaluate
-    metrics = evaluate.evaluate(final, lambda: evaluate.load_model(job.base, str(next(final.parameters()).device)),
-                                job.tokenizer, chats.load(eval_file), spec["eval"], stop_ids(job.base),
-                                spec["train"]["max_length"], eval_dir, log)
-    tracking.best_effort("log the eval", evaluate.log_to_mlflow, mlflow, metrics, eval_dir)
-    for line in evaluate.eval_report.lines(metrics):
-        log(f"[eval] {line}")
-    return {k: metrics[k] for k in ("base_nll", "tuned_nll", "base_stop_rate", "tuned_stop_rate")}
-
-
 def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output_dir: Path,
           tracking_uri: str | None = None, experiment: str | None = None, cache_dir: Path | None = None,
           log=print, checkpoint_dir: Path | None = None, save_model_only: bool = False,
@@ -239,7 +227,8 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
         if main:
             summary.update(run_id=run.info.run_id, **record(job, metrics, output_dir, save_model_only, final))
             if eval_dir is not None and spec.get("eval"):  # the Azure job: the base model is on this node already
-                summary["eval"] = evaluate_here(spec, job, final, eval_file, Path(eval_dir), log)
+                from .evaluate import after_training
+                summary["eval"] = after_training(spec, job.base, job.tokenizer, final, eval_file, Path(eval_dir), log)
     if main:
         write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2))
     before = summary["eval_loss_before"]

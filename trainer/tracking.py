@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 from .files import pinned_requirements
-from .generation import PARAMS
+from common.generation import PARAMS
 
 
 def point_at(uri: str, registry: bool = False):

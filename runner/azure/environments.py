@@ -11,7 +11,7 @@ change only what Azure needs, each change said below with its reason:
   azureml-mlflow plugin. azureml-mlflow 1.62.0.post6 caps mlflow-skinny at 3.15.0; left unpinned, pip falls
   back to azureml-mlflow 1.60.0 beside mlflow 3.17, whose artifact-repository call fails with a TypeError. So
   the job pins the newest pair that fits together: mlflow 3.15.0 + azureml-mlflow 1.62.0.post6.
-- The deployment needs only what trainer/scoring.py imports, plus Azure ML's inference server.
+- The deployment needs only what serving/scoring.py imports, plus Azure ML's inference server.
 """
 import re
 

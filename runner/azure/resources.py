@@ -15,20 +15,23 @@ import re
 import shutil
 from pathlib import Path
 
-from trainer.files import write_atomic
+import yaml
+
+from common.files import write_atomic
 
 from .. import REPO_ROOT
 from ..errors import StageFailed
 from ..spec import azure_env_paths, digest, dump_yaml, hardware, redacted
 from . import environments
 
-TRAINER_DIR = REPO_ROOT / "trainer"
+JOB_CODE, DEPLOYMENT_CODE = "job-code", "deployment-code"  # beside job.yml and deployment.yml, holding:
+PACKAGES = {JOB_CODE: ("trainer", "common"), DEPLOYMENT_CODE: ("serving", "common")}
 # Azure ML's documented CPU inference base image (docs: "Prebuilt Docker images for inference"); the conda file
 # adds Python 3.11 and the pins. "minimal-ubuntu22.04-py311-cpu-inference" was only ever a folder name in
 # azureml-assets, never a published image: deployments on it fail with ImageBuildFailure.
 INFERENCE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest"
 TEMPLATE_FILE = "chat_template.jinja"                 # model.chat_template's copy in the staged code folder
-SCORING_SCRIPT = "trainer/scoring.py"                # relative to the staged code folder
+SCORING_SCRIPT = "serving/scoring.py"                # relative to the staged code folder
 DEPLOYMENT_NAMES = ("blue", "green")                 # alternate, so the live one is never replaced in place
 MODEL_OUTPUT = "model_output"
 CHECKPOINT_OUTPUT = "checkpoints"                    # a separate job output: never part of the registered model
@@ -85,7 +88,7 @@ def job(spec, env: dict, train_file: str, eval_file: str, point: str = "") -> di
         "$schema": SCHEMA.format("commandJob"), "type": "command",
         "display_name": f"{spec['run']['name']}-{spec['model']['name']}" + (f" {point}" if point else ""),
         "experiment_name": spec["run"]["experiment_name"],
-        "code": "code",  # trainer/ and the run's spec.yaml, staged next to this file
+        "code": JOB_CODE,  # trainer/, common/ and the run's spec.yaml, staged next to this file
         # the model is saved into model_output (registered as it is: Azure's tracking server has no logged-model
         # API); checkpoints go to their own output, so a re-run of an interrupted job resumes from them, and are
         # deleted once the model is saved (a 3.8B full fine-tune keeps two of about 45 GB with optimizer state)
@@ -151,9 +154,9 @@ def deployment(spec, name: str, model_ref: str, endpoint_name: str) -> dict:
     return {
         "$schema": SCHEMA.format("managedOnlineDeployment"), "name": name, "endpoint_name": endpoint_name,
         "model": model_ref, "instance_type": d["instance_type"], "instance_count": d["instance_count"],
-        "code_configuration": {"code": "code", "scoring_script": SCORING_SCRIPT},
+        "code_configuration": {"code": DEPLOYMENT_CODE, "scoring_script": SCORING_SCRIPT},
         "environment": {"image": INFERENCE_IMAGE, "conda_file": "conda-inference.yml"},
-        # read by trainer/scoring.py, which stops generating at the request timeout instead of holding the model
+        # read by serving/scoring.py, which stops generating at the request timeout instead of holding the model
         "environment_variables": {"MAX_NEW_TOKENS_LIMIT": str(d["max_new_tokens_limit"]),
                                   "REQUEST_TIMEOUT_MS": str(d["request_timeout_ms"])},
         "request_settings": {"request_timeout_ms": d["request_timeout_ms"],
@@ -188,23 +191,23 @@ def written(ctx, spec, build) -> dict:
     return build(spec)
 
 
-def stage_code(ctx) -> Path:
-    """<run_dir>/azure/code: a fresh copy of trainer/ plus the run's (redacted) spec.yaml."""
-    dst = folder(ctx) / "code"
+def stage_code(ctx, which: str) -> Path:
+    """<run_dir>/azure/<which>: fresh copies of the packages it runs; the job's also spec.yaml (and the template)."""
+    dst = folder(ctx) / which
     spec_file = Path(ctx.run_dir) / "spec.yaml"
     if not spec_file.is_file():
         raise StageFailed(f"{spec_file} is missing: the runner writes it before any stage runs")
     if dst.exists():
         shutil.rmtree(dst)  # no stale files: the SDK uploads the folder as it is
-    shutil.copytree(TRAINER_DIR, dst / "trainer", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for package in PACKAGES[which]:
+        shutil.copytree(REPO_ROOT / package, dst / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if which != JOB_CODE:
+        return dst
     shutil.copy2(spec_file, dst / "spec.yaml")
-    import yaml
     staged = yaml.safe_load(spec_file.read_text())
-    template = (staged.get("model") or {}).get("chat_template")
-    if template:  # model.chat_template travels with the code; the job's spec names the copy beside it
-        shutil.copy2(template, dst / TEMPLATE_FILE)
+    if (staged.get("model") or {}).get("chat_template"):  # model.chat_template: the job's spec names the copy
+        shutil.copy2(staged["model"]["chat_template"], dst / TEMPLATE_FILE)
         staged["model"]["chat_template"] = TEMPLATE_FILE
-        from ..spec import dump_yaml
         (dst / "spec.yaml").write_text(dump_yaml(staged))
     return dst
 
@@ -219,7 +222,7 @@ def prepare_train(spec, ctx, data: dict, job_name: str | None = None) -> dict:
 
     job_name: set by a real run (plan mode cannot know it); Azure generates one when it is missing.
     """
-    stage_code(ctx)
+    stage_code(ctx, JOB_CODE)
     write(ctx, "conda-train.yml", train_conda(spec))
     inputs = relative_to_folder(ctx, data["train_file"]), relative_to_folder(ctx, data["test_file"])
 
@@ -238,7 +241,7 @@ def prepare_register(spec, ctx, path: str, job_name: str) -> dict:
 
 
 def prepare_deploy(spec, ctx, deployment_name: str, model_ref: str) -> dict:
-    stage_code(ctx)  # every time: a fixed scoring script must reach the next deployment
+    stage_code(ctx, DEPLOYMENT_CODE)  # every time: a fixed scoring script must reach the next deployment
     write(ctx, "conda-inference.yml", environments.conda(environments.inference_pip()))
     request = {"input_data": ["Hello"], "params": {"max_new_tokens": min(SMOKE_TOKENS, spec["deploy"]["max_new_tokens_limit"])}}
     write_atomic(folder(ctx) / "sample-request.json", json.dumps(request) + "\n")

@@ -206,7 +206,7 @@ def plan(spec, ctx) -> list[str]:
         f"+ {rel(ctx, 'conda-train.yml')} (trainer/requirements.txt)",
         where,
         f"{rel(ctx, 'job.yml')}: command job in experiment {spec['run']['experiment_name']}, "
-        f"{c['instance_count']} node(s) x {hardware.processes_per_instance(c)} process(es), code {rel(ctx, 'code')}, "
+        f"{c['instance_count']} node(s) x {hardware.processes_per_instance(c)} process(es), code {rel(ctx, resources.JOB_CODE)} (trainer/, common/), "
         f"inputs {job['inputs']['train_file']['path']}, {job['inputs']['eval_file']['path']}; {max_cost(spec)}",
         sharding_line(spec),
         memory_line(spec),

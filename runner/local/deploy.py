@@ -1,6 +1,6 @@
 """deploy (local): serve the registered model behind a scoring endpoint on this machine that wants a key.
 
-`python -m trainer.serve` runs in the background (runner/local/server.py), so the endpoint outlives this
+`python -m serving.serve` runs in the background (runner/local/server.py), so the endpoint outlives this
 command; `python -m runner stages=[teardown]` stops it. It listens on deploy.host, on a port picked at start
 unless deploy.port is set.
 

@@ -1,10 +1,10 @@
-"""The local endpoint's process: start `python -m trainer.serve` in the background, check it, stop it.
+"""The local endpoint's process: start `python -m serving.serve` in the background, check it, stop it.
 
 The server runs in its own session, so the endpoint outlives the command that started it. It writes
 deploy/server.json (pid, port) once the model is loaded; that file, not the manifest, says what is serving.
 Each server started is recorded at once in deploy/servers/<pid>.json (before it loads anything), and ours() also
-finds, by command line, any trainer.serve of this run directory that a killed command never recorded: deploy and
-teardown stop them all. A pid is only ever signalled when its command line shows trainer.serve for this run
+finds, by command line, any serving.serve of this run directory that a killed command never recorded: deploy and
+teardown stop them all. A pid is only ever signalled when its command line shows serving.serve for this run
 directory (pids get reused).
 """
 import json
@@ -16,12 +16,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-from trainer.files import write_atomic
+from common.files import write_atomic
 
 from .. import REPO_ROOT
 from ..errors import StageFailed
 
-SERVER_MODULE = "trainer.serve"
+SERVER_MODULE = "serving.serve"
+EARLIER_MODULES = ("trainer.serve",)  # where the server lived before serving/: one started then is still stopped
 LOG_TAIL_LINES = 20
 STOP_TIMEOUT_S = 10
 
@@ -63,7 +64,7 @@ def start(cmd: list[str], log_file: Path, started: Path | None = None) -> subpro
 
 
 def ours(p: "Paths") -> list[int]:
-    """Every live trainer.serve of this run directory: recorded as started, or found by its command line."""
+    """Every live serving.serve of this run directory: recorded as started, or found by its command line."""
     pids = {int(f.stem) for f in p.started.glob("*.json") if f.stem.isdigit()}
     if Path("/proc").is_dir():
         pids |= {int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()}
@@ -94,11 +95,11 @@ def command_line(pid: int) -> str:
 
 
 def is_ours(pid, ready_file: Path) -> bool:
-    """True only for a live trainer.serve started for this run directory."""
+    """True only for a live serving.serve started for this run directory."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     cmd = command_line(pid)
-    return SERVER_MODULE in cmd and str(ready_file) in cmd
+    return any(f"-m {m} " in cmd for m in (SERVER_MODULE, *EARLIER_MODULES)) and str(ready_file) in cmd
 
 
 def _reap(pid: int):

@@ -1,5 +1,5 @@
 """chat: ask the configured questions through the Prompt flow flow in flow/, which calls the endpoint; with
-chat.ui=true, serve the chat page instead (runner/stages/chat_page.py) until Ctrl-C.
+chat.ui=true, serve the chat page instead (serving/chat_page.py) until Ctrl-C.
 
 Each run gets its own Prompt flow connection, phi3_<run name>_<8 hex of its run directory>, written here; the flow
 takes its name as the input `connection` (or $PHI3_CONNECTION), so two runs deployed at once each chat with their
@@ -15,7 +15,7 @@ import re
 from contextlib import contextmanager
 from pathlib import Path
 
-from trainer.generation import PARAMS
+from common.generation import PARAMS
 
 from .. import REPO_ROOT
 from ..context import Context
@@ -34,7 +34,7 @@ def connection_name(spec, run_dir) -> str:
 
 
 def generation_params(spec) -> dict:
-    """The generation settings chat.* sets; the endpoint's defaults (trainer/generation.py) cover the rest."""
+    """The generation settings chat.* sets; the endpoint's defaults (common/generation.py) cover the rest."""
     return {k: spec["chat"][k] for k in PARAMS if k in spec["chat"]}
 
 
@@ -157,7 +157,7 @@ def delete_connection(ctx) -> None:
 def upstream(spec, run_dir):
     """What the chat page forwards to, read afresh from the manifest and the deploy backend (a redeploy moves a
     local endpoint): the endpoint's OpenAI routes when deploy recorded them, else its /score."""
-    from .chat_page import Upstream
+    from serving.chat_page import Upstream
 
     ctx = Context(Path(run_dir), Manifest(run_dir), log=lambda *_: None)
     url, key = implementation("deploy", spec).endpoint_credentials(spec, ctx)
@@ -172,7 +172,7 @@ def upstream(spec, run_dir):
 
 def serve(spec, run_dir, out=print) -> int:
     """chat.ui=true: the chat page in the foreground (python -m runner stages=[chat] chat.ui=true)."""
-    from . import chat_page
+    from serving import chat_page
 
     first = upstream(spec, run_dir)  # fails now, with the reason, when there is no endpoint to talk to
     try:

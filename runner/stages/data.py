@@ -4,8 +4,8 @@ import json
 import math
 from pathlib import Path
 
-from trainer.chats import problem_of, read_jsonl  # one reader and one definition of a chat, shared with the trainer
-from trainer.files import write_atomic
+from common.chats import problem_of, read_jsonl  # one reader and one definition of a chat, shared with the trainer
+from common.files import write_atomic
 
 from .. import REPO_ROOT
 from ..errors import UserError

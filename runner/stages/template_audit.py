@@ -41,7 +41,7 @@ def plan_lines(spec, ctx) -> list[str]:
     if audited.problems:
         raise UserError(audit.refusal(audited))
     report = Path(ctx.run_dir) / "template_audit.txt"
-    from trainer.files import write_atomic
+    from common.files import write_atomic
     write_atomic(report, audited.report + "\n")
     return [audited.summary(spec["train"]["max_length"]),
             f"the first chat as it would be trained (loss on the tokens in \u27e6 \u27e7; the first few in {report}):",

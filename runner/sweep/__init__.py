@@ -9,7 +9,7 @@ import os
 import shlex
 from pathlib import Path
 
-from trainer.files import write_atomic
+from common.files import write_atomic
 
 from ..spec.settle import NOT_IN_SWEEPS, key_of
 

@@ -71,7 +71,7 @@ def sweep_problems(points) -> list[str]:
 
 
 def print_plan(sweep_dir: Path, points):
-    from trainer.files import write_atomic
+    from common.files import write_atomic
 
     lines = [f"sweep: {len(points)} points under {sweep_dir}"]
     local = [p for p in points if not p.detached]

@@ -5,7 +5,7 @@ import io
 import os
 from pathlib import Path
 
-from trainer.files import write_atomic
+from common.files import write_atomic
 
 from ..manifest import Manifest
 from ..spec.settle import key_of

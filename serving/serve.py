@@ -1,9 +1,9 @@
-"""python -m trainer.serve --model-dir DIR --key-file PATH [--host 127.0.0.1] [--port 0] [--ready-file PATH]
+"""python -m serving.serve --model-dir DIR --key-file PATH [--host 127.0.0.1] [--port 0] [--ready-file PATH]
 
 The local endpoint: the fine-tuned model behind the routes an Azure ML online endpoint has, and the ones chat
 clients speak, on Starlette under uvicorn (one process, one model, requests queue for it):
-  POST /score                 Azure ML's contract (trainer/contract.py) -> 200 JSON list of answers
-  POST /v1/chat/completions   OpenAI's chat completions (trainer/openai_api.py); "stream": true -> SSE
+  POST /score                 Azure ML's contract (serving/contract.py) -> 200 JSON list of answers
+  POST /v1/chat/completions   OpenAI's chat completions (serving/openai_api.py); "stream": true -> SSE
   GET  /v1/models             the one model served, as OpenAI lists models
   GET  /health                200 {"status": "ok"} (the server listens only once the model is loaded)
 Every route but /health wants `Authorization: Bearer <key>`; both generation routes share one new-token limit,
@@ -24,7 +24,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .files import write_atomic
+from common.files import write_atomic
 from .http_log import AccessLog, log, read_key
 
 MAX_BODY_BYTES = 1 << 20
@@ -32,7 +32,7 @@ KEEPALIVE_S = 2.0  # an SSE comment this often while a stream waits for the mode
 
 
 def make_app(scorer, key: str, model_id: str):
-    """The ASGI app over a loaded trainer.scoring.Scorer."""
+    """The ASGI app over a loaded serving.scoring.Scorer."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
@@ -183,7 +183,7 @@ def make_app(scorer, key: str, model_id: str):
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(prog="python -m trainer.serve", description="Serve an MLflow model over HTTP.")
+    p = argparse.ArgumentParser(prog="python -m serving.serve", description="Serve an MLflow model over HTTP.")
     p.add_argument("--model-dir", required=True, type=Path, help="MLflow model folder (or a folder above one)")
     p.add_argument("--key-file", required=True, type=Path, help="file with the bearer key, mode 600")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")

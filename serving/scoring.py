@@ -3,15 +3,15 @@
 Two callers, one contract:
 - Azure ML online deployments load this file as the scoring script: `init()` once, then `run(raw_json)`
   per request (the model folder is found under $AZUREML_MODEL_DIR).
-- `python -m trainer.serve` (the local endpoint) calls `load(model_dir, limit)` and `run(raw_json)`.
+- `python -m serving.serve` (the local endpoint) calls `load(model_dir, limit)` and `run(raw_json)`.
 
-Request body: trainer/contract.py. Response: one answer string per input. The chat template is applied here, so
+Request body: serving/contract.py. Response: one answer string per input. The chat template is applied here, so
 callers send plain messages. One request's work is bounded: a prompt the model cannot attend to is refused before
 any generation (400), and generation stops at the request timeout (504).
 
 Imports nothing from the runner, Hydra, Azure or Prompt flow: it ships inside the deployment's code folder.
 Azure ML's inference server loads it by file path, as a module with no parent package, so the imports of its
-siblings are absolute and the code folder (the parent of trainer/) is put on sys.path when needed.
+siblings are absolute and the code folder (the parent of serving/ and common/) is put on sys.path when needed.
 """
 import os
 import sys
@@ -19,10 +19,11 @@ import threading
 import time
 from pathlib import Path
 
-if not __package__:  # loaded by file path (azmlinfsrv --entry_script trainer/scoring.py)
+if not __package__:  # loaded by file path (azmlinfsrv --entry_script serving/scoring.py)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from trainer.contract import DEFAULT_LIMIT, BadRequest, parse_request  # noqa: E402,F401  (BadRequest: callers)
-from trainer.openai_api import Incremental  # noqa: E402
+from common.files import find_mlflow_model  # noqa: E402
+from serving.contract import DEFAULT_LIMIT, BadRequest, parse_request  # noqa: E402,F401  (BadRequest: callers)
+from serving.openai_api import Incremental  # noqa: E402
 
 LIMIT_ENV = "MAX_NEW_TOKENS_LIMIT"
 TIMEOUT_ENV = "REQUEST_TIMEOUT_MS"  # deploy.request_timeout_ms, set in the deployment's environment
@@ -30,17 +31,6 @@ TIMEOUT_ENV = "REQUEST_TIMEOUT_MS"  # deploy.request_timeout_ms, set in the depl
 
 class TimedOut(Exception):
     """The request ran past the endpoint's request timeout (HTTP 504)."""
-
-
-def find_mlflow_model(root) -> Path:
-    """The folder holding an MLmodel file: root itself or the shallowest one below it (Azure nests it)."""
-    root = Path(root)
-    if (root / "MLmodel").is_file():
-        return root
-    found = sorted(root.rglob("MLmodel"), key=lambda p: len(p.parts))
-    if not found:
-        raise FileNotFoundError(f"no MLmodel file under {root}: expected an MLflow model folder")
-    return found[0].parent
 
 
 class Scorer:

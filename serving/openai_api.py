@@ -4,7 +4,7 @@
     {"model": "...", "messages": [{"role": "user", "content": "..."}], "max_tokens": 64, "temperature": 0,
      "top_p": 1, "stop": ["\\n\\n"], "n": 1, "stream": false, "stream_options": {"include_usage": true}}
 and answers with a chat.completion object, or with `stream: true` server-sent events of chat.completion.chunk
-objects ending in `data: [DONE]`. The generation settings map onto the scoring contract's (trainer/contract.py),
+objects ending in `data: [DONE]`. The generation settings map onto the scoring contract's (serving/contract.py),
 so both routes share one limit, one set of defaults and one check: left out, a setting is the endpoint's default
 (greedy, max_new_tokens 64), not OpenAI's (temperature 1).
 
@@ -16,8 +16,8 @@ import json
 import time
 import uuid
 
-from trainer.chats import is_text
-from trainer.contract import BadRequest, parse_messages, parse_params
+from common.chats import is_text
+from serving.contract import BadRequest, parse_messages, parse_params
 
 MAX_STOP = 4  # OpenAI's own limit on stop sequences
 ROLES = {"system", "user", "assistant", "developer"}  # developer: newer clients' name for system

@@ -8,8 +8,8 @@ Request body (the tutorial's payload):
 import json
 import math
 
-from trainer.chats import is_text, message_problem
-from trainer.generation import PARAMS as GENERATION
+from common.chats import is_text, message_problem
+from common.generation import PARAMS as GENERATION
 
 DEFAULT_LIMIT = 256
 MAX_INPUTS = 32  # per request: bounds the time one request can hold the model

@@ -41,8 +41,8 @@ def make_app(resolve, log=print, first: Upstream | None = None):
     from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
     from starlette.routing import Route
 
-    from trainer import openai_api as oa
-    from trainer.contract import BadRequest
+    from serving import openai_api as oa
+    from serving.contract import BadRequest
 
     state = {"up": first or resolve()}
     client = httpx.AsyncClient(timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=10))
@@ -194,7 +194,7 @@ def make_app(resolve, log=print, first: Upstream | None = None):
 def serve(resolve, host: str, port: int, out=print, first: Upstream | None = None) -> int:
     """Serve the page in the foreground until Ctrl-C (or SIGTERM); prints its URL once it listens. OSError when
     the port cannot be had."""
-    from trainer import asgi
+    from serving import asgi
 
     sock = asgi.bind(host, port)
     port = sock.getsockname()[1]
