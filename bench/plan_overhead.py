@@ -37,14 +37,16 @@ def medians(commands: dict, repeats: int) -> dict:
     return {name: statistics.median(v) for name, v in runs.items()}
 
 
-def compare(measured: tuple[str, list], baseline: tuple[str, list], repeats: int, target: float) -> float:
-    """Time both commands in turn, print their medians and the ratio against the target; return the ratio."""
+def compare(measured: tuple[str, list], baseline: tuple[str, list], repeats: int, target: float,
+            with_medians: bool = False):
+    """Time both commands in turn, print their medians and the ratio against the target; return the ratio (and the
+    medians, with_medians=True)."""
     med = medians({"measured": measured[1], "baseline": baseline[1]}, repeats)
     ratio = med["measured"] / med["baseline"]
     print(f"{measured[0]}: median {med['measured']:.3f}s over {repeats} runs")
     print(f"{baseline[0]}: median {med['baseline']:.3f}s")
     print(f"ratio: {ratio:.2f}x (target <= {target:g}x) -> {'OK' if ratio <= target else 'OVER TARGET'}")
-    return ratio
+    return (ratio, med) if with_medians else ratio
 
 
 def main(repeats: int = 10):

@@ -6,9 +6,29 @@ each. Adding a backend is one package (runner/<name>/) plus a column here. Modul
 """
 from dataclasses import dataclass
 from importlib import import_module
+from typing import Protocol, runtime_checkable
 
 # compute.kind -> where its stage modules live
 LOCAL, AZUREML = "local", "azureml"
+
+
+@runtime_checkable
+class StageModule(Protocol):
+    """What a module named in Stage.backends provides. app.py calls run; it also calls, when the module has them,
+    is_current(outputs, spec, ctx) -> bool (are the recorded outputs still there?) and plan(spec, ctx) -> lines."""
+
+    def run(self, spec: dict, ctx) -> dict:
+        """Do the stage's work; returns its outputs, which the manifest records (ctx: runner.context.Context)."""
+
+
+@runtime_checkable
+class DeployBackend(StageModule, Protocol):
+    """The deploy stage's module, which the chat stage and the chat page also ask for the endpoint."""
+
+    ENDPOINT: str  # what the endpoint is, in words ("the local endpoint", "the Azure ML managed online endpoint")
+
+    def endpoint_credentials(self, spec: dict, ctx) -> tuple[str, str]:
+        """(scoring URL, key) of the endpoint deploy recorded; a StageFailed naming the fix when there is none."""
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,11 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["PF_DISABLE_TRACING"] = "true"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch takes every core in every process: xdist workers (and the servers and runs they start, which inherit this)
+# share the cores instead of fighting for them. Set before any test module imports torch.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
+if _workers > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
 for var in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZURE_ML_WORKSPACE_NAME",
             "AZURE_MANAGED_IDENTITY_RESOURCE_ID", "AZURE_MANAGED_IDENTITY_CLIENT_ID", "MLFLOW_TRACKING_URI"):
     os.environ.pop(var, None)

@@ -221,3 +221,14 @@ def test_runner_lists_its_groups():
     assert len(list((REPO_ROOT / "runner").glob("*.py"))) <= 9
     for init in (REPO_ROOT / "runner").glob("*/__init__.py"):
         assert init.read_text().startswith('"""'), init
+
+
+def test_every_stage_module_provides_what_the_registry_declares():
+    """registry.StageModule for every stage on every backend; registry.DeployBackend for both deploy modules."""
+    from runner.registry import DeployBackend, StageModule
+    kinds = set(schema()["properties"]["compute"]["properties"]["kind"]["enum"])
+    for stage in STAGES:
+        for kind in kinds:
+            module = stage.load(kind)
+            assert isinstance(module, StageModule), (stage.name, kind)
+            assert isinstance(module, DeployBackend) == (stage.name == "deploy"), (stage.name, kind)
