@@ -232,3 +232,20 @@ def test_every_stage_module_provides_what_the_registry_declares():
             module = stage.load(kind)
             assert isinstance(module, StageModule), (stage.name, kind)
             assert isinstance(module, DeployBackend) == (stage.name == "deploy"), (stage.name, kind)
+
+
+def test_the_readme_layout_names_every_module():
+    """README's Layout section names each module (as `name.py` or by its path), so a newcomer finds every file."""
+    text = (REPO_ROOT / "README.md").read_text()
+    layout = text[text.index("\n## Layout\n"):]
+    layout = layout[:layout.index("\n## ", 1)] if "\n## " in layout[1:] else layout
+    missing = []
+    for package in ("runner", "trainer", "serving", "common", "flow", "hydra_plugins"):
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            rel = path.relative_to(REPO_ROOT)
+            if path.name == "__init__.py" and path.stat().st_size == 0:
+                continue
+            named = f"`{path.name}`" in layout or str(rel) in layout or f"`{rel.parent}/`" in layout and path.name == "__init__.py"
+            if not named:
+                missing.append(str(rel))
+    assert not missing, f"README's Layout section does not name: {missing}"
