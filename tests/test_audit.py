@@ -187,3 +187,14 @@ def test_a_template_of_ones_own_trains_and_serves(tmp_path):
     write_template(tmp_path, own.replace("Be brief.", "Be kind."))
     plan = runner_cli("stages=[train]", "plan=true", f"model.chat_template={tmp_path / 'template.jinja'}", cwd=tmp_path)
     assert "train: would run (inputs changed or outputs missing)" in plan.stdout, plan.stdout
+
+
+def test_a_template_without_generation_markers_that_trl_does_not_know_is_refused(tokenizer, rows):
+    """Assistant-only loss needs {% generation %} markers; TRL swaps in a training variant only of templates it knows."""
+    unknown = TURN.join(["{%- for message in messages %}", "{%- endfor %}{%- if add_generation_prompt %}"
+                                                           "{{- '<|assistant|>\\n' }}{%- endif %}"])
+    found = run_audit(tokenizer, rows, unknown)
+    assert [k for k, _ in found.problems] == ["b"], found.problems
+    assert "has no {% generation %} markers and TRL ships no training variant" in found.problems[0][1]
+    assert "Fix: wrap exactly each assistant message" in found.problems[0][1]
+    assert run_audit(tokenizer, rows, unknown, assistant_only_loss=False).problems == []  # every token trained

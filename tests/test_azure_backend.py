@@ -354,13 +354,13 @@ def test_teardown_deletes_the_endpoint_and_is_idempotent(azure_ctx):
 def test_teardown_forgets_the_runs_prompt_flow_connection(azure_ctx):
     from promptflow.client import PFClient
 
-    from runner.stages import chat
+    from runner.stages import prompt_flow
     spec, ctx, fake, logs = azure_ctx
     ctx.manifest.record("deploy", "done", "h", deploy_once(spec, ctx, "1"))
     url, key = az_deploy.endpoint_credentials(spec, ctx)
-    name = chat.connection_name(spec, ctx.run_dir)
-    chat.keep_promptflow_local()
-    chat.save_connection(PFClient(), name, url, key)  # what the chat stage writes
+    name = prompt_flow.connection_name(spec, ctx.run_dir)
+    prompt_flow.keep_promptflow_local()
+    prompt_flow.save_connection(PFClient(), name, url, key)  # what the chat stage writes
     ctx.manifest.record("chat", "done", "h", {"connection": name, "endpoint_url": url})
     az_teardown.run(spec, ctx)
     assert f"[teardown] deleted the Prompt flow connection {name}" in logs

@@ -38,11 +38,11 @@ def server(trained_run, tmp_path_factory):
 def pf(server):
     """A PFClient with a run's connection pointing at the test server, as the chat stage leaves it."""
     sys.addaudithook(record_outside_hosts)  # cannot be removed; it only records
-    from runner.stages import chat
-    chat.keep_promptflow_local()
+    from runner.stages import prompt_flow
+    prompt_flow.keep_promptflow_local()
     from promptflow.client import PFClient
     client = PFClient()
-    chat.save_connection(client, CONNECTION, server.url, server.key)
+    prompt_flow.save_connection(client, CONNECTION, server.url, server.key)
     return client
 
 
@@ -97,13 +97,13 @@ def test_client_errors_say_what_is_wrong(server):
 
 
 def test_flow_errors_surface_through_promptflow(pf, server):
-    from runner.stages import chat
-    chat.save_connection(pf, CONNECTION, server.url, "a-wrong-key")
+    from runner.stages import prompt_flow
+    prompt_flow.save_connection(pf, CONNECTION, server.url, "a-wrong-key")
     try:
         with pytest.raises(Exception, match="rejected the key"):
             flow_answer(pf, "hello")
     finally:
-        chat.save_connection(pf, CONNECTION, server.url, server.key)
+        prompt_flow.save_connection(pf, CONNECTION, server.url, server.key)
 
 
 def test_pf_cli_flow_test_uses_the_same_connection(pf, trained_run):

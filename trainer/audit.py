@@ -203,9 +203,10 @@ def for_training(train: dict, tokenizer, stop_ids, rows) -> Audit:
         return run(tokenizer, rows, assistant_only_loss=train["assistant_only_loss"], max_length=train["max_length"],
                    stop_ids=stop_ids, collate=collator_like_trl(tokenizer, train))
     except Exception as exc:  # TRL has no training variant of this template, or the template does not render
-        if train["assistant_only_loss"] and "generation" not in (tokenizer.chat_template or ""):
+        from trl.chat_template_utils import has_generation_markers
+        if train["assistant_only_loss"] and not has_generation_markers(tokenizer.chat_template or ""):
             return Audit([("b", f"the chat template has no {{% generation %}} markers and TRL ships no training "
-                                f"variant of it ({type(exc).__name__}: {str(exc)[:200]}). {FIXES_B}")],
+                                f"variant of it ({type(exc).__name__}: {str(exc)[:200]}). {FIXES['b']}")],
                          len(rows), 0, [], "", "", [])
         return Audit([("c", f"the chat template does not render the training chats ({type(exc).__name__}: "
                             f"{str(exc)[:300]}); fix the template (model.chat_template=<your .jinja>)")],

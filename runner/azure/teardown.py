@@ -1,7 +1,7 @@
 """teardown (Azure ML): delete the endpoint and its deployments, and the run's Prompt flow connection. Safe to
 repeat; the cluster scales to 0 alone."""
 from ..spec import hardware
-from ..stages import chat
+from ..stages import prompt_flow
 from . import resources
 from .client import azure_errors, client, get_or_none
 from .retry import call
@@ -21,7 +21,7 @@ def run(spec, ctx) -> dict:
             pass  # deleted meanwhile
     ctx.log(f"[teardown] deleted endpoint {name}" if deleted else f"[teardown] no endpoint {name}: nothing to delete")
     ctx.manifest.mark_stopped("deploy")  # so the next deploy creates it again
-    chat.delete_connection(ctx)
+    prompt_flow.delete_connection(ctx)
     return {"deleted": deleted}
 
 

@@ -1,5 +1,5 @@
 """teardown (local): stop the endpoint server that deploy started, forget the run's chat connection. Safe to repeat."""
-from ..stages import chat
+from ..stages import prompt_flow
 from . import server
 from .server import Paths
 
@@ -15,7 +15,7 @@ def run(spec, ctx):
         ctx.log(f"[teardown] stopped the local endpoint (pid {', '.join(map(str, stopped))})")
     else:
         ctx.log("[teardown] no local endpoint is running for this run: nothing to stop")
-    chat.delete_connection(ctx)
+    prompt_flow.delete_connection(ctx)
     return {"stopped_pids": stopped}
 
 
