@@ -13,7 +13,7 @@ from .errors import INTERRUPTED, Detached, StageFailed, UserError
 from .manifest import Manifest
 from .registry import module_for, selected
 from .rundir import OneWriter, in_use, remove_created
-from .spec import rules
+from .spec import memory_fit
 from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, redacted, to_spec
 from .spec.settle import command_shown, settle
 from .spec.validate import validate
@@ -143,7 +143,7 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, c
             validate(spec)
     except UserError as exc:
         return _refuse(exc, run_dir, fresh_dir)
-    for warning in rules.warnings(spec):
+    for warning in memory_fit.warnings(spec):
         print(f"warning: {warning}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     busy = in_use(run_dir)

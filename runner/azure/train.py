@@ -4,7 +4,7 @@ import secrets
 from pathlib import Path
 
 from ..errors import Detached, StageFailed
-from ..spec.rules import memory_line, sharding_line
+from ..spec.memory_fit import memory_line, sharding_line
 from ..stages import template_audit
 from ..spec import hardware
 from . import resources

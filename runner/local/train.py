@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import REPO_ROOT
 from ..errors import StageFailed, UserError
 from ..spec import hardware
-from ..spec.rules import memory_line, sharding_line
+from ..spec.memory_fit import memory_line, sharding_line
 from ..stages import template_audit
 
 KEEP = ("run_id", "model_uri", "tracking_uri", "experiment", "mlflow_model_dir", "loss_plot", "steps",
