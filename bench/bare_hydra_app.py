@@ -1,4 +1,5 @@
 """The baseline for bench/plan_overhead.py: a bare Hydra app composing the same conf/, doing nothing else."""
+
 import hydra
 
 from runner import CONF_DIR

@@ -3,6 +3,7 @@
 Both run as fresh processes, taken alternately so machine noise hits both alike.
 Usage: .venv/bin/python bench/plan_overhead.py [repeats]
 """
+
 import os
 import statistics
 import subprocess
@@ -37,8 +38,9 @@ def medians(commands: dict, repeats: int) -> dict:
     return {name: statistics.median(v) for name, v in runs.items()}
 
 
-def compare(measured: tuple[str, list], baseline: tuple[str, list], repeats: int, target: float,
-            with_medians: bool = False):
+def compare(
+    measured: tuple[str, list], baseline: tuple[str, list], repeats: int, target: float, with_medians: bool = False
+):
     """Time both commands in turn, print their medians and the ratio against the target; return the ratio (and the
     medians, with_medians=True)."""
     med = medians({"measured": measured[1], "baseline": baseline[1]}, repeats)
@@ -51,8 +53,12 @@ def compare(measured: tuple[str, list], baseline: tuple[str, list], repeats: int
 
 def main(repeats: int = 10):
     bare = [sys.executable, str(ROOT / "bench" / "bare_hydra_app.py"), *OVERRIDES, "hydra.run.dir=bare"]
-    return compare((f"python -m runner {' '.join(OVERRIDES)} plan=true", PLAN),
-                   ("bare Hydra app composing the same conf/", bare), repeats, 1.5)
+    return compare(
+        (f"python -m runner {' '.join(OVERRIDES)} plan=true", PLAN),
+        ("bare Hydra app composing the same conf/", bare),
+        repeats,
+        1.5,
+    )
 
 
 if __name__ == "__main__":

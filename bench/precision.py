@@ -16,6 +16,7 @@ weights that changed at all, and the bytes of training state per parameter (weig
 state, measured from the tensors themselves). Fixed seeds: a rerun prints the same numbers.
 Results: a table on stdout, bench/out/precision.json and bench/out/precision.png.
 """
+
 import argparse
 import json
 import os
@@ -33,24 +34,62 @@ RECIPES = {  # name -> (what it is, overrides on top of BASE as a user would typ
     "fp32": ("fp32 weights, AdamW (the reference)", ["compute.precision=fp32"]),
     "bf16": ("bf16 weights, AdamW (the tutorial)", []),
     "bf16-mixed": ("fp32 master weights, bf16 autocast", ["compute.precision=bf16-mixed"]),
-    "kahan": ("bf16 weights, Kahan-summed AdamW (torch-optimi)",
-              ["+train.optim=stable_adamw", "+train.optim_args='kahan_sum=True'"]),
+    "kahan": (
+        "bf16 weights, Kahan-summed AdamW (torch-optimi)",
+        ["+train.optim=stable_adamw", "+train.optim_args='kahan_sum=True'"],
+    ),
     "8bit": ("bf16 weights, 8-bit AdamW state (torchao)", ["+train.optim=adamw_torch_8bit"]),
-    "8bit-sr": ("bf16 weights, 8-bit state, stochastic rounding (torchao)",
-                ["+train.optim=adamw_torch_8bit", "+train.optim_args='bf16_stochastic_round=True'"]),
-    "4bit-sr": ("bf16 weights, 4-bit state, stochastic rounding (torchao)",
-                ["+train.optim=adamw_torch_4bit", "+train.optim_args='bf16_stochastic_round=True'"]),
+    "8bit-sr": (
+        "bf16 weights, 8-bit state, stochastic rounding (torchao)",
+        ["+train.optim=adamw_torch_8bit", "+train.optim_args='bf16_stochastic_round=True'"],
+    ),
+    "4bit-sr": (
+        "bf16 weights, 4-bit state, stochastic rounding (torchao)",
+        ["+train.optim=adamw_torch_4bit", "+train.optim_args='bf16_stochastic_round=True'"],
+    ),
 }
 REFERENCE = "fp32"
 SIZES = {  # model shape, pretraining and fine-tuning sizes
-    "full": dict(shape=dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-                            vocab_size=4096, max_position_embeddings=128, seed=0),
-                 words=1500, targets=32, pretrain_rows=4800, pretrain_steps=300, steps=40, batch=8, eval_rows=64,
-                 lrs=[5e-6, 2e-5], recipes=list(RECIPES)),
-    "smoke": dict(shape=dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-                             vocab_size=1024, max_position_embeddings=128, seed=0),
-                  words=300, targets=16, pretrain_rows=960, pretrain_steps=60, steps=12, batch=8, eval_rows=32,
-                  lrs=[5e-6], recipes=["fp32", "bf16", "bf16-mixed", "kahan", "8bit-sr"]),
+    "full": dict(
+        shape=dict(
+            hidden_size=256,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=1024,
+            vocab_size=4096,
+            max_position_embeddings=128,
+            seed=0,
+        ),
+        words=1500,
+        targets=32,
+        pretrain_rows=4800,
+        pretrain_steps=300,
+        steps=40,
+        batch=8,
+        eval_rows=64,
+        lrs=[5e-6, 2e-5],
+        recipes=list(RECIPES),
+    ),
+    "smoke": dict(
+        shape=dict(
+            hidden_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=256,
+            vocab_size=1024,
+            max_position_embeddings=128,
+            seed=0,
+        ),
+        words=300,
+        targets=16,
+        pretrain_rows=960,
+        pretrain_steps=60,
+        steps=12,
+        batch=8,
+        eval_rows=32,
+        lrs=[5e-6],
+        recipes=["fp32", "bf16", "bf16-mixed", "kahan", "8bit-sr"],
+    ),
 }
 WORDS_PER_CHAT = 10
 MAX_LENGTH = 64
@@ -67,8 +106,14 @@ def chats(words: list[str], rule: list[int], n: int, rng: random.Random) -> list
     rows = []
     for _ in range(n):
         picks = [rng.randrange(len(words)) for _ in range(WORDS_PER_CHAT)]
-        rows.append({"messages": [{"role": "user", "content": " ".join(words[i] for i in picks)},
-                                  {"role": "assistant", "content": " ".join(words[rule[i]] for i in picks)}]})
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": " ".join(words[i] for i in picks)},
+                    {"role": "assistant", "content": " ".join(words[rule[i]] for i in picks)},
+                ]
+            }
+        )
     return rows
 
 
@@ -82,13 +127,23 @@ def spec_for(overrides: list[str], model_dir: Path, size: dict, lr: float, steps
     from hydra import compose, initialize_config_dir
 
     from runner.spec import to_spec
+
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         spec = to_spec(compose("config", overrides=BASE + overrides))
     spec["model"].update(source="hub", id=str(model_dir))
     spec["compute"]["device"] = "cpu"
-    spec["train"].update(learning_rate=lr, max_steps=steps, per_device_train_batch_size=batch,
-                         per_device_eval_batch_size=32, max_length=MAX_LENGTH, packing=False, logging_steps=10 ** 6,
-                         save_steps=10 ** 6, eval_strategy="no", activation_checkpointing=False)
+    spec["train"].update(
+        learning_rate=lr,
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=32,
+        max_length=MAX_LENGTH,
+        packing=False,
+        logging_steps=10**6,
+        save_steps=10**6,
+        eval_strategy="no",
+        activation_checkpointing=False,
+    )
     return spec
 
 
@@ -102,6 +157,7 @@ def defaults_of(models=("phi3", "phi35")) -> dict:
     from hydra import compose, initialize_config_dir
 
     from runner.spec import to_spec
+
     out = {}
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         for m in models:
@@ -120,19 +176,22 @@ def tensor_bytes(t) -> int:
 def state_bytes_per_param(trainer) -> float:
     """(weights + gradients + optimizer state) / parameters, from the tensors after training."""
     import torch
+
     params = [p for p in trainer.model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
     weights = sum(tensor_bytes(p) for p in trainer.model.parameters())
     grads = sum(p.numel() * p.element_size() for p in params)  # the same dtype as the weight; freed between steps
     opt = getattr(trainer.optimizer, "optimizer", trainer.optimizer)
-    state = sum(tensor_bytes(v) for s in opt.state.values() for v in s.values()
-                if isinstance(v, torch.Tensor) and v.numel() > 1)
+    state = sum(
+        tensor_bytes(v) for s in opt.state.values() for v in s.values() if isinstance(v, torch.Tensor) and v.numel() > 1
+    )
     return (weights + grads + state) / n
 
 
 def weights_changed(model, base_dir: Path) -> float:
     """Share of weight elements that differ from the base's, compared in the dtype training kept them in."""
     from safetensors.torch import load_file
+
     base = {}
     for f in base_dir.glob("*.safetensors"):
         base.update(load_file(f))
@@ -162,17 +221,29 @@ def pretrain(work: Path, size: dict, log) -> tuple[Path, list[str], list[int]]:
         model = build_model(tok, size["shape"])
         model.save_pretrained(init)
         tok.save_pretrained(init)
-        spec = spec_for(["compute.precision=fp32", "train.lr_scheduler_type=constant"], init, size, 1e-3,
-                        size["pretrain_steps"], 16)
+        spec = spec_for(
+            ["compute.precision=fp32", "train.lr_scheduler_type=constant"], init, size, 1e-3, size["pretrain_steps"], 16
+        )
         spec["train"]["warmup_steps"] = 0
         with tempfile.TemporaryDirectory(dir=work) as tmp:
-            job = quiet(setup(spec, write(work / "pretrain.jsonl", rows), write(work / "pretrain-eval.jsonl", rows[:64]),
-                              Path(tmp), Path(tmp) / "ckpt", None, lambda *_: None))
+            job = quiet(
+                setup(
+                    spec,
+                    write(work / "pretrain.jsonl", rows),
+                    write(work / "pretrain-eval.jsonl", rows[:64]),
+                    Path(tmp),
+                    Path(tmp) / "ckpt",
+                    None,
+                    lambda *_: None,
+                )
+            )
             m = fit(job, 1, False, lambda *_: None)
             job.trainer.save_model(str(base))
             job.tokenizer.save_pretrained(base)
-        log(f"[precision] base: {size['pretrain_steps']} fp32 steps at lr 1e-3, rule A eval loss "
-            f"{m['eval_loss_before']:.3f} -> {m['eval_loss']:.3f} ({time.time() - t0:.0f}s)")
+        log(
+            f"[precision] base: {size['pretrain_steps']} fp32 steps at lr 1e-3, rule A eval loss "
+            f"{m['eval_loss_before']:.3f} -> {m['eval_loss']:.3f} ({time.time() - t0:.0f}s)"
+        )
     # rule B: each word is answered with one of K target words, a change the whole answer distribution shares
     targets = random.Random(1).sample(range(n), size["targets"])
     return base, words, [targets[i % len(targets)] for i in range(n)]
@@ -181,12 +252,14 @@ def pretrain(work: Path, size: dict, log) -> tuple[Path, list[str], list[int]]:
 def quiet(job):
     """No progress bar or loss lines: the benchmark prints one line per recipe."""
     from transformers.trainer_callback import ProgressCallback
+
     job.trainer.remove_callback(ProgressCallback)
     return job
 
 
 def run_one(name: str, lr: float, base: Path, train_file: Path, eval_file: Path, size: dict, work: Path) -> dict:
     from trainer.fit import fit, setup
+
     what, overrides = RECIPES[name]
     spec = spec_for(overrides, base, size, lr, size["steps"], size["batch"])
     t0 = time.time()
@@ -194,27 +267,44 @@ def run_one(name: str, lr: float, base: Path, train_file: Path, eval_file: Path,
         job = quiet(setup(spec, train_file, eval_file, Path(tmp), Path(tmp) / "ckpt", None, lambda *_: None))
         m = fit(job, 1, False, lambda *_: None)
     precision, optim, optim_args = recipe_key(spec)
-    return {"recipe": name, "what": what, "lr": lr, "precision": precision, "optim": optim or "adamw_torch_fused (default)",
-            "optim_args": optim_args, "overrides": overrides, "eval_before": m["eval_loss_before"],
-            "eval_after": m["eval_loss"], "weights_changed": weights_changed(job.trainer.model, base),
-            "state_bytes_per_param": state_bytes_per_param(job.trainer), "steps": m["steps"],
-            "seconds": time.time() - t0, "key": (precision, optim, optim_args or None)}
+    return {
+        "recipe": name,
+        "what": what,
+        "lr": lr,
+        "precision": precision,
+        "optim": optim or "adamw_torch_fused (default)",
+        "optim_args": optim_args,
+        "overrides": overrides,
+        "eval_before": m["eval_loss_before"],
+        "eval_after": m["eval_loss"],
+        "weights_changed": weights_changed(job.trainer.model, base),
+        "state_bytes_per_param": state_bytes_per_param(job.trainer),
+        "steps": m["steps"],
+        "seconds": time.time() - t0,
+        "key": (precision, optim, optim_args or None),
+    }
 
 
 def table(results: list[dict]) -> str:
-    lines = [f"{'recipe':68} {'lr':>7} {'eval before':>11} {'after':>7} {'of fp32 drop':>12} {'changed':>8} "
-             f"{'B/param':>7}  default for"]
+    lines = [
+        f"{'recipe':68} {'lr':>7} {'eval before':>11} {'after':>7} {'of fp32 drop':>12} {'changed':>8} "
+        f"{'B/param':>7}  default for"
+    ]
     for r in results:
-        lines.append(f"{r['recipe'] + ': ' + r['what']:68} {r['lr']:7.0e} {r['eval_before']:11.3f} {r['eval_after']:7.3f} "
-                     f"{r['share_of_fp32_drop']:12.0%} {r['weights_changed']:8.1%} {r['state_bytes_per_param']:7.1f}"
-                     f"  {', '.join(r['default_for'])}")
+        lines.append(
+            f"{r['recipe'] + ': ' + r['what']:68} {r['lr']:7.0e} {r['eval_before']:11.3f} {r['eval_after']:7.3f} "
+            f"{r['share_of_fp32_drop']:12.0%} {r['weights_changed']:8.1%} {r['state_bytes_per_param']:7.1f}"
+            f"  {', '.join(r['default_for'])}"
+        )
     return "\n".join(lines)
 
 
 def plot(results: list[dict], path: Path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     names = list(dict.fromkeys(r["recipe"] for r in results))
     what = {r["recipe"]: r["what"] for r in results}
     lrs = sorted({r["lr"] for r in results})
@@ -223,8 +313,12 @@ def plot(results: list[dict], path: Path):
     for j, lr in enumerate(lrs):
         got = {r["recipe"]: r for r in results if r["lr"] == lr}
         ys = [i + j * height for i in range(len(names))]
-        ax.barh(ys, [got[n]["share_of_fp32_drop"] * 100 if n in got else 0 for n in names], height=height,
-                label=f"lr {lr:.0e}")
+        ax.barh(
+            ys,
+            [got[n]["share_of_fp32_drop"] * 100 if n in got else 0 for n in names],
+            height=height,
+            label=f"lr {lr:.0e}",
+        )
         for y, n in zip(ys, names):
             if n in got:
                 share = max(got[n]["share_of_fp32_drop"] * 100, 0)
@@ -273,9 +367,12 @@ def main(argv=None) -> int:
         for name in names:
             r = run_one(name, lr, base, train_file, eval_file, size, work)
             results.append(r)
-            print(f"[precision] lr {lr:.0e} {name} ({r['what']}): eval {r['eval_before']:.3f} -> {r['eval_after']:.3f}, "
-                  f"{r['weights_changed']:.1%} of weights changed, {r['state_bytes_per_param']:.1f} B/param "
-                  f"({r['seconds']:.0f}s)", flush=True)
+            print(
+                f"[precision] lr {lr:.0e} {name} ({r['what']}): eval {r['eval_before']:.3f} -> {r['eval_after']:.3f}, "
+                f"{r['weights_changed']:.1%} of weights changed, {r['state_bytes_per_param']:.1f} B/param "
+                f"({r['seconds']:.0f}s)",
+                flush=True,
+            )
     for r in results:
         ref = next(x for x in results if x["recipe"] == REFERENCE and x["lr"] == r["lr"])
         drop = ref["eval_before"] - ref["eval_after"]

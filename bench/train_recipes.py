@@ -11,6 +11,7 @@ Also: --precision-check (share of weights that 10 AdamW steps at lr 5e-6 change:
 weights with bf16 autocast) and the CPU serving check (ms per generated token, float32 vs bfloat16).
 Results: a table on stdout, JSON and a PNG in bench/out/.
 """
+
 import argparse
 import json
 import os
@@ -25,10 +26,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "out"
 SHAPES = {  # Phi3Config fields
-    "phi3-mini": dict(hidden_size=3072, num_hidden_layers=32, num_attention_heads=32, intermediate_size=8192,
-                      vocab_size=32064, max_position_embeddings=4096),
-    "smoke": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256,
-                  vocab_size=32064, max_position_embeddings=512),
+    "phi3-mini": dict(
+        hidden_size=3072,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        intermediate_size=8192,
+        vocab_size=32064,
+        max_position_embeddings=4096,
+    ),
+    "smoke": dict(
+        hidden_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        vocab_size=32064,
+        max_position_embeddings=512,
+    ),
 }
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 SDPA_BFD = ({"attn_implementation": "sdpa"}, {"packing_strategy": "bfd"})
@@ -42,15 +55,22 @@ RECIPES = {  # name -> (model overrides, train overrides, precision); the seed r
     "sdpa + bfd + Liger kernels": (SDPA_BFD[0], {**SDPA_BFD[1], "use_liger_kernel": True}, "bf16"),
     "flash-attn 2 + bfd": ({"attn_implementation": "flash_attention_2"}, SDPA_BFD[1], "bf16"),
     "sdpa + bfd, fp32 master (bf16-mixed)": (*SDPA_BFD, "bf16-mixed"),
-    "eager + bfd, 8-bit AdamW + SR (phi3 default)": ({"attn_implementation": "eager"},
-                                                     {"packing_strategy": "bfd", "optim": "adamw_torch_8bit",
-                                                      "optim_args": "bf16_stochastic_round=True"}, "bf16"),
-    "sdpa + bfd, 8-bit AdamW + SR": (SDPA_BFD[0], {**SDPA_BFD[1], "optim": "adamw_torch_8bit",
-                                                   "optim_args": "bf16_stochastic_round=True"}, "bf16"),
+    "eager + bfd, 8-bit AdamW + SR (phi3 default)": (
+        {"attn_implementation": "eager"},
+        {"packing_strategy": "bfd", "optim": "adamw_torch_8bit", "optim_args": "bf16_stochastic_round=True"},
+        "bf16",
+    ),
+    "sdpa + bfd, 8-bit AdamW + SR": (
+        SDPA_BFD[0],
+        {**SDPA_BFD[1], "optim": "adamw_torch_8bit", "optim_args": "bf16_stochastic_round=True"},
+        "bf16",
+    ),
 }
-NOT_ON_CPU = {"sdpa + bfd + torch.compile": "compiling takes minutes on 2 CPU cores",
-              "sdpa + bfd + Liger kernels": "Triton kernels: GPU only",
-              "flash-attn 2 + bfd": "flash-attn: GPU only"}
+NOT_ON_CPU = {
+    "sdpa + bfd + torch.compile": "compiling takes minutes on 2 CPU cores",
+    "sdpa + bfd + Liger kernels": "Triton kernels: GPU only",
+    "flash-attn 2 + bfd": "flash-attn: GPU only",
+}
 NEEDS = {"sdpa + bfd + Liger kernels": "liger_kernel", "flash-attn 2 + bfd": "flash_attn"}  # recipe -> module
 
 
@@ -60,14 +80,24 @@ def spec_for(recipe: str, model_dir: Path, device: str, steps: int, max_length: 
     from hydra import compose, initialize_config_dir
 
     from runner.spec import to_spec
+
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         spec = to_spec(compose("config", overrides=["model=phi3", "train=seed_recipe"]))
     model, train, precision = RECIPES[recipe]
     spec["model"].update(source="hub", id=str(model_dir), **model)
     spec["compute"].update(device=device, precision=precision if device == "cuda" else "fp32")
-    spec["train"].update(max_length=max_length, per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
-                         max_steps=steps, logging_steps=1, save_steps=10_000, eval_strategy="no",
-                         include_num_input_tokens_seen=True, warmup_steps=0, **train)
+    spec["train"].update(
+        max_length=max_length,
+        per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch,
+        max_steps=steps,
+        logging_steps=1,
+        save_steps=10_000,
+        eval_strategy="no",
+        include_num_input_tokens_seen=True,
+        warmup_steps=0,
+        **train,
+    )
     return spec
 
 
@@ -78,6 +108,7 @@ def build(work: Path, shape: str) -> tuple[Path, Path]:
 
     from trainer.chats import load
     from trainer.tiny import build_tokenizer, chat_texts
+
     model_dir, data = work / f"model-{shape}", work / "chats.jsonl"
     rows = load(ROOT / "runner" / "samples" / "chat_sample.jsonl")
     data.write_text("".join(json.dumps(r) + "\n" for r in rows * 20))
@@ -85,8 +116,13 @@ def build(work: Path, shape: str) -> tuple[Path, Path]:
         tok = build_tokenizer(chat_texts(rows), 1000)
         torch.manual_seed(0)
         s = SHAPES[shape]
-        config = Phi3Config(**s, num_key_value_heads=s["num_attention_heads"], pad_token_id=tok.pad_token_id,
-                            original_max_position_embeddings=s["max_position_embeddings"], tie_word_embeddings=False)
+        config = Phi3Config(
+            **s,
+            num_key_value_heads=s["num_attention_heads"],
+            pad_token_id=tok.pad_token_id,
+            original_max_position_embeddings=s["max_position_embeddings"],
+            tie_word_embeddings=False,
+        )
         Phi3ForCausalLM(config).to(torch.bfloat16).save_pretrained(model_dir)
         tok.save_pretrained(model_dir)
     return model_dir, data
@@ -96,19 +132,28 @@ def run_one(recipe: str, args) -> dict:
     import torch
 
     from trainer.fit import fit, setup
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and recipe in NOT_ON_CPU:
         return {"recipe": recipe, "skipped": NOT_ON_CPU[recipe]}
     if recipe in NEEDS:
         import importlib.util
+
         if importlib.util.find_spec(NEEDS[recipe]) is None:
             return {"recipe": recipe, "skipped": f"{NEEDS[recipe]} is not installed"}
     work = Path(args.work)
     model_dir, data = build(work, args.shape)
     spec = spec_for(recipe, model_dir, device, args.steps, args.max_length, args.batch)
     with tempfile.TemporaryDirectory(dir=work) as tmp:
-        job = setup(spec, data, ROOT / "runner" / "samples" / "chat_sample.jsonl", Path(tmp), Path(tmp) / "ckpt",
-                    None, lambda *_: None)
+        job = setup(
+            spec,
+            data,
+            ROOT / "runner" / "samples" / "chat_sample.jsonl",
+            Path(tmp),
+            Path(tmp) / "ckpt",
+            None,
+            lambda *_: None,
+        )
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         metrics = fit(job, spec["train"]["num_train_epochs"], False, lambda *_: None)
@@ -119,16 +164,27 @@ def run_one(recipe: str, args) -> dict:
     flops_per_token = 6 * n + 12 * s["num_hidden_layers"] * s["hidden_size"] * args.max_length
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in name), None)
-    memory = (torch.cuda.max_memory_allocated() if device == "cuda"
-              else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    memory = (
+        torch.cuda.max_memory_allocated()
+        if device == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     losses = [h["loss"] for h in state.log_history if "loss" in h]
     from trainer.memory import for_spec
+
     estimate = for_spec(spec, device)
-    return {"recipe": recipe, "device": name, "params": n, "tokens_per_s": tokens_s,
-            "estimated_peak_gib": estimate.total / 2**30 if estimate else None,
-            "mfu": tokens_s * flops_per_token / peak if peak else None, "peak_memory_gib": memory / 2**30,
-            "step_s": metrics["train_runtime_s"] / max(state.global_step, 1), "steps": state.global_step,
-            "loss": losses[-1] if losses else None}
+    return {
+        "recipe": recipe,
+        "device": name,
+        "params": n,
+        "tokens_per_s": tokens_s,
+        "estimated_peak_gib": estimate.total / 2**30 if estimate else None,
+        "mfu": tokens_s * flops_per_token / peak if peak else None,
+        "peak_memory_gib": memory / 2**30,
+        "step_s": metrics["train_runtime_s"] / max(state.global_step, 1),
+        "steps": state.global_step,
+        "loss": losses[-1] if losses else None,
+    }
 
 
 def precision_check(shape: str, steps: int = 10, lr: float = 5e-6) -> dict:
@@ -138,13 +194,16 @@ def precision_check(shape: str, steps: int = 10, lr: float = 5e-6) -> dict:
     """
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
+
     s = dict(SHAPES[shape], num_hidden_layers=min(SHAPES[shape]["num_hidden_layers"], 2))  # 2 layers tell it
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
     ids = torch.randint(0, 1000, (2, 128), device=device)
     out = {}
-    for name, dtype, autocast in (("bf16 weights", torch.bfloat16, False),
-                                  ("fp32 master + bf16 autocast", torch.float32, True)):
+    for name, dtype, autocast in (
+        ("bf16 weights", torch.bfloat16, False),
+        ("fp32 master + bf16 autocast", torch.float32, True),
+    ):
         torch.manual_seed(0)
         model = Phi3ForCausalLM(Phi3Config(**s, num_key_value_heads=s["num_attention_heads"])).to(device, dtype)
         before = [p.detach().clone() for p in model.parameters()]
@@ -164,8 +223,12 @@ def cpu_serving(shape: str, new_tokens: int = 16) -> dict:
     """Milliseconds per generated token on the CPU, float32 vs bfloat16 (backs the deployment's float32)."""
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
-    s = SHAPES[shape] if shape == "smoke" else dict(SHAPES[shape], hidden_size=1024, num_hidden_layers=8,
-                                                     num_attention_heads=16, intermediate_size=2816)
+
+    s = (
+        SHAPES[shape]
+        if shape == "smoke"
+        else dict(SHAPES[shape], hidden_size=1024, num_hidden_layers=8, num_attention_heads=16, intermediate_size=2816)
+    )
     torch.manual_seed(0)
     base = Phi3ForCausalLM(Phi3Config(**s, num_key_value_heads=s["num_attention_heads"])).eval()
     prompt = torch.randint(0, 1000, (1, 64))
@@ -188,15 +251,19 @@ def table(results: list[dict]) -> str:
             continue
         mfu = f"{r['mfu']:.0%}" if r["mfu"] is not None else "n/a"
         est = f"{r['estimated_peak_gib']:9.2f}" if r.get("estimated_peak_gib") is not None else f"{'n/a':>9}"
-        lines.append(f"{r['recipe']:46} {r['tokens_per_s']:10.0f} {mfu:>6} {r['peak_memory_gib']:9.2f} {est} "
-                     f"{r['step_s']:8.3f} {r['loss']:8.4f}")
+        lines.append(
+            f"{r['recipe']:46} {r['tokens_per_s']:10.0f} {mfu:>6} {r['peak_memory_gib']:9.2f} {est} "
+            f"{r['step_s']:8.3f} {r['loss']:8.4f}"
+        )
     return "\n".join(lines)
 
 
 def plot(results: list[dict], path: Path):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     ran = [r for r in results if "skipped" not in r]
     fig, ax = plt.subplots(figsize=(8, 0.5 * len(ran) + 1.2))
     ax.barh([r["recipe"] for r in ran], [r["tokens_per_s"] for r in ran])
@@ -221,6 +288,7 @@ def main(argv=None) -> int:
     p.add_argument("--work", default=str(OUT / "work"))
     args = p.parse_args(argv)
     import torch
+
     if not args.smoke and not args.one and not torch.cuda.is_available():
         print("[bench] no GPU here: running --smoke (Phi-3-mini's shape needs a GPU)", flush=True)
         args.smoke = True
@@ -243,31 +311,53 @@ def main(argv=None) -> int:
     for name in names:
         t0 = time.time()
         if torch.cuda.is_available():  # its own process: peak memory and compile caches per recipe
-            cmd = [sys.executable, __file__, "--one", name, "--shape", args.shape, "--steps", str(args.steps),
-                   "--max-length", str(args.max_length), "--batch", str(args.batch), "--work", args.work]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                name,
+                "--shape",
+                args.shape,
+                "--steps",
+                str(args.steps),
+                "--max-length",
+                str(args.max_length),
+                "--batch",
+                str(args.batch),
+                "--work",
+                args.work,
+            ]
             r = subprocess.run(cmd, capture_output=True, text=True)
-            result = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else \
-                {"recipe": name, "skipped": f"failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:160]}"}
+            result = (
+                json.loads(r.stdout.strip().splitlines()[-1])
+                if r.returncode == 0
+                else {"recipe": name, "skipped": f"failed: {(r.stderr.strip().splitlines() or ['?'])[-1][:160]}"}
+            )
         else:
             result = run_one(name, args)
         results.append(result)
         print(f"[bench] {name}: {'skipped' if 'skipped' in result else 'done'} in {time.time() - t0:.1f}s", flush=True)
     print(table(results))
     if not torch.cuda.is_available():
-        print("(CPU: every recipe runs in fp32 to be quick; peak GiB is the process's resident memory, est. GiB "
-              "the estimate of tensors alone (bench/precision.py and tests/test_memory.py check it on the CPU); "
-              "MFU needs a GPU's peak)")
+        print(
+            "(CPU: every recipe runs in fp32 to be quick; peak GiB is the process's resident memory, est. GiB "
+            "the estimate of tensors alone (bench/precision.py and tests/test_memory.py check it on the CPU); "
+            "MFU needs a GPU's peak)"
+        )
     check = serving = None
     if not args.recipes_only:
         check = precision_check(args.shape)
-        print("share of weights changed by 10 AdamW steps at lr 5e-6: "
-              + ", ".join(f"{k} {v:.1%}" for k, v in check.items()))
+        print(
+            "share of weights changed by 10 AdamW steps at lr 5e-6: "
+            + ", ".join(f"{k} {v:.1%}" for k, v in check.items())
+        )
         serving = cpu_serving(args.shape)
         print("CPU generation, ms per token: " + ", ".join(f"{k} {v:.1f}" for k, v in serving.items()))
     OUT.mkdir(exist_ok=True)
     stem = OUT / f"train_recipes-{args.shape}"
-    stem.with_suffix(".json").write_text(json.dumps({"recipes": results, "precision_check": check,
-                                                     "cpu_serving_ms_per_token": serving}, indent=2))
+    stem.with_suffix(".json").write_text(
+        json.dumps({"recipes": results, "precision_check": check, "cpu_serving_ms_per_token": serving}, indent=2)
+    )
     plot(results, stem.with_suffix(".png"))
     print(f"wrote {stem}.json and {stem}.png")
     return 0

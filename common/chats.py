@@ -1,5 +1,6 @@
 """What a chat row is: its messages' rules and the JSONL reader that names each bad line. One definition for the
 data stage, the trainer and the endpoint's request parsing."""
+
 import json
 
 ROLES = {"system", "user", "assistant"}
@@ -62,8 +63,12 @@ def read_jsonl(data: bytes):
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            yield lineno, Unreadable(f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); "
-                                     "save the file as UTF-8")
+            yield (
+                lineno,
+                Unreadable(
+                    f"not UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}); save the file as UTF-8"
+                ),
+            )
             continue
         try:
             yield lineno, json.loads(line)

@@ -1,5 +1,6 @@
 """Atomic file writes (a crash never leaves a half-written file, and readers never see one), and finding the
 MLflow model folder in what a job wrote or Azure mounted."""
+
 import os
 from pathlib import Path
 

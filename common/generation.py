@@ -4,6 +4,7 @@ Read by the scoring script (requests that leave a setting out get these), the ML
 own servers accept the same params) and the runner's chat rules. The chat stage and the flow send only what
 the user set, so the endpoint's defaults apply everywhere else.
 """
+
 # name -> (Python types accepted, MLflow param type, default)
 PARAMS = {
     "max_new_tokens": (int, "long", 64),

@@ -5,11 +5,11 @@ chat stage creates one connection per run (phi3_<run name>_<8 hex>) and prints t
     pf flow test --flow flow --inputs connection=phi3_default_1a2b3c4d question="..."
     pf flow test --flow flow --ui --environment-variables PHI3_CONNECTION=phi3_default_1a2b3c4d
 """
+
 import os
 
-from promptflow.core import tool
-
 from endpoint_client import EndpointError, ask
+from promptflow.core import tool
 
 CONNECTION_ENV = "PHI3_CONNECTION"
 
@@ -26,16 +26,20 @@ def to_messages(chat_history: list, question: str) -> list[dict]:
 def endpoint_of(name: str) -> tuple[str, str]:
     """(scoring URL, key) kept in the named Prompt flow connection."""
     if not name:
-        raise EndpointError(f"no connection named: pass --inputs connection=NAME, or set {CONNECTION_ENV}=NAME "
-                            "(--environment-variables with --ui); the chat stage prints its run's name, and "
-                            "`pf connection list` shows them all")
+        raise EndpointError(
+            f"no connection named: pass --inputs connection=NAME, or set {CONNECTION_ENV}=NAME "
+            "(--environment-variables with --ui); the chat stage prints its run's name, and "
+            "`pf connection list` shows them all"
+        )
     from promptflow.client import PFClient
 
     try:
         conn = PFClient().connections.get(name, with_secrets=True)
     except Exception as exc:  # promptflow's ConnectionNotFoundError and friends: say which and what to do
-        raise EndpointError(f"no Prompt flow connection {name!r} ({type(exc).__name__}): run the chat stage of "
-                            "that run (python -m runner stages=[chat]) or see `pf connection list`") from None
+        raise EndpointError(
+            f"no Prompt flow connection {name!r} ({type(exc).__name__}): run the chat stage of "
+            "that run (python -m runner stages=[chat]) or see `pf connection list`"
+        ) from None
     return conn.configs.get("endpoint_url", ""), conn.secrets.get("api_key", "")
 
 

@@ -3,6 +3,7 @@
 No Prompt flow import on purpose: Prompt flow is retired in April 2027, and whatever replaces the flow
 layer can call ask() as it is. Standard library only.
 """
+
 import json
 import urllib.error
 import urllib.request
@@ -31,15 +32,21 @@ def ask(url: str, key: str, messages: list[dict], params: dict, timeout: float =
     """Send one conversation to the endpoint; returns the answer text."""
     if not url or not key:
         raise EndpointError("the endpoint URL or key is empty: check the connection's endpoint_url and api_key")
-    req = urllib.request.Request(url, data=json.dumps(payload(messages, params)).encode(), method="POST",
-                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(payload(messages, params)).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             result = json.loads(resp.read().decode("utf-8"))
     except urllib.error.HTTPError as err:
         detail = _error_detail(err)
         if err.code in (401, 403):
-            raise EndpointError(f"the endpoint rejected the key ({err.code}); update the connection's api_key") from None
+            raise EndpointError(
+                f"the endpoint rejected the key ({err.code}); update the connection's api_key"
+            ) from None
         if err.code == 400:
             raise EndpointError(f"the endpoint refused the request (400): {detail}") from None
         if err.code == 504:

@@ -3,6 +3,7 @@
 Importing this package stays cheap: heavy libraries (torch, transformers, datasets, mlflow,
 azure, promptflow) are imported inside the stage that needs them.
 """
+
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,5 @@
 """python -m runner [group=option ...] [key=value ...]: Hydra composes, runner.app.main does the rest."""
+
 import os
 import sys
 from pathlib import Path
@@ -19,10 +20,12 @@ def _hydra_main(cfg: DictConfig):
     from hydra.types import RunMode
 
     from . import app
+
     hc = HydraConfig.get()
     sweep = None
     if hc.mode == RunMode.MULTIRUN:  # our launcher says which point this is; another launcher, only its overrides
         from .sweep.launcher import current_point
+
         sweep = current_point() or {"overrides": list(hc.overrides.task), "point": {}}
     code = app.main(cfg, hc.runtime.output_dir, sweep=sweep)
     app.exit_codes.append(code)
@@ -33,8 +36,12 @@ def options(group: str) -> str:
     """--help's list of a group's options, its default first: conf/<group>/*.yaml (bases live in conf/_base/),
     and those of a --config-dir, which Hydra searches too."""
     import yaml
-    dirs = [CONF_DIR] + [a.split("=", 1)[1] if "=" in a else sys.argv[i + 2]
-                         for i, a in enumerate(sys.argv[1:]) if a.split("=")[0] in ("--config-dir", "-cd")]
+
+    dirs = [CONF_DIR] + [
+        a.split("=", 1)[1] if "=" in a else sys.argv[i + 2]
+        for i, a in enumerate(sys.argv[1:])
+        if a.split("=")[0] in ("--config-dir", "-cd")
+    ]
     defaults = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
     default = next((d[group] for d in defaults if isinstance(d, dict) and group in d), None)
     names = sorted({p.stem for d in dirs for p in Path(d, group).glob("*.yaml")} - {default})
@@ -45,6 +52,7 @@ def main():
     OmegaConf.register_new_resolver("runner_options", options, replace=True)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     from .spec.validate import renamed_override
+
     renamed = [m for m in map(renamed_override, sys.argv[1:]) if m]
     if renamed:  # Hydra would say only "not in struct"
         print("\n".join(f"error: {m}" for m in renamed), file=sys.stderr)
@@ -60,6 +68,7 @@ def main():
             sys.exit(2)
         raise
     from .app import exit_codes
+
     sys.exit(max(exit_codes, default=0))
 
 

@@ -1,4 +1,5 @@
 """The runner as plain functions: config -> spec -> validate -> plan or execute. __main__ only adds Hydra."""
+
 import hashlib
 import shutil
 import sys
@@ -8,17 +9,16 @@ import traceback
 from contextlib import nullcontext
 from pathlib import Path
 
+from common.files import write_atomic
+
 from .context import Context
 from .errors import INTERRUPTED, Detached, StageFailed, UserError
 from .manifest import Manifest
 from .registry import module_for, selected
 from .rundir import OneWriter, in_use, remove_created
-from .spec import memory_fit
-from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, redacted, to_spec
+from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, memory_fit, redacted, to_spec
 from .spec.settle import command_shown, settle
 from .spec.validate import validate
-from common.files import write_atomic
-
 
 exit_codes = []  # one per run of `python -m runner`; a -m sweep goes on past a failed point, exits with the worst
 
@@ -99,7 +99,13 @@ def execute(spec, run_dir: Path, out=print, point=None) -> dict:
             out(f"[{stage.name}] {exc}")
             break
         except BaseException as exc:
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = (
+                "interrupted"
+                if isinstance(exc, KeyboardInterrupt)
+                else str(exc).splitlines()[0]
+                if str(exc)
+                else type(exc).__name__
+            )
             # what the stage noted (a submitted job's name) is kept: the next attempt picks it up
             ctx.manifest.record(stage.name, "failed", h, ctx.manifest.outputs(stage.name), error=reason)
             raise
@@ -184,6 +190,7 @@ def chat_page(spec, run_dir: Path, out=print) -> int:
     """chat.ui=true: the page is served once the stages are done, outside the run's lock (it only reads what
     deploy recorded, and follows a redeploy), so other commands on the run go on while it is open."""
     from .stages import chat
+
     try:
         return chat.serve(spec, run_dir, out)
     except (UserError, StageFailed) as exc:

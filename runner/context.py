@@ -1,4 +1,5 @@
 """What a stage gets besides the spec: its run directory, the manifest and a printer."""
+
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,10 @@ class Context:
     def upstream(self, stage: str) -> dict:
         entry = self.manifest.entry(stage)
         if entry.get("status") != "done":
-            raise UserError(f"the {stage} stage has not finished in {self.run_dir}: run it first, "
-                            f"e.g. python -m runner stages=[{stage}] (same config overrides)")
+            raise UserError(
+                f"the {stage} stage has not finished in {self.run_dir}: run it first, "
+                f"e.g. python -m runner stages=[{stage}] (same config overrides)"
+            )
         return entry["outputs"]
 
     def note(self, outputs: dict):

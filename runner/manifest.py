@@ -1,4 +1,5 @@
 """manifest.json: each stage's status, outputs and the hash of the inputs it ran with."""
+
 import json
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ class Manifest:
             self.data = json.loads(self.path.read_text()) if self.path.exists() else {"stages": {}}
         except ValueError:
             from .errors import UserError
+
             raise UserError(f"{self.path} is not valid JSON; delete it to start this run's record afresh") from None
 
     def entry(self, stage: str) -> dict:
@@ -22,8 +24,13 @@ class Manifest:
         return self.entry(stage).get("outputs", {})
 
     def record(self, stage: str, status: str, inputs_hash: str | None = None, outputs: dict | None = None, **extra):
-        entry = {"status": status, "inputs_hash": inputs_hash, "outputs": outputs or {},
-                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+        entry = {
+            "status": status,
+            "inputs_hash": inputs_hash,
+            "outputs": outputs or {},
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **extra,
+        }
         self.data["stages"][stage] = entry
         self.save(stage)
 

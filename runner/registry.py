@@ -4,6 +4,7 @@ Data only, like a table: app.py picks the module by compute.kind (the one place 
 holds one backend's logic; a stage whose work does not depend on the backend names the same module for
 each. Adding a backend is one package (runner/<name>/) plus a column here. Modules are imported when run.
 """
+
 from dataclasses import dataclass
 from importlib import import_module
 from typing import Protocol, runtime_checkable
@@ -37,12 +38,12 @@ class Stage:
     # compute.kind -> module defining run(spec, ctx) -> outputs; it may define is_current(outputs, spec, ctx)
     # and plan(spec, ctx) -> lines
     backends: dict
-    depends_on: tuple      # spec paths the outputs depend on (hashed into the manifest)
-    upstream: tuple        # stages whose outputs it reads from the manifest
-    reads: str             # for the plan
-    writes: str            # for the plan
-    always: bool = False   # runs every time (its effect is the point, or it is idempotent)
-    files: tuple = ()      # spec paths naming files whose content, not only their name, is among its inputs
+    depends_on: tuple  # spec paths the outputs depend on (hashed into the manifest)
+    upstream: tuple  # stages whose outputs it reads from the manifest
+    reads: str  # for the plan
+    writes: str  # for the plan
+    always: bool = False  # runs every time (its effect is the point, or it is idempotent)
+    files: tuple = ()  # spec paths naming files whose content, not only their name, is among its inputs
 
     def load(self, kind: str):
         return import_module(self.backends[kind])
@@ -53,31 +54,65 @@ def on_every_backend(module: str) -> dict:
 
 
 STAGES = [
-    Stage("data", on_every_backend("runner.stages.data"), ("data",), (),
-          reads="the data source (shipped JSONL or a hub dataset slice)",
-          writes="data/train.jsonl, data/test.jsonl"),
-    Stage("train", {LOCAL: "runner.local.train", AZUREML: "runner.azure.train"},
-          ("model", "train", "compute", "run.experiment_name"), ("data",),
-          reads="data/train.jsonl, data/test.jsonl and the base model", files=("model.chat_template",),
-          writes="an MLflow run with the fine-tuned model, metrics and a loss plot"),
-    Stage("eval", {LOCAL: "runner.local.eval", AZUREML: "runner.azure.eval"}, ("eval", "train.max_length"),
-          ("data", "train"),
-          reads="the held-out chats (data/test.jsonl), the base model and the fine-tuned one",
-          writes="eval/metrics.json, eval/report.md, eval/answers.jsonl (also in the train stage's MLflow run)"),
-    Stage("register", {LOCAL: "runner.local.register", AZUREML: "runner.azure.register"},
-          ("register", "compute.kind", "azure.workspace_name"), ("train",),
-          reads="the MLflow model of the train stage",
-          writes="a new version of the registered model"),
-    Stage("deploy", {LOCAL: "runner.local.deploy", AZUREML: "runner.azure.deploy"},
-          ("deploy", "compute.kind", "azure.workspace_name"), ("register",),
-          reads="the registered model version",
-          writes="a scoring endpoint (local server or Azure managed online endpoint) and its key"),
-    Stage("chat", on_every_backend("runner.stages.chat"), ("chat",), ("deploy",),
-          reads="the endpoint URL and key",
-          writes="nothing: prints the answers of the Prompt flow flow", always=True),
-    Stage("teardown", {LOCAL: "runner.local.teardown", AZUREML: "runner.azure.teardown"}, (), ("deploy",),
-          reads="the endpoint recorded by deploy",
-          writes="nothing: stops the local server or deletes the Azure endpoint", always=True),
+    Stage(
+        "data",
+        on_every_backend("runner.stages.data"),
+        ("data",),
+        (),
+        reads="the data source (shipped JSONL or a hub dataset slice)",
+        writes="data/train.jsonl, data/test.jsonl",
+    ),
+    Stage(
+        "train",
+        {LOCAL: "runner.local.train", AZUREML: "runner.azure.train"},
+        ("model", "train", "compute", "run.experiment_name"),
+        ("data",),
+        reads="data/train.jsonl, data/test.jsonl and the base model",
+        files=("model.chat_template",),
+        writes="an MLflow run with the fine-tuned model, metrics and a loss plot",
+    ),
+    Stage(
+        "eval",
+        {LOCAL: "runner.local.eval", AZUREML: "runner.azure.eval"},
+        ("eval", "train.max_length"),
+        ("data", "train"),
+        reads="the held-out chats (data/test.jsonl), the base model and the fine-tuned one",
+        writes="eval/metrics.json, eval/report.md, eval/answers.jsonl (also in the train stage's MLflow run)",
+    ),
+    Stage(
+        "register",
+        {LOCAL: "runner.local.register", AZUREML: "runner.azure.register"},
+        ("register", "compute.kind", "azure.workspace_name"),
+        ("train",),
+        reads="the MLflow model of the train stage",
+        writes="a new version of the registered model",
+    ),
+    Stage(
+        "deploy",
+        {LOCAL: "runner.local.deploy", AZUREML: "runner.azure.deploy"},
+        ("deploy", "compute.kind", "azure.workspace_name"),
+        ("register",),
+        reads="the registered model version",
+        writes="a scoring endpoint (local server or Azure managed online endpoint) and its key",
+    ),
+    Stage(
+        "chat",
+        on_every_backend("runner.stages.chat"),
+        ("chat",),
+        ("deploy",),
+        reads="the endpoint URL and key",
+        writes="nothing: prints the answers of the Prompt flow flow",
+        always=True,
+    ),
+    Stage(
+        "teardown",
+        {LOCAL: "runner.local.teardown", AZUREML: "runner.azure.teardown"},
+        (),
+        ("deploy",),
+        reads="the endpoint recorded by deploy",
+        writes="nothing: stops the local server or deletes the Azure endpoint",
+        always=True,
+    ),
 ]
 
 

@@ -4,6 +4,7 @@ Hydra creates the run directory (and any missing parents) before the runner can 
 callback notes, before that, the deepest folder on the way that already existed; a refused run removes its run
 directory and the empty folders above it up to that one, never a folder it did not create.
 """
+
 import fcntl
 import hashlib
 import json
@@ -52,6 +53,7 @@ class NoteExistingFolders(Callback):
     def _note(config, key):
         global _existed
         from hydra.core.hydra_config import HydraConfig
+
         try:
             HydraConfig.instance().set_config(config)  # Hydra sets it only later; the run dir reads ${hydra:...}
             _existed = deepest_existing(Path(str(OmegaConf.select(config, key))))
@@ -143,11 +145,17 @@ class OneWriter:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UserError(f"{self.directory} is in use: {_holder_text(self.directory)} is running this "
-                            f"{self.what}. Wait for it to finish, or run elsewhere with another run.name=... "
-                            f"(or hydra.run.dir=...); plan=true and stages=[teardown] work meanwhile") from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "command": self.command}
+            raise UserError(
+                f"{self.directory} is in use: {_holder_text(self.directory)} is running this "
+                f"{self.what}. Wait for it to finish, or run elsewhere with another run.name=... "
+                f"(or hydra.run.dir=...); plan=true and stages=[teardown] work meanwhile"
+            ) from None
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": self.command,
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self.fd = fd

@@ -1,5 +1,6 @@
 """Serving an ASGI app under uvicorn as the endpoint and the chat page both do: bind before anything slow (a busy
 port fails at once; early requests wait in the backlog), and say so only once uvicorn accepts connections."""
+
 import socket
 
 
@@ -21,8 +22,9 @@ def run(app, sock: socket.socket, on_listening, **config):
     """Serve app on sock until SIGINT/SIGTERM; on_listening() runs once uvicorn has started accepting."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, **{"log_level": "warning", "access_log": False,
-                                                   "timeout_graceful_shutdown": 3, **config}))
+    server = uvicorn.Server(
+        uvicorn.Config(app, **{"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 3, **config})
+    )
     original_startup = server.startup
 
     async def startup(sockets=None):

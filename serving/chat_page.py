@@ -12,6 +12,7 @@ Only pages this process served may call it: requests naming another Host (DNS re
 Origin (a web page in another tab) are refused with 403. The endpoint is looked up again when it stops
 answering or refuses the key (a redeploy moves a local endpoint to a new port and key).
 """
+
 import contextlib
 import json
 import time
@@ -32,7 +33,7 @@ class Upstream:
     describe: str  # what the page's header says it talks to (no key, no subscription)
 
 
-def make_app(resolve, log=print, first: Upstream | None = None):
+def make_app(resolve, log=print, first: Upstream | None = None):  # noqa: C901  (to split, as serve.make_app)
     """The page's ASGI app; resolve() -> Upstream, called at start (unless first is given: the caller looked it
     up already) and whenever the endpoint seems to have moved."""
     import anyio
@@ -55,8 +56,10 @@ def make_app(resolve, log=print, first: Upstream | None = None):
         return request.headers.get("host") in hosts and (origin is None or origin in {f"http://{h}" for h in hosts})
 
     def refuse(request):
-        log(f"[chat] refused a request from Host {request.headers.get('host')!r}, "
-            f"Origin {request.headers.get('origin')!r}")
+        log(
+            f"[chat] refused a request from Host {request.headers.get('host')!r}, "
+            f"Origin {request.headers.get('origin')!r}"
+        )
         return JSONResponse(oa.error("this chat server answers only its own page on 127.0.0.1", 403), 403)
 
     def headers(up: Upstream) -> dict:
@@ -96,10 +99,15 @@ def make_app(resolve, log=print, first: Upstream | None = None):
     async def page(request):
         if not allowed(request):
             return refuse(request)
-        return HTMLResponse(html, headers={
-            "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-                                       "style-src 'self' 'unsafe-inline'; img-src 'self' data:",
-            "Cache-Control": "no-store", "Referrer-Policy": "no-referrer"})
+        return HTMLResponse(
+            html,
+            headers={
+                "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+                "style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+                "Cache-Control": "no-store",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
 
     async def models(request):
         if not allowed(request):
@@ -161,14 +169,15 @@ def make_app(resolve, log=print, first: Upstream | None = None):
             answer = None
         if resp.status_code != 200:
             detail = answer.get("error", answer) if isinstance(answer, dict) else resp.text[:300]
-            return JSONResponse(oa.error(f"the endpoint answered {resp.status_code}: {detail}", resp.status_code),
-                                resp.status_code)
+            return JSONResponse(
+                oa.error(f"the endpoint answered {resp.status_code}: {detail}", resp.status_code), resp.status_code
+            )
         if isinstance(answer, dict) and "predictions" in answer:
             answer = answer["predictions"]
         if not isinstance(answer, list) or not answer or not isinstance(answer[0], str):
             return JSONResponse(oa.error(f"unexpected answer from the endpoint: {str(answer)[:200]}", 502), 502)
         text, cut = answer[0], [i for i in (answer[0].find(s) for s in opts["stop"]) if i >= 0]
-        text, finish = (text[:min(cut)].rstrip(), "stop") if cut else (text, "stop")
+        text, finish = (text[: min(cut)].rstrip(), "stop") if cut else (text, "stop")
         cid = oa.new_id()
         if not opts["stream"]:
             return JSONResponse(oa.completion(cid, up.model, text, finish, 0, 0))
@@ -181,8 +190,12 @@ def make_app(resolve, log=print, first: Upstream | None = None):
 
         return StreamingResponse(one_chunk(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    routes = [Route("/", page), Route("/v1/models", models),
-              Route("/v1/chat/completions", completions, methods=["POST"])]
+    routes = [
+        Route("/", page),
+        Route("/v1/models", models),
+        Route("/v1/chat/completions", completions, methods=["POST"]),
+    ]
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
@@ -198,7 +211,10 @@ def serve(resolve, host: str, port: int, out=print, first: Upstream | None = Non
 
     sock = asgi.bind(host, port)
     port = sock.getsockname()[1]
-    asgi.run(make_app(resolve, out, first), sock,
-             lambda: out(f"[chat] chat page: http://{host}:{port}/  (Ctrl-C stops it; the endpoint keeps running)"))
+    asgi.run(
+        make_app(resolve, out, first),
+        sock,
+        lambda: out(f"[chat] chat page: http://{host}:{port}/  (Ctrl-C stops it; the endpoint keeps running)"),
+    )
     out("[chat] chat page stopped")
     return 0

@@ -5,6 +5,7 @@ Request body (the tutorial's payload):
     {"input_data": ["a prompt", [{"role": "user", "content": "..."}, ...]],
      "params": {"max_new_tokens": 64, "temperature": 0.0, "do_sample": false, "top_p": 1.0, "return_full_text": false}}
 """
+
 import json
 import math
 
@@ -15,8 +16,10 @@ DEFAULT_LIMIT = 256
 MAX_INPUTS = 32  # per request: bounds the time one request can hold the model
 # name -> (accepted types, default): the generation settings plus one of the scoring contract's own.
 # bool is checked apart because it is an int in Python.
-PARAMS = {**{name: (types, default) for name, (types, _, default) in GENERATION.items()},
-          "return_full_text": (bool, False)}
+PARAMS = {
+    **{name: (types, default) for name, (types, _, default) in GENERATION.items()},
+    "return_full_text": (bool, False),
+}
 
 
 class BadRequest(ValueError):
@@ -28,11 +31,15 @@ def parse_messages(item, index: int) -> list[dict]:
         if not item.strip():
             raise BadRequest(f"input_data[{index}] is an empty prompt")
         if not is_text(item):
-            raise BadRequest(f"input_data[{index}] holds a lone surrogate (a \\ud800-\\udfff escape), which is not text")
+            raise BadRequest(
+                f"input_data[{index}] holds a lone surrogate (a \\ud800-\\udfff escape), which is not text"
+            )
         return [{"role": "user", "content": item}]
     if not isinstance(item, list) or not item:
-        raise BadRequest(f"input_data[{index}] must be a prompt string or a non-empty list of "
-                         '{"role": "system|user|assistant", "content": "..."} messages')
+        raise BadRequest(
+            f"input_data[{index}] must be a prompt string or a non-empty list of "
+            '{"role": "system|user|assistant", "content": "..."} messages'
+        )
     for j, m in enumerate(item):
         problem = message_problem(m)  # the training rows' own rule for a message
         if problem:
@@ -44,7 +51,7 @@ def parse_params(params, limit: int) -> dict:
     if params is None:
         params = {}
     if not isinstance(params, dict):
-        raise BadRequest("params must be an object, e.g. {\"max_new_tokens\": 64, \"temperature\": 0}")
+        raise BadRequest('params must be an object, e.g. {"max_new_tokens": 64, "temperature": 0}')
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
         raise BadRequest(f"unknown params {unknown}; accepted: {sorted(PARAMS)}")
@@ -73,8 +80,10 @@ def parse_params(params, limit: int) -> dict:
 def parse_body(body, limit: int) -> tuple[list, dict]:
     """Check a decoded request body; returns (a list of message lists, generation params)."""
     if not isinstance(body, dict) or "input_data" not in body:
-        raise BadRequest('the body must be a JSON object with "input_data" (a list of prompts or message lists) '
-                         'and optional "params"')
+        raise BadRequest(
+            'the body must be a JSON object with "input_data" (a list of prompts or message lists) '
+            'and optional "params"'
+        )
     unknown = sorted(set(body) - {"input_data", "params"})
     if unknown:
         raise BadRequest(f"unknown keys {unknown}; the body takes input_data and params")
@@ -84,8 +93,6 @@ def parse_body(body, limit: int) -> tuple[list, dict]:
     if len(items) > MAX_INPUTS:
         raise BadRequest(f"input_data has {len(items)} items; send at most {MAX_INPUTS} per request")
     return [parse_messages(x, i) for i, x in enumerate(items)], parse_params(body.get("params"), limit)
-
-
 
 
 def parse_request(raw, limit: int) -> tuple[list, dict]:

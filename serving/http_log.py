@@ -1,4 +1,5 @@
 """The local endpoint's key file and request log: nothing from a request's headers is ever printed."""
+
 import stat
 import time
 from pathlib import Path
@@ -38,4 +39,4 @@ class AccessLog:
             await self.app(scope, receive, send_noting)
         finally:
             client = (scope.get("client") or ("-",))[0]
-            log(f"{client} \"{scope['method']} {scope['path']}\" {status[0]} {time.time() - t0:.2f}s")
+            log(f'{client} "{scope["method"]} {scope["path"]}" {status[0]} {time.time() - t0:.2f}s')

@@ -12,6 +12,7 @@ Settings that would change the answer and are not implemented (n > 1, tools, a J
 are refused with 400; those that only tune a sampler we do not have (presence_penalty, seed, user, ...) are
 ignored, as OpenAI-compatible servers do. Standard library only: no heavy import, so it is cheap to fuzz.
 """
+
 import json
 import time
 import uuid
@@ -54,13 +55,13 @@ class Incremental:
         hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
         if hits:
             self.stopped = True
-            text = text[:min(hits)]
+            text = text[: min(hits)]
         return text
 
     def _hand_out(self, safe: str) -> str:
         if len(safe) <= len(self.sent) or not safe.startswith(self.sent):
             return ""  # nothing new, or a decode that rewrote its past (the final piece settles it)
-        piece, self.sent = safe[len(self.sent):], safe
+        piece, self.sent = safe[len(self.sent) :], safe
         return piece
 
     def push(self, new_ids) -> str:
@@ -70,7 +71,7 @@ class Incremental:
         text = self._visible(self.ids)
         if self.stopped:
             return self._hand_out(text.rstrip())
-        safe = text[:max(len(text) - self.hold, 0)].rstrip().rstrip("\ufffd")
+        safe = text[: max(len(text) - self.hold, 0)].rstrip().rstrip("\ufffd")
         return self._hand_out(safe)
 
     def finish(self, all_ids) -> str:
@@ -89,8 +90,10 @@ def parse_messages_openai(messages) -> list[dict]:
     out = []
     for j, m in enumerate(messages):
         if isinstance(m, dict) and "content" in m:
-            m = {"role": "system" if m.get("role") == "developer" else m.get("role"),
-                 "content": _text_of(m["content"], f"messages[{j}]")}
+            m = {
+                "role": "system" if m.get("role") == "developer" else m.get("role"),
+                "content": _text_of(m["content"], f"messages[{j}]"),
+            }
         try:
             out += parse_messages([m], 0)
         except BadRequest as exc:  # same rule as /score, said in this route's terms
@@ -102,21 +105,18 @@ def parse_stop(stop) -> list[str]:
     if stop is None:
         return []
     stops = [stop] if isinstance(stop, str) else stop
-    if (not isinstance(stops, list) or len(stops) > MAX_STOP
-            or not all(isinstance(s, str) and s and is_text(s) for s in stops)):
+    if (
+        not isinstance(stops, list)
+        or len(stops) > MAX_STOP
+        or not all(isinstance(s, str) and s and is_text(s) for s in stops)
+    ):
         raise BadRequest(f"stop must be a non-empty string or a list of at most {MAX_STOP} of them, got {stop!r}")
     return stops
 
 
-def parse_chat(body, limit: int, served_model: str) -> tuple[list[dict], dict, dict]:
-    """A decoded chat-completions body -> (messages, generation params, options), or BadRequest / NotFound.
-
-    options: stream (bool), include_usage (bool), stop (list of str), model (the served model's id).
-    """
-    if not isinstance(body, dict):
-        raise BadRequest('the body must be a JSON object with "messages"')
-    if "messages" not in body:
-        raise BadRequest('the body has no "messages": send [{"role": "user", "content": "..."}]')
+def refuse_unsupported(body: dict, served_model: str):
+    """BadRequest / NotFound for what this endpoint does not do: another model, several choices, tools, logprobs,
+    a structured response format."""
     model = body.get("model")
     if model not in (None, "", served_model):
         raise NotFound(f"model {model!r} is not served here; this endpoint serves {served_model!r} (GET /v1/models)")
@@ -128,7 +128,10 @@ def parse_chat(body, limit: int, served_model: str) -> tuple[list[dict], dict, d
     fmt = body.get("response_format")
     if fmt not in (None, {"type": "text"}):
         raise BadRequest(f"response_format {fmt!r} is not supported; this endpoint answers in plain text")
-    messages = parse_messages_openai(body["messages"])
+
+
+def generation_params(body: dict, limit: int) -> dict:
+    """The body's max_tokens, temperature and top_p as /score's params (common/generation.py), checked."""
     params = {}
     tokens = body.get("max_completion_tokens")
     tokens = body.get("max_tokens") if tokens is None else tokens  # an explicit null is as good as absent
@@ -136,25 +139,44 @@ def parse_chat(body, limit: int, served_model: str) -> tuple[list[dict], dict, d
         params["max_new_tokens"] = tokens
     temperature = body.get("temperature")
     if temperature is not None:
-        if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature > 2:
+        number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        if number and temperature > 2:
             raise BadRequest(f"temperature must be between 0 and 2, got {temperature!r}")
         params["temperature"] = temperature
-        params["do_sample"] = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) \
-            and temperature > 0
+        params["do_sample"] = number and temperature > 0
     if body.get("top_p") is not None:
         params["top_p"] = body["top_p"]
     try:
-        params = parse_params(params, limit)
+        return parse_params(params, limit)
     except BadRequest as exc:  # name the route's own settings in the message
         raise BadRequest(str(exc).replace("params.max_new_tokens", "max_tokens").replace("params.", "")) from None
+
+
+def parse_chat(body, limit: int, served_model: str) -> tuple[list[dict], dict, dict]:
+    """A decoded chat-completions body -> (messages, generation params, options), or BadRequest / NotFound.
+
+    options: stream (bool), include_usage (bool), stop (list of str), model (the served model's id).
+    """
+    if not isinstance(body, dict):
+        raise BadRequest('the body must be a JSON object with "messages"')
+    if "messages" not in body:
+        raise BadRequest('the body has no "messages": send [{"role": "user", "content": "..."}]')
+    refuse_unsupported(body, served_model)
+    messages = parse_messages_openai(body["messages"])
+    params = generation_params(body, limit)
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest(f"stream must be true or false, got {stream!r}")
     so = body.get("stream_options") or {}
     if not isinstance(so, dict):
-        raise BadRequest("stream_options must be an object, e.g. {\"include_usage\": true}")
-    return messages, params, {"stream": stream, "include_usage": bool(so.get("include_usage")),
-                              "stop": parse_stop(body.get("stop")), "model": served_model}
+        raise BadRequest('stream_options must be an object, e.g. {"include_usage": true}')
+    options = {
+        "stream": stream,
+        "include_usage": bool(so.get("include_usage")),
+        "stop": parse_stop(body.get("stop")),
+        "model": served_model,
+    }
+    return messages, params, options
 
 
 def parse_chat_request(raw, limit: int, served_model: str):
@@ -180,21 +202,34 @@ def new_id() -> str:
 
 
 def completion(cid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
-                         "logprobs": None}],
-            "usage": usage(prompt_tokens, completion_tokens)}
+    return {
+        "id": cid,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": None}
+        ],
+        "usage": usage(prompt_tokens, completion_tokens),
+    }
 
 
 def chunk(cid: str, model: str, delta: dict, finish: str | None = None, with_choice: bool = True) -> dict:
-    return {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if with_choice
-            else []}
+    return {
+        "id": cid,
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}] if with_choice else [],
+    }
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
 def sse(obj) -> bytes:

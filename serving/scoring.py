@@ -13,6 +13,7 @@ Imports nothing from the runner, Hydra, Azure or Prompt flow: it ships inside th
 Azure ML's inference server loads it by file path, as a module with no parent package, so the imports of its
 siblings are absolute and the code folder (the parent of serving/ and common/) is put on sys.path when needed.
 """
+
 import os
 import sys
 import threading
@@ -59,16 +60,24 @@ class Scorer:
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)  # tokens it attends to
         self.lock = threading.Lock()
 
-    def encode(self, messages: list[dict], p: dict, index: int = 0, what: str | None = None,
-               tokens_name: str = "max_new_tokens"):
+    def encode(
+        self,
+        messages: list[dict],
+        p: dict,
+        index: int = 0,
+        what: str | None = None,
+        tokens_name: str = "max_new_tokens",
+    ):
         """(prompt text, token ids), or BadRequest when prompt and answer would not fit the model's context."""
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         n = enc["input_ids"].shape[1]
         if self.context and n + p["max_new_tokens"] > self.context:
-            raise BadRequest(f"{what or f'input_data[{index}]'} is {n} tokens; with {tokens_name}="
-                             f"{p['max_new_tokens']} that is over the {self.context} tokens this model attends to: "
-                             f"shorten it to at most {self.context - p['max_new_tokens']} tokens or lower {tokens_name}")
+            raise BadRequest(
+                f"{what or f'input_data[{index}]'} is {n} tokens; with {tokens_name}="
+                f"{p['max_new_tokens']} that is over the {self.context} tokens this model attends to: "
+                f"shorten it to at most {self.context - p['max_new_tokens']} tokens or lower {tokens_name}"
+            )
         return prompt, enc
 
     def _generate(self, enc, p: dict, deadline: float | None, **extra):
@@ -76,12 +85,17 @@ class Scorer:
         import torch
 
         sample = p["do_sample"] and p["temperature"] > 0  # temperature 0 means greedy, whatever do_sample says
-        kwargs = dict(do_sample=True, temperature=float(p["temperature"]), top_p=float(p["top_p"])) if sample \
+        kwargs = (
+            dict(do_sample=True, temperature=float(p["temperature"]), top_p=float(p["top_p"]))
+            if sample
             else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+        )
         if deadline is not None:  # queueing for the model counts against the timeout, as in Azure
             if not self.lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
-                raise TimedOut(f"no answer within the request timeout of {self.timeout_s * 1000:.0f} ms "
-                               "(the model was busy with other requests)")
+                raise TimedOut(
+                    f"no answer within the request timeout of {self.timeout_s * 1000:.0f} ms "
+                    "(the model was busy with other requests)"
+                )
             kwargs["max_time"] = max(deadline - time.monotonic(), 0.001)
         else:
             self.lock.acquire()
@@ -90,15 +104,21 @@ class Scorer:
             if cancel is not None and cancel.is_set():  # the caller left while this request waited for the model
                 return torch.zeros(0, dtype=torch.long)
             with torch.inference_mode():
-                out = self.model.generate(**enc.to(self.device), max_new_tokens=p["max_new_tokens"],
-                                          pad_token_id=self.tokenizer.pad_token_id, **kwargs,
-                                          **{k: v for k, v in extra.items() if k != "cancel"})
+                out = self.model.generate(
+                    **enc.to(self.device),
+                    max_new_tokens=p["max_new_tokens"],
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    **kwargs,
+                    **{k: v for k, v in extra.items() if k != "cancel"},
+                )
         finally:
             self.lock.release()
         if deadline is not None and time.monotonic() > deadline:
-            raise TimedOut(f"generation ran past the request timeout of {self.timeout_s * 1000:.0f} ms: "
-                           "lower max_new_tokens, or raise deploy.request_timeout_ms")
-        return out[0][enc["input_ids"].shape[1]:]
+            raise TimedOut(
+                f"generation ran past the request timeout of {self.timeout_s * 1000:.0f} ms: "
+                "lower max_new_tokens, or raise deploy.request_timeout_ms"
+            )
+        return out[0][enc["input_ids"].shape[1] :]
 
     def generate(self, prompt: str, enc, p: dict, deadline: float | None = None) -> str:
         answer = self.tokenizer.decode(self._generate(enc, p, deadline), skip_special_tokens=True).strip()
@@ -134,21 +154,32 @@ class Scorer:
 
         class Stop(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), cancel.is_set() or text.stopped, dtype=torch.bool,
-                                  device=input_ids.device)
+                return torch.full(
+                    (input_ids.shape[0],), cancel.is_set() or text.stopped, dtype=torch.bool, device=input_ids.device
+                )
 
         deadline = time.monotonic() + self.timeout_s if self.timeout_s else None
-        ids = self._generate(enc, p, deadline, streamer=Pieces(), stopping_criteria=StoppingCriteriaList([Stop()]),
-                             cancel=cancel)
+        ids = self._generate(
+            enc, p, deadline, streamer=Pieces(), stopping_criteria=StoppingCriteriaList([Stop()]), cancel=cancel
+        )
         rest = text.finish(ids.tolist())
         if rest and on_text:
             on_text(rest)
         eos = self.model.generation_config.eos_token_id
         eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-        finish = ("cancelled" if cancel.is_set() else "stop" if text.stopped or (len(ids) and int(ids[-1]) in eos)
-                  or len(ids) < p["max_new_tokens"] else "length")
-        return {"text": text.sent, "finish_reason": finish, "prompt_tokens": int(enc["input_ids"].shape[1]),
-                "completion_tokens": int(len(ids))}
+        finish = (
+            "cancelled"
+            if cancel.is_set()
+            else "stop"
+            if text.stopped or (len(ids) and int(ids[-1]) in eos) or len(ids) < p["max_new_tokens"]
+            else "length"
+        )
+        return {
+            "text": text.sent,
+            "finish_reason": finish,
+            "prompt_tokens": int(enc["input_ids"].shape[1]),
+            "completion_tokens": int(len(ids)),
+        }
 
     def score(self, raw) -> list[str]:
         """A raw request body -> one answer per input. Every input is checked before any is generated."""
@@ -198,4 +229,5 @@ def _azure_response(body: dict, status: int):
     if "azureml_inference_server_http" not in sys.modules:
         return None
     from azureml_inference_server_http.api.aml_response import AMLResponse
+
     return AMLResponse(body, status, json_str=True)  # json_str: the server JSON-encodes the body itself

@@ -12,6 +12,7 @@ one request timeout (504) and the same greedy answers. A stream whose client lea
 The key is read from a file only readable by its owner, never from the command line, and never logged.
 With --port 0 the system picks a free port; --ready-file then tells the caller which (JSON: pid, host, port).
 """
+
 import argparse
 import asyncio
 import hmac
@@ -25,13 +26,14 @@ import traceback
 from pathlib import Path
 
 from common.files import write_atomic
+
 from .http_log import AccessLog, log, read_key
 
 MAX_BODY_BYTES = 1 << 20
 KEEPALIVE_S = 2.0  # an SSE comment this often while a stream waits for the model: a page that left is noticed
 
 
-def make_app(scorer, key: str, model_id: str):
+def make_app(scorer, key: str, model_id: str):  # noqa: C901  (to split: auth as middleware, errors as handlers)
     """The ASGI app over a loaded serving.scoring.Scorer."""
     from starlette.applications import Starlette
     from starlette.responses import JSONResponse, StreamingResponse
@@ -95,8 +97,9 @@ def make_app(scorer, key: str, model_id: str):
             return oa_error(raw[1], raw[0])
         try:
             messages, params, opts = oa.parse_chat_request(raw, scorer.limit, model_id)
-            prompt, enc = await asyncio.to_thread(scorer.encode, messages, params, what="messages",
-                                                  tokens_name="max_tokens")
+            prompt, enc = await asyncio.to_thread(
+                scorer.encode, messages, params, what="messages", tokens_name="max_tokens"
+            )
         except oa.NotFound as exc:
             return oa_error(str(exc), 404)
         except BadRequest as exc:
@@ -112,10 +115,16 @@ def make_app(scorer, key: str, model_id: str):
                 traceback.print_exc(file=sys.stdout)
                 return oa_error("the model failed on this request; see the server log", 500)
             log(f"chat completion: {done['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
-            return JSONResponse(oa.completion(cid, model_id, done["text"], done["finish_reason"],
-                                              done["prompt_tokens"], done["completion_tokens"]))
-        return StreamingResponse(stream(cid, enc, params, opts), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return JSONResponse(
+                oa.completion(
+                    cid, model_id, done["text"], done["finish_reason"], done["prompt_tokens"], done["completion_tokens"]
+                )
+            )
+        return StreamingResponse(
+            stream(cid, enc, params, opts),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     async def stream(cid, enc, params, opts):
         loop = asyncio.get_running_loop()
@@ -125,8 +134,9 @@ def make_app(scorer, key: str, model_id: str):
 
         def work():
             try:
-                result = scorer.complete(enc, params, opts["stop"],
-                                         lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece), cancel)
+                result = scorer.complete(
+                    enc, params, opts["stop"], lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece), cancel
+                )
             except BaseException as exc:  # handed to the stream, which reports it as an error event
                 result = exc
             loop.call_soon_threadsafe(pieces.put_nowait, result)
@@ -155,8 +165,12 @@ def make_app(scorer, key: str, model_id: str):
                 else:
                     yield oa.sse(oa.chunk(cid, opts["model"], {}, item["finish_reason"]))
                     if opts["include_usage"]:
-                        yield oa.sse({**oa.chunk(cid, opts["model"], {}, with_choice=False),
-                                      "usage": oa.usage(item["prompt_tokens"], item["completion_tokens"])})
+                        yield oa.sse(
+                            {
+                                **oa.chunk(cid, opts["model"], {}, with_choice=False),
+                                "usage": oa.usage(item["prompt_tokens"], item["completion_tokens"]),
+                            }
+                        )
                     log(f"chat completion (stream): {item['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
                 yield oa.sse("[DONE]")
                 return
@@ -167,18 +181,26 @@ def make_app(scorer, key: str, model_id: str):
                 def note(done):  # no await here: the stream's task is being cancelled, and would be again
                     result = None if done.cancelled() else done.result()
                     made = result.get("completion_tokens", "?") if isinstance(result, dict) else "?"
-                    log(f"chat completion (stream): the client went away; generation stopped after {made} of "
-                        f"{params['max_new_tokens']} token(s), {time.time() - t0:.2f}s")
+                    log(
+                        f"chat completion (stream): the client went away; generation stopped after {made} of "
+                        f"{params['max_new_tokens']} token(s), {time.time() - t0:.2f}s"
+                    )
 
                 worker.add_done_callback(note)
 
     async def not_found(request, exc):
         method = request.method
         hint = "POST /score, POST /v1/chat/completions, GET /v1/models or GET /health"
-        return JSONResponse({"error": f"no route {method} {request.url.path}; try {hint}"}, getattr(exc, "status_code", 404))
+        return JSONResponse(
+            {"error": f"no route {method} {request.url.path}; try {hint}"}, getattr(exc, "status_code", 404)
+        )
 
-    routes = [Route("/health", health), Route("/score", score, methods=["POST"]),
-              Route("/v1/models", list_models), Route("/v1/chat/completions", chat_completions, methods=["POST"])]
+    routes = [
+        Route("/health", health),
+        Route("/score", score, methods=["POST"]),
+        Route("/v1/models", list_models),
+        Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    ]
     return AccessLog(Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}))
 
 
@@ -188,14 +210,28 @@ def parse(argv=None):
     p.add_argument("--key-file", required=True, type=Path, help="file with the bearer key, mode 600")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=0, help="port; 0 picks a free one (see --ready-file)")
-    p.add_argument("--model-name", default=None,
-                   help="the model's id in /v1/models and chat completions (default: the model folder's name)")
-    p.add_argument("--request-timeout-ms", type=int, default=None,
-                   help="a request still generating after this long gets 504, as deploy.request_timeout_ms in Azure")
-    p.add_argument("--max-new-tokens-limit", type=int, default=None,
-                   help="requests asking for more new tokens get 400 (default: $MAX_NEW_TOKENS_LIMIT or 256)")
-    p.add_argument("--ready-file", type=Path, help="written (JSON: pid, host, port) once the model is loaded "
-                                                   "and the server listens; removed on exit")
+    p.add_argument(
+        "--model-name",
+        default=None,
+        help="the model's id in /v1/models and chat completions (default: the model folder's name)",
+    )
+    p.add_argument(
+        "--request-timeout-ms",
+        type=int,
+        default=None,
+        help="a request still generating after this long gets 504, as deploy.request_timeout_ms in Azure",
+    )
+    p.add_argument(
+        "--max-new-tokens-limit",
+        type=int,
+        default=None,
+        help="requests asking for more new tokens get 400 (default: $MAX_NEW_TOKENS_LIMIT or 256)",
+    )
+    p.add_argument(
+        "--ready-file",
+        type=Path,
+        help="written (JSON: pid, host, port) once the model is loaded and the server listens; removed on exit",
+    )
     return p.parse_args(argv)
 
 
@@ -212,14 +248,20 @@ def main(argv=None) -> int:
     t0 = time.time()
     scorer = scoring.load(args.model_dir, args.max_new_tokens_limit, args.request_timeout_ms)
     model_id = args.model_name or scorer.model_dir.name
-    print(f"loaded {scorer.model_dir} as {model_id!r} in {time.time() - t0:.1f}s "
-          f"(max_new_tokens limit {scorer.limit}, device {scorer.device})", flush=True)
+    print(
+        f"loaded {scorer.model_dir} as {model_id!r} in {time.time() - t0:.1f}s "
+        f"(max_new_tokens limit {scorer.limit}, device {scorer.device})",
+        flush=True,
+    )
 
     def listening():  # the ready file once uvicorn accepts, not before
         if args.ready_file:
             write_atomic(args.ready_file, json.dumps({"pid": os.getpid(), "host": args.host, "port": port}))
-        print(f"listening on http://{args.host}:{port} (POST /score, POST /v1/chat/completions, "
-              "GET /v1/models, GET /health)", flush=True)
+        print(
+            f"listening on http://{args.host}:{port} (POST /score, POST /v1/chat/completions, "
+            "GET /v1/models, GET /health)",
+            flush=True,
+        )
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # until uvicorn installs its own handlers
     try:

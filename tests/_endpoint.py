@@ -3,6 +3,7 @@
 Importing this module points Prompt flow (and the file keyring that holds its encryption key) at temporary
 folders, so tests never touch ~/.promptflow or ~/.local/share. It must be imported before promptflow is.
 """
+
 import atexit
 import json
 import os
@@ -23,6 +24,7 @@ os.environ["APPLICATIONINSIGHTS_CONTROLPLANE_DISABLED"] = "true"  # for `pf` run
 
 def training_rows(manifest) -> list[dict]:
     from .helpers import read_jsonl
+
     return read_jsonl(manifest["stages"]["data"]["outputs"]["train_file"])
 
 
@@ -49,8 +51,9 @@ class Server:
 
     def __init__(self, model_dir, workdir: Path, limit: int = 128, key: str | None = None):
         """key: the one it accepts (as an Azure endpoint's key is given); a fresh random one by default."""
-        from runner.local import server
         from common.files import write_atomic
+        from runner.local import server
+
         workdir.mkdir(parents=True, exist_ok=True)
         key_file, self.ready, self.log = workdir / "endpoint.key", workdir / "server.json", workdir / "server.log"
         server.new_key(key_file)
@@ -77,6 +80,7 @@ def abandon_stream(url: str, body: dict, key: str | None, pieces: int = 3, timeo
     does). Returns the deltas read; fewer when the answer ended first."""
     import http.client
     from urllib.parse import urlsplit
+
     u = urlsplit(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=timeout)
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
@@ -100,6 +104,7 @@ def abandon_stream(url: str, body: dict, key: str | None, pieces: int = 3, timeo
 def wait_for_line(path: Path, marker: str, skip: int = 0, timeout: float = 30) -> str | None:
     """The first line of the file containing marker, past the first `skip` such lines; None after timeout."""
     import time
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = [line for line in Path(path).read_text().splitlines() if marker in line]

@@ -4,6 +4,7 @@ Cached by a hash of the list under ~/.cache/phi3-runner/venvs (XDG_CACHE_HOME), 
 PyTorch's index lines are left out: this machine cannot reach it, and its pip finds the pinned CPU build
 (torch==X+cpu) on disk. Nothing here touches .venv: Azure-only packages never go there.
 """
+
 import hashlib
 import os
 import shutil
@@ -33,8 +34,12 @@ def build(name: str, pip: list[str], timeout: float = 1500) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([python311(), "-m", "venv", str(tmp)], check=True)
-    r = subprocess.run([str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", *pins],
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [str(tmp / "bin" / "python"), "-m", "pip", "install", "-q", *pins],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if r.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"pip could not build the {name} environment:\n{r.stderr[-3000:]}")

@@ -4,6 +4,7 @@ Every entity handed to it goes through the SDK's own serializer (_to_dict), whic
 would reject. What comes back is shaped as Azure returns it: Studio URLs that carry the subscription and tenant
 (wsid=/subscriptions/<id>/...&tid=<tenant>), ARM ids, azure-core LROPollers, 404s as ResourceNotFoundError.
 """
+
 import copy
 import json
 import shutil
@@ -12,7 +13,14 @@ from types import SimpleNamespace
 
 with warnings.catch_warnings():  # the SDK's schemas warn about marshmallow 4 at import
     warnings.simplefilter("ignore")
-    from azure.ai.ml.entities import AmlCompute, Command, Environment, ManagedOnlineDeployment, ManagedOnlineEndpoint, Model
+    from azure.ai.ml.entities import (
+        AmlCompute,
+        Command,
+        Environment,
+        ManagedOnlineDeployment,
+        ManagedOnlineEndpoint,
+        Model,
+    )
     from azure.ai.ml.exceptions import JobException
     from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
     from azure.core.polling import LROPoller, NoPolling
@@ -20,19 +28,27 @@ with warnings.catch_warnings():  # the SDK's schemas warn about marshmallow 4 at
 SUBSCRIPTION = "5c9b3e2a-1f0d-4c6e-9a8b-7d2e4f6a8c01"
 TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 CLIENT_ID = "0d4f6a8c-2e1b-4c3d-8e9f-1a2b3c4d5e6f"
-AZURE = {"subscription_id": SUBSCRIPTION, "resource_group": "rg-test", "workspace_name": "ws-test",
-         "managed_identity_resource_id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-test/providers/"
-                                         "Microsoft.ManagedIdentity/userAssignedIdentities/uai",
-         "managed_identity_client_id": CLIENT_ID}
+AZURE = {
+    "subscription_id": SUBSCRIPTION,
+    "resource_group": "rg-test",
+    "workspace_name": "ws-test",
+    "managed_identity_resource_id": f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-test/providers/"
+    "Microsoft.ManagedIdentity/userAssignedIdentities/uai",
+    "managed_identity_client_id": CLIENT_ID,
+}
 KEY = "not-a-real-key-5f3a"
 REGION = "eastus2"
-WORKSPACE_ID = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{AZURE['resource_group']}/providers/"
-                f"Microsoft.MachineLearningServices/workspaces/{AZURE['workspace_name']}")
+WORKSPACE_ID = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{AZURE['resource_group']}/providers/"
+    f"Microsoft.MachineLearningServices/workspaces/{AZURE['workspace_name']}"
+)
 
 
 def studio_url(job_name: str) -> str:
-    return (f"https://ml.azure.com/runs/{job_name}?wsid=/subscriptions/{SUBSCRIPTION}/resourcegroups/"
-            f"{AZURE['resource_group']}/workspaces/{AZURE['workspace_name']}&tid={TENANT}")
+    return (
+        f"https://ml.azure.com/runs/{job_name}?wsid=/subscriptions/{SUBSCRIPTION}/resourcegroups/"
+        f"{AZURE['resource_group']}/workspaces/{AZURE['workspace_name']}&tid={TENANT}"
+    )
 
 
 def http_error(status, message="boom"):
@@ -65,8 +81,15 @@ class FakeML:
     (the request went through, the answer was lost).
     """
 
-    def __init__(self, job_status="Completed", answer='["Hi there"]', auth_mode="key", lifecycle=(), job_summary=None,
-                 job_outputs=None):
+    def __init__(
+        self,
+        job_status="Completed",
+        answer='["Hi there"]',
+        auth_mode="key",
+        lifecycle=(),
+        job_summary=None,
+        job_outputs=None,
+    ):
         """lifecycle: the statuses a job shows, one per status read, before job_status (streaming waits it out).
         job_status: the status a job ends with, or job_status(job entity) -> that status, job by job.
         job_summary(job entity) -> the summary.json the trainer writes to the job's outputs/ (None: none written).
@@ -79,25 +102,33 @@ class FakeML:
         self.job_status, self.answer, self.auth_mode = job_status, answer, auth_mode
         self.computes, self.endpoints, self.deployments, self.jobs_by_name, self.models_by_name = {}, {}, {}, {}, {}
         self.environments = SimpleNamespace(create_or_update=self.op("environments.create_or_update", self._env))
-        self.compute = SimpleNamespace(get=self.op("compute.get", self._compute_get),
-                                       begin_create_or_update=self.op("compute.begin_create_or_update", self._compute))
-        self.jobs = SimpleNamespace(create_or_update=self.op("jobs.create_or_update", self._job),
-                                    stream=self.op("jobs.stream", self._stream),
-                                    get=self.op("jobs.get", self._job_get),
-                                    download=self.op("jobs.download", self._job_download))
-        self.models = SimpleNamespace(create_or_update=self.op("models.create_or_update", self._model),
-                                      list=self.op("models.list", self._model_list))
+        self.compute = SimpleNamespace(
+            get=self.op("compute.get", self._compute_get),
+            begin_create_or_update=self.op("compute.begin_create_or_update", self._compute),
+        )
+        self.jobs = SimpleNamespace(
+            create_or_update=self.op("jobs.create_or_update", self._job),
+            stream=self.op("jobs.stream", self._stream),
+            get=self.op("jobs.get", self._job_get),
+            download=self.op("jobs.download", self._job_download),
+        )
+        self.models = SimpleNamespace(
+            create_or_update=self.op("models.create_or_update", self._model),
+            list=self.op("models.list", self._model_list),
+        )
         self.online_endpoints = SimpleNamespace(
             get=self.op("online_endpoints.get", self._endpoint_get),
             begin_create_or_update=self.op("online_endpoints.begin_create_or_update", self._endpoint),
             invoke=self.op("online_endpoints.invoke", self._invoke),
             get_keys=self.op("online_endpoints.get_keys", self._keys),
-            begin_delete=self.op("online_endpoints.begin_delete", self._endpoint_delete))
+            begin_delete=self.op("online_endpoints.begin_delete", self._endpoint_delete),
+        )
         self.online_deployments = SimpleNamespace(
             begin_create_or_update=self.op("online_deployments.begin_create_or_update", self._deployment),
             begin_delete=self.op("online_deployments.begin_delete", self._deployment_delete),
             get_logs=self.op("online_deployments.get_logs", lambda **kw: "log line"),
-            list=self.op("online_deployments.list", self._deployment_list))
+            list=self.op("online_deployments.list", self._deployment_list),
+        )
         self.provisioning = "Succeeded"  # the state a deployment is in when its create call returns (or is cut off)
 
     def op(self, name, fn):
@@ -111,6 +142,7 @@ class FakeML:
             if after:
                 raise after.pop(0)
             return result
+
         return call
 
     def note(self, **details):  # what the last call carried
@@ -154,9 +186,16 @@ class FakeML:
         if job.name in self.jobs_by_name and self.jobs_by_name[job.name].status not in ("Completed", "Failed"):
             raise http_error(409, f"job {job.name} already exists and is running")
         self.note(entity=dump(job), job=job)
-        created = SimpleNamespace(name=job.name, studio_url=studio_url(job.name), status="Starting",
-                                  id=f"{WORKSPACE_ID}/jobs/{job.name}", display_name=job.display_name,
-                                  tags=dict(job.tags or {}), reads=0, entity=job)
+        created = SimpleNamespace(
+            name=job.name,
+            studio_url=studio_url(job.name),
+            status="Starting",
+            id=f"{WORKSPACE_ID}/jobs/{job.name}",
+            display_name=job.display_name,
+            tags=dict(job.tags or {}),
+            reads=0,
+            entity=job,
+        )
         self.jobs_by_name[job.name] = created
         return created
 
@@ -183,9 +222,13 @@ class FakeML:
         """As the SDK: only an ended job; its default artifacts (outputs/, logs) land in <download_path>/artifacts."""
         job = self.jobs_by_name[name]
         if job.status not in ("Completed", "Failed", "Canceled", "NotResponding"):
-            raise JobException(message=f"This job is in state {job.status}. Download is allowed only in states "
-                                       "['Completed', 'Failed', 'Canceled', 'NotResponding']", no_personal_data_message="x")
+            raise JobException(
+                message=f"This job is in state {job.status}. Download is allowed only in states "
+                "['Completed', 'Failed', 'Canceled', 'NotResponding']",
+                no_personal_data_message="x",
+            )
         from pathlib import Path
+
         root = Path(download_path) / "artifacts"
         (root / "user_logs").mkdir(parents=True, exist_ok=True)
         (root / "user_logs" / "std_log.txt").write_text("training...\n")
@@ -204,8 +247,12 @@ class FakeML:
         self.note(entity=dump(model))
         versions = self.models_by_name.setdefault(model.name, [])
         version = str(len(versions) + 1)
-        registered = SimpleNamespace(name=model.name, version=version, tags=dict(model.tags or {}),
-                                     id=f"{WORKSPACE_ID}/models/{model.name}/versions/{version}")
+        registered = SimpleNamespace(
+            name=model.name,
+            version=version,
+            tags=dict(model.tags or {}),
+            id=f"{WORKSPACE_ID}/models/{model.name}/versions/{version}",
+        )
         versions.append(registered)
         return registered
 
@@ -244,8 +291,11 @@ class FakeML:
     def _deployment(self, deployment):
         assert isinstance(deployment, ManagedOnlineDeployment)
         endpoint = self.endpoints[deployment.endpoint_name]
-        self.note(entity=dump(deployment), deployment=deployment,
-                  traffic_share=(endpoint.traffic or {}).get(deployment.name, 0))
+        self.note(
+            entity=dump(deployment),
+            deployment=deployment,
+            traffic_share=(endpoint.traffic or {}).get(deployment.name, 0),
+        )
         old = self.deployments.get(deployment.name)
         if old is not None and old.provisioning_state in BUSY:  # Azure: 409, another operation is in progress
             raise http_error(409, f"Conflict: deployment {deployment.name} is {old.provisioning_state}")

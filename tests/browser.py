@@ -5,6 +5,7 @@ websocket (aiohttp's client) with the protocol's own commands (Page.navigate, Ru
 Where no Chromium is installed the tests that need it skip, except under CI=true, where they fail:
 `.ci/run` installs it (apt-get install chromium).
 """
+
 import asyncio
 import base64
 import itertools
@@ -45,11 +46,26 @@ class Browser:
 
     async def __aenter__(self):
         import aiohttp
+
         self.proc = subprocess.Popen(
-            [chromium_path(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-             "--no-first-run", "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
-             "--remote-debugging-port=0", f"--user-data-dir={self.profile}", "--window-size=1100,800", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                chromium_path(),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--remote-debugging-port=0",
+                f"--user-data-dir={self.profile}",
+                "--window-size=1100,800",
+                "about:blank",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         port_file = self.profile / "DevToolsActivePort"
         deadline = time.monotonic() + 60
         while not (port_file.exists() and port_file.read_text().strip()):
@@ -87,8 +103,9 @@ class Browser:
                 r = data["params"]["request"]
                 self.requests.append({k: r.get(k) for k in ("url", "method", "headers", "postData")})
             elif data.get("method") == "Runtime.consoleAPICalled":
-                self.console.append(" ".join(str(a.get("value", a.get("description", "")))
-                                             for a in data["params"]["args"]))
+                self.console.append(
+                    " ".join(str(a.get("value", a.get("description", ""))) for a in data["params"]["args"])
+                )
 
     async def send(self, method: str, **params):
         i = next(self._ids)
@@ -107,8 +124,10 @@ class Browser:
     async def js(self, expression: str):
         r = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in r:
-            raise RuntimeError(f"{expression[:80]}: {r['exceptionDetails'].get('text')} "
-                               f"{r['exceptionDetails'].get('exception', {}).get('description', '')}")
+            raise RuntimeError(
+                f"{expression[:80]}: {r['exceptionDetails'].get('text')} "
+                f"{r['exceptionDetails'].get('exception', {}).get('description', '')}"
+            )
         return r["result"].get("value")
 
     async def wait_for(self, expression: str, timeout: float = 60):
@@ -134,8 +153,15 @@ class Browser:
         await self.js(f"document.querySelector({json.dumps(selector)}).focus()")
         await self.send("Input.insertText", text=text)
         for kind in ("keyDown", "keyUp"):
-            await self.send("Input.dispatchKeyEvent", type=kind, key="Enter", code="Enter",
-                            windowsVirtualKeyCode=13, nativeVirtualKeyCode=13, **({"text": "\r"} if kind == "keyDown" else {}))
+            await self.send(
+                "Input.dispatchKeyEvent",
+                type=kind,
+                key="Enter",
+                code="Enter",
+                windowsVirtualKeyCode=13,
+                nativeVirtualKeyCode=13,
+                **({"text": "\r"} if kind == "keyDown" else {}),
+            )
 
     async def screenshot(self, path: Path):
         data = await self.send("Page.captureScreenshot", format="png")

@@ -1,4 +1,5 @@
 """Shared test set-up: offline hub, no telemetry, configs composed with Hydra's compose API."""
+
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -10,8 +11,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
 if _workers > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
-for var in ("AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZURE_ML_WORKSPACE_NAME",
-            "AZURE_MANAGED_IDENTITY_RESOURCE_ID", "AZURE_MANAGED_IDENTITY_CLIENT_ID", "MLFLOW_TRACKING_URI"):
+for var in (
+    "AZURE_SUBSCRIPTION_ID",
+    "AZURE_RESOURCE_GROUP",
+    "AZURE_ML_WORKSPACE_NAME",
+    "AZURE_MANAGED_IDENTITY_RESOURCE_ID",
+    "AZURE_MANAGED_IDENTITY_CLIENT_ID",
+    "MLFLOW_TRACKING_URI",
+):
     os.environ.pop(var, None)
 
 import pytest  # noqa: E402
@@ -21,7 +28,6 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from runner import CONF_DIR  # noqa: E402
 from runner.spec import to_spec  # noqa: E402
 from runner.spec.settle import settle  # noqa: E402
-
 
 NEEDS_A_MODEL = {"trained_run", "model_dir", "tiny"}  # fixtures that train or build a model (the server ones use them)
 
@@ -65,6 +71,7 @@ def trained_run(tmp_path_factory):
     Returns (spec, run_dir, manifest dict). About 30 s on 2 cores.
     """
     from runner.app import execute, write_spec
+
     root = tmp_path_factory.mktemp("trained")
     spec = compose_once(root / "outputs", "stages=[data,train]")
     run_dir = root / "outputs" / "default" / "local_tiny_sample"

@@ -1,4 +1,5 @@
 """Running `python -m runner` as a user would, and other code in a fresh interpreter."""
+
 import json
 import os
 import socket
@@ -22,6 +23,7 @@ def read_jsonl(path) -> list:
 def run_data(spec, tmp_path) -> dict:
     """The data stage alone on spec, in tmp_path/run; the manifest."""
     from runner.app import execute
+
     spec["stages"] = ["data"]
     return execute(spec, tmp_path / "run", out=lambda *_: None)
 
@@ -35,15 +37,22 @@ def free_port() -> int:
 
 def runner_cli(*args, cwd, env=None, timeout=300):
     full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def imported_by(code: str, *argv, cwd=REPO_ROOT, timeout=120) -> set[str]:
     """Run code in a fresh interpreter; the top-level packages it left imported. Fails if the code fails."""
     probe = code + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
-    r = subprocess.run([sys.executable, "-c", probe, *map(str, argv)], cwd=cwd, capture_output=True, text=True,
-                       timeout=timeout, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    r = subprocess.run(
+        [sys.executable, "-c", probe, *map(str, argv)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     return set(json.loads(r.stdout.strip().splitlines()[-1]))
 

@@ -5,6 +5,7 @@ an SQLite database (MLflow's store), and at exit writes them to $RANK_WRITES_DIR
 which rank wrote which file. What native code writes without Python's open (safetensors' Rust writer) is not seen;
 the folder it writes into, and every other file, is.
 """
+
 import json
 import os
 import runpy
@@ -22,7 +23,9 @@ def _path(p):
 def hook(event, args):
     if event == "open":
         path, mode, flags = args
-        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (isinstance(flags, int) and flags & WRITE_FLAGS):
+        if (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
+            isinstance(flags, int) and flags & WRITE_FLAGS
+        ):
             written.add(_path(path))
     elif event in ("os.rename", "os.replace"):
         written.add(_path(args[1]))

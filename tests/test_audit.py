@@ -1,5 +1,6 @@
 """The template audit (trainer/audit.py): one broken template per check is refused with a message naming the
 problem, before any training step; the shipped templates pass; model.chat_template trains and serves as given."""
+
 import json
 from pathlib import Path
 
@@ -11,33 +12,53 @@ from .helpers import SAMPLE, first_turn, runner_cli
 
 # Phi-3's turns, with generation markers placed wrongly in each broken variant (each a real Jinja file in the tests)
 TURN = "{{- '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"
-LOOP = "{%- for message in messages %}{%- if message['role'] == 'assistant' %}ASSISTANT{%- else %}OTHER{%- endif %}" \
-       "{%- endfor %}{%- if add_generation_prompt %}PROMPT{%- endif %}"
+LOOP = (
+    "{%- for message in messages %}{%- if message['role'] == 'assistant' %}ASSISTANT{%- else %}OTHER{%- endif %}"
+    "{%- endfor %}{%- if add_generation_prompt %}PROMPT{%- endif %}"
+)
 
 
 def template(assistant: str, other: str = TURN, prompt: str = "{{- '<|assistant|>\\n' }}") -> str:
     return LOOP.replace("ASSISTANT", assistant).replace("OTHER", other).replace("PROMPT", prompt)
 
 
-GOOD = template("{{- '<|assistant|>\\n' }}{%- generation %}{{- message['content'] + '<|end|>\\n' }}{%- endgeneration %}")
+GOOD = template(
+    "{{- '<|assistant|>\\n' }}{%- generation %}{{- message['content'] + '<|end|>\\n' }}{%- endgeneration %}"
+)
 BROKEN = {
     # a: the end-of-turn token outside the trained span
-    "a": (template("{{- '<|assistant|>\\n' }}{%- generation %}{{- message['content'] }}{%- endgeneration %}"
-                   "{{- '<|end|>\\n' }}"), "carries no loss: the model is never taught to stop"),
+    "a": (
+        template(
+            "{{- '<|assistant|>\\n' }}{%- generation %}{{- message['content'] }}{%- endgeneration %}{{- '<|end|>\\n' }}"
+        ),
+        "carries no loss: the model is never taught to stop",
+    ),
     # a: no end-of-turn token after an answer at all
-    "a-none": (template("{{- '<|assistant|>\\n' }}{%- generation %}{{- message['content'] + '\\n' }}"
-                        "{%- endgeneration %}"), "is followed by no end-of-turn token"),
+    "a-none": (
+        template("{{- '<|assistant|>\\n' }}{%- generation %}{{- message['content'] + '\\n' }}{%- endgeneration %}"),
+        "is followed by no end-of-turn token",
+    ),
     # b: the user's turns trained too
-    "b": (template("{{- '<|assistant|>\\n' }}{%- generation %}{{- message['content'] + '<|end|>\\n' }}"
-                   "{%- endgeneration %}", other="{%- generation %}" + TURN + "{%- endgeneration %}"),
-          "of the user turn messages[0] carry loss"),
+    "b": (
+        template(
+            "{{- '<|assistant|>\\n' }}{%- generation %}{{- message['content'] + '<|end|>\\n' }}{%- endgeneration %}",
+            other="{%- generation %}" + TURN + "{%- endgeneration %}",
+        ),
+        "of the user turn messages[0] carry loss",
+    ),
     # b: an assistant turn with no trained token
-    "b-none": (template("{{- '<|assistant|>\\n' + message['content'] + '<|end|>\\n' }}{%- generation %}"
-                        "{%- endgeneration %}"), "carries no loss: nothing of the answer is trained"),
+    "b-none": (
+        template("{{- '<|assistant|>\\n' + message['content'] + '<|end|>\\n' }}{%- generation %}{%- endgeneration %}"),
+        "carries no loss: nothing of the answer is trained",
+    ),
     # c: the endpoint prompts without the newline the answers were trained after
-    "c": (template("{{- '<|assistant|>\\n' }}{%- generation %}{{- message['content'] + '<|end|>\\n' }}"
-                   "{%- endgeneration %}", prompt="{{- '<|assistant|>' }}"),
-          "ends before the first trained token of the answer: '\\n' lies between them"),
+    "c": (
+        template(
+            "{{- '<|assistant|>\\n' }}{%- generation %}{{- message['content'] + '<|end|>\\n' }}{%- endgeneration %}",
+            prompt="{{- '<|assistant|>' }}",
+        ),
+        "ends before the first trained token of the answer: '\\n' lies between them",
+    ),
 }
 
 
@@ -60,12 +81,22 @@ def run_audit(tok, rows, chat_template=None, stop_ids=None, collate=None, assist
     original = tok.chat_template
     tok.chat_template = chat_template or original
     try:
-        train = {"assistant_only_loss": assistant_only_loss, "max_length": max_length, "packing": False,
-                 "packing_strategy": "bfd"}
+        train = {
+            "assistant_only_loss": assistant_only_loss,
+            "max_length": max_length,
+            "packing": False,
+            "packing_strategy": "bfd",
+        }
         if collate is None:
             return audit.for_training(train, tok, stop_ids or stops(tok), rows)
-        return audit.run(tok, rows, assistant_only_loss=assistant_only_loss, max_length=max_length,
-                         stop_ids=stop_ids or stops(tok), collate=collate)
+        return audit.run(
+            tok,
+            rows,
+            assistant_only_loss=assistant_only_loss,
+            max_length=max_length,
+            stop_ids=stop_ids or stops(tok),
+            collate=collate,
+        )
     finally:
         tok.chat_template = original
 
@@ -90,6 +121,7 @@ def test_stop_ids_without_the_end_of_turn_token_are_refused(tokenizer, rows):
 def test_pad_equal_to_the_end_of_turn_token_masked_by_the_collator_is_refused(tokenizer, rows):
     """The Phi-4 trap: pad is the end-of-turn token, and a collator that masks pad ids takes its loss away."""
     from transformers import DataCollatorForLanguageModeling
+
     pad = tokenizer.pad_token
     tokenizer.pad_token = "<|end|>"
     try:
@@ -108,6 +140,7 @@ def test_the_shipped_models_templates_pass(tokenizer, rows, name):
     """Phi-3-mini's and Phi-3.5-mini's own templates (as TRL ships them; it swaps in their training variants) with
     their generation configs' stop ids (<|endoftext|>, <|assistant|>, <|end|>), on the tiny model's vocabulary."""
     from importlib.resources import files
+
     text = (files("trl") / "chat_templates" / f"{name}.jinja").read_text()
     found = run_audit(tokenizer, rows, text, stops(tokenizer, "<|endoftext|>", "<|assistant|>", "<|end|>"))
     assert found.problems == [] and found.stop_tokens == ["<|end|>"] and found.rows == len(rows)
@@ -122,8 +155,11 @@ def test_the_rendering_marks_the_trained_tokens_and_counts_rows_cut_before_their
     assert "\u27e6" + first[1]["content"] + "<|end|>\u21b5\n\u27e7" in found.first
     short = run_audit(tokenizer, rows, GOOD, max_length=24)
     # cut inside an answer: counted, not refused (a row cut before its answer starts teaches nothing, and is not)
-    inside = sum(len(tokenizer.apply_chat_template(first_turn(r)[0], add_generation_prompt=True, return_dict=True)
-                     ["input_ids"]) < 24 for r in rows)
+    inside = sum(
+        len(tokenizer.apply_chat_template(first_turn(r)[0], add_generation_prompt=True, return_dict=True)["input_ids"])
+        < 24
+        for r in rows
+    )
     assert short.problems == [] and short.cut_before_stop == inside > 0
     assert "max_length=24 cuts here" in short.first
 
@@ -137,8 +173,9 @@ def write_template(tmp_path, text) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["a", "b", "c"])
 def test_the_runner_refuses_a_broken_template_before_training(tmp_path, case):
-    r = runner_cli("stages=[data,train]", f"model.chat_template={write_template(tmp_path, BROKEN[case][0])}",
-                   cwd=tmp_path)
+    r = runner_cli(
+        "stages=[data,train]", f"model.chat_template={write_template(tmp_path, BROKEN[case][0])}", cwd=tmp_path
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert f"  {case}. row " in r.stderr and BROKEN[case][1] in r.stderr
     run_dir = tmp_path / "outputs" / "default" / "local_tiny_sample"
@@ -154,8 +191,17 @@ def test_the_runner_refuses_a_broken_template_before_training(tmp_path, case):
 def test_a_model_whose_stop_ids_miss_the_end_of_turn_token_is_refused(tmp_path, rows):
     """A local model folder (model.id=<folder>) whose generation config stops at <|endoftext|> only."""
     tok = tiny.build_tokenizer(tiny.chat_texts(rows), 600)
-    model = tiny.build_model(tok, {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                                   "intermediate_size": 32, "max_position_embeddings": 512, "seed": 0})
+    model = tiny.build_model(
+        tok,
+        {
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+            "max_position_embeddings": 512,
+            "seed": 0,
+        },
+    )
     model.generation_config.eos_token_id = [tok.eos_token_id]
     folder = tmp_path / "model"
     model.save_pretrained(folder)
@@ -168,14 +214,18 @@ def test_a_model_whose_stop_ids_miss_the_end_of_turn_token_is_refused(tmp_path, 
 @pytest.mark.slow
 def test_a_template_of_ones_own_trains_and_serves(tmp_path):
     """model.chat_template with a default system turn: trained with it, saved with the model, prompted with it."""
-    own = GOOD.replace("{%- for message in messages %}",
-                       "{%- if messages[0]['role'] != 'system' %}{{- '<|system|>\\nBe brief.<|end|>\\n' }}{%- endif %}"
-                       "{%- for message in messages %}", 1)
+    own = GOOD.replace(
+        "{%- for message in messages %}",
+        "{%- if messages[0]['role'] != 'system' %}{{- '<|system|>\\nBe brief.<|end|>\\n' }}{%- endif %}"
+        "{%- for message in messages %}",
+        1,
+    )
     r = runner_cli("stages=[data,train]", f"model.chat_template={write_template(tmp_path, own)}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "template audit passed" in r.stdout and "<|system|>\u21b5\nBe brief.<|end|>" in r.stdout
     manifest = json.loads((tmp_path / "outputs" / "default" / "local_tiny_sample" / "manifest.json").read_text())
     from serving import scoring
+
     scorer = scoring.Scorer(manifest["stages"]["train"]["outputs"]["mlflow_model_dir"])
     assert scorer.tokenizer.chat_template == own
     prompt, _ = scorer.encode([{"role": "user", "content": "hi"}], {"max_new_tokens": 8})
@@ -191,8 +241,12 @@ def test_a_template_of_ones_own_trains_and_serves(tmp_path):
 
 def test_a_template_without_generation_markers_that_trl_does_not_know_is_refused(tokenizer, rows):
     """Assistant-only loss needs {% generation %} markers; TRL swaps in a training variant only of templates it knows."""
-    unknown = TURN.join(["{%- for message in messages %}", "{%- endfor %}{%- if add_generation_prompt %}"
-                                                           "{{- '<|assistant|>\\n' }}{%- endif %}"])
+    unknown = TURN.join(
+        [
+            "{%- for message in messages %}",
+            "{%- endfor %}{%- if add_generation_prompt %}{{- '<|assistant|>\\n' }}{%- endif %}",
+        ]
+    )
     found = run_audit(tokenizer, rows, unknown)
     assert [k for k, _ in found.problems] == ["b"], found.problems
     assert "has no {% generation %} markers and TRL ships no training variant" in found.problems[0][1]

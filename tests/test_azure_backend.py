@@ -1,4 +1,5 @@
 """The Azure backend's orchestration, against the recording MLClient stand-in (tests/azure_standin.py)."""
+
 import re
 import warnings
 from types import SimpleNamespace
@@ -42,7 +43,9 @@ def azure_ctx(compose_spec, tmp_path, monkeypatch):
         (data / name).write_text('{"messages": []}\n')
     logs = []
     ctx = Context(run_dir, Manifest(run_dir), log=logs.append, stage="train")
-    ctx.manifest.record("data", "done", "h", {"train_file": str(data / "train.jsonl"), "test_file": str(data / "test.jsonl")})
+    ctx.manifest.record(
+        "data", "done", "h", {"train_file": str(data / "train.jsonl"), "test_file": str(data / "test.jsonl")}
+    )
     fake = FakeML()
     for stage in (az_train, az_register, az_deploy, az_teardown):
         monkeypatch.setattr(stage, "client", lambda spec: fake)
@@ -50,18 +53,32 @@ def azure_ctx(compose_spec, tmp_path, monkeypatch):
     return spec, ctx, fake, logs
 
 
-
 def test_train_creates_environment_compute_and_job_then_streams(azure_ctx):
     spec, ctx, fake, logs = azure_ctx
     out = az_train.run(spec, ctx)
-    assert fake.names() == ["environments.create_or_update", "compute.get", "compute.begin_create_or_update",
-                            "jobs.create_or_update", "jobs.stream", "jobs.get", "jobs.download"]
+    assert fake.names() == [
+        "environments.create_or_update",
+        "compute.get",
+        "compute.begin_create_or_update",
+        "jobs.create_or_update",
+        "jobs.stream",
+        "jobs.get",
+        "jobs.download",
+    ]
     env = fake.details("environments.create_or_update")[0]["entity"]
     pip = env["conda_file"]["dependencies"][-1]["pip"]
-    assert env["image"] == spec["compute"]["image"] and "torch==2.13.0+cu126" in pip and "azureml-mlflow==1.62.0.post6" in pip
+    assert (
+        env["image"] == spec["compute"]["image"]
+        and "torch==2.13.0+cu126" in pip
+        and "azureml-mlflow==1.62.0.post6" in pip
+    )
     compute = fake.details("compute.begin_create_or_update")[0]["entity"]
-    assert (compute["size"], compute["min_instances"], compute["max_instances"], compute["tier"]) == \
-        ("Standard_NC24ads_A100_v4", 0, 1, "dedicated")
+    assert (compute["size"], compute["min_instances"], compute["max_instances"], compute["tier"]) == (
+        "Standard_NC24ads_A100_v4",
+        0,
+        1,
+        "dedicated",
+    )
     assert "location" not in compute  # the workspace's region
     job = fake.details("jobs.create_or_update")[0]["job"]
     assert job.environment == f"{env['name']}:{env['version']}" and job.compute == "gpu-a100-cluster"
@@ -75,6 +92,7 @@ def test_train_creates_environment_compute_and_job_then_streams(azure_ctx):
     assert out["model_path"] == f"azureml://jobs/{job.name}/outputs/model_output/paths/mlflow_model"
     # what was submitted is what job.yml says
     import yaml
+
     assert yaml.safe_load((base / "job.yml").read_text())["name"] == job.name
 
 
@@ -99,6 +117,7 @@ def test_serverless_train_creates_no_compute_and_the_job_names_its_vm_size(azure
 def test_the_stand_in_refuses_jobs_azure_would_refuse(azure_ctx):
     """A job on a cluster the workspace does not have, or serverless without a VM size: 400, as Azure answers."""
     from azure.ai.ml import load_job
+
     spec, ctx, fake, _ = azure_ctx
     az_train.plan(spec, ctx)
     job = load_job(ctx.run_dir / "azure" / "job.yml")
@@ -184,9 +203,15 @@ def deploy_once(spec, ctx, version):
 def test_deploy_is_blue_green_without_downtime(azure_ctx):
     spec, ctx, fake, _ = azure_ctx
     first = deploy_once(spec, ctx, "1")
-    assert fake.names() == ["online_endpoints.get", "online_endpoints.begin_create_or_update",
-                            "online_deployments.begin_create_or_update", "online_endpoints.invoke",
-                            "online_endpoints.get", "online_endpoints.begin_create_or_update", "online_endpoints.get"]
+    assert fake.names() == [
+        "online_endpoints.get",
+        "online_endpoints.begin_create_or_update",
+        "online_deployments.begin_create_or_update",
+        "online_endpoints.invoke",
+        "online_endpoints.get",
+        "online_endpoints.begin_create_or_update",
+        "online_endpoints.get",
+    ]
     created = fake.details("online_endpoints.begin_create_or_update")[0]["entity"]
     assert created["auth_mode"] == "key" and created["identity"]["type"] == "user_assigned"
     assert created["identity"]["user_assigned_identities"][0]["resource_id"] == AZURE["managed_identity_resource_id"]
@@ -194,7 +219,10 @@ def test_deploy_is_blue_green_without_downtime(azure_ctx):
     assert d["traffic_share"] == 0
     dep = d["deployment"]
     assert dep.model == "phi3-chat-phi35:1" and dep.instance_type == "Standard_E4s_v3" and dep.instance_count == 1
-    assert dep.environment_variables == {"MAX_NEW_TOKENS_LIMIT": "256", "REQUEST_TIMEOUT_MS": "180000"}  # nothing the scoring script does not read
+    assert dep.environment_variables == {
+        "MAX_NEW_TOKENS_LIMIT": "256",
+        "REQUEST_TIMEOUT_MS": "180000",
+    }  # nothing the scoring script does not read
     assert dep.request_settings.max_concurrent_requests_per_instance == 3
     assert dep.liveness_probe.initial_delay == 500 and dep.readiness_probe.success_threshold == 1
     assert dep.code_configuration.scoring_script == "serving/scoring.py"
@@ -202,16 +230,26 @@ def test_deploy_is_blue_green_without_downtime(azure_ctx):
     assert invoke == {"deployment_name": "blue", "request": {"input_data": ["Hello"], "params": {"max_new_tokens": 8}}}
     assert fake.details("online_endpoints.begin_create_or_update")[1]["traffic"] == {"blue": 100}
     name = resources.endpoint_name(spec)
-    assert first == {"kind": "azureml", "endpoint_name": name, "deployment_name": "blue",
-                     "scoring_uri": f"https://{name}.eastus2.inference.ml.azure.com/score", "model": "phi3-chat-phi35:1"}
+    assert first == {
+        "kind": "azureml",
+        "endpoint_name": name,
+        "deployment_name": "blue",
+        "scoring_uri": f"https://{name}.eastus2.inference.ml.azure.com/score",
+        "model": "phi3-chat-phi35:1",
+    }
 
     fake.calls.clear()
     second = deploy_once(spec, ctx, "2")
-    assert fake.names() == ["online_endpoints.get", "online_deployments.list",  # none busy: the rollout goes on
-                            "online_deployments.begin_create_or_update",
-                            "online_endpoints.invoke", "online_endpoints.get",
-                            "online_endpoints.begin_create_or_update", "online_deployments.begin_delete",
-                            "online_endpoints.get"]
+    assert fake.names() == [
+        "online_endpoints.get",
+        "online_deployments.list",  # none busy: the rollout goes on
+        "online_deployments.begin_create_or_update",
+        "online_endpoints.invoke",
+        "online_endpoints.get",
+        "online_endpoints.begin_create_or_update",
+        "online_deployments.begin_delete",
+        "online_endpoints.get",
+    ]
     d = fake.details("online_deployments.begin_create_or_update")[0]
     assert d["deployment"].name == "green" and d["traffic_share"] == 0 and d["deployment"].model == "phi3-chat-phi35:2"
     assert fake.details("online_endpoints.invoke")[0]["deployment_name"] == "green"
@@ -325,8 +363,11 @@ def test_a_full_recorded_run_keeps_no_subscription_or_tenant_id(azure_ctx, capsy
     printed = capsys.readouterr()
     assert "Web View: https://ml.azure.com/runs/" in printed.out  # the SDK's own line, scrubbed
     for text in [p.read_text(errors="replace") for p in files] + logs + [printed.out, printed.err]:
-        assert SUBSCRIPTION not in text and TENANT not in text and "/subscriptions/" not in text.replace(
-            "<from $AZURE_MANAGED_IDENTITY_RESOURCE_ID>", ""), text[:300]
+        assert (
+            SUBSCRIPTION not in text
+            and TENANT not in text
+            and "/subscriptions/" not in text.replace("<from $AZURE_MANAGED_IDENTITY_RESOURCE_ID>", "")
+        ), text[:300]
 
 
 def test_the_default_endpoint_name_is_stable_valid_and_differs_per_workspace(azure_ctx):
@@ -355,6 +396,7 @@ def test_teardown_forgets_the_runs_prompt_flow_connection(azure_ctx):
     from promptflow.client import PFClient
 
     from runner.stages import prompt_flow
+
     spec, ctx, fake, logs = azure_ctx
     ctx.manifest.record("deploy", "done", "h", deploy_once(spec, ctx, "1"))
     url, key = az_deploy.endpoint_credentials(spec, ctx)
@@ -384,6 +426,7 @@ class NoLogin:
 
 def test_client_without_login_is_a_user_error(monkeypatch):
     import azure.identity
+
     monkeypatch.setattr(azure.identity, "DefaultAzureCredential", NoLogin)
     with pytest.raises(UserError) as err:
         az_client.client({"azure": dict(AZURE)})

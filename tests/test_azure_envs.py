@@ -5,6 +5,7 @@ pip resolves each pip list of conda-train.yml (GPU and CPU) and conda-inference.
 from here: the CUDA 12 torch pin is checked textually, and a metadata-only stand-in wheel of that exact
 version lets the rest resolve around it. The CPU build resolves for real from this machine's wheel.
 """
+
 import json
 import subprocess
 import sys
@@ -32,10 +33,23 @@ def stand_in_wheel(folder, version: str):
 def resolve(pip_list, tmp_path, find_links=None) -> dict:
     """{name: version} of everything pip would install for linux x86_64 / Python 3.11."""
     report = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report),
-           "--ignore-installed", "--only-binary=:all:", "--python-version", "3.11",
-           *[f"--platform={p}" for p in PLATFORMS], *(["--find-links", str(find_links)] if find_links else []),
-           *envs.packages(pip_list)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--quiet",
+        "--report",
+        str(report),
+        "--ignore-installed",
+        "--only-binary=:all:",
+        "--python-version",
+        "3.11",
+        *[f"--platform={p}" for p in PLATFORMS],
+        *(["--find-links", str(find_links)] if find_links else []),
+        *envs.packages(pip_list),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}

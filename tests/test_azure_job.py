@@ -3,6 +3,7 @@ conda-train.yml (CPU torch: the GPU variant differs only in the torch build), lo
 tracking server: MLflow's own server behind a proxy that answers MLflow 3's logged-model routes with 404, as
 Azure's does (Azure/azure-sdk-for-python#44896). register and deploy then find the model where model.yml points.
 """
+
 import json
 import os
 import shlex
@@ -43,10 +44,24 @@ class TrackingStandIn:
         self.log = root / "mlflow-server.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-                 "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-                 "--port", str(self.backend), "--workers", "1"], stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                [
+                    str(mlflow),
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{root / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    str(root / "artifacts"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.backend),
+                    "--workers",
+                    "1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.proxy = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.proxy.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.proxy.server_address[1]}"
@@ -73,11 +88,19 @@ class TrackingStandIn:
                 stand_in.requests.append((self.command, self.path))
                 if "/logged-models" in self.path or any(f in self.path for f in stand_in.fail):
                     status = 404 if "/logged-models" in self.path else 400
-                    return self._reply(status, {"error_code": "ENDPOINT_NOT_FOUND" if status == 404 else
-                                                "BAD_REQUEST", "message": f"{self.path} is not supported"})
-                req = urllib.request.Request(f"http://127.0.0.1:{stand_in.backend}{self.path}", data=body or None,
-                                             method=self.command,
-                                             headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                    return self._reply(
+                        status,
+                        {
+                            "error_code": "ENDPOINT_NOT_FOUND" if status == 404 else "BAD_REQUEST",
+                            "message": f"{self.path} is not supported",
+                        },
+                    )
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{stand_in.backend}{self.path}",
+                    data=body or None,
+                    method=self.command,
+                    headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+                )
                 try:
                     with urllib.request.urlopen(req, timeout=120) as resp:
                         self._reply(resp.status, resp.read(), resp.headers.get("Content-Type"))
@@ -119,8 +142,14 @@ def job(tmp_path_factory):
     stage's files planned."""
     root = tmp_path_factory.mktemp("azure-job")
     # the optimizer of model=phi3|phi35's default recipe (torchao's 8-bit AdamW) runs in the job's environment
-    spec = compose_once(root / "outputs", "compute=cpu_e16s", "model=tiny", "plan=true", "+train.optim=adamw_torch_8bit",
-                        "+train.optim_args='bf16_stochastic_round=True'")
+    spec = compose_once(
+        root / "outputs",
+        "compute=cpu_e16s",
+        "model=tiny",
+        "plan=true",
+        "+train.optim=adamw_torch_8bit",
+        "+train.optim_args='bf16_stochastic_round=True'",
+    )
     run_dir = root / "run"
     run_dir.mkdir()
     write_spec(spec, run_dir, azure_env_paths())
@@ -149,15 +178,24 @@ def run_job(job, tracking, tmp_path, env=None):
     argv = shlex.split(command)
     assert argv[0] == "python"
     from mlflow import MlflowClient
+
     client = MlflowClient(tracking.url)  # Azure creates the job's run and hands its id to the job
     experiment = client.get_experiment_by_name(j["experiment_name"])
     exp_id = experiment.experiment_id if experiment else client.create_experiment(j["experiment_name"])
     run_id = client.create_run(exp_id).info.run_id
     job_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PYTHON"))}
-    job_env.update({"MLFLOW_TRACKING_URI": tracking.url, "MLFLOW_RUN_ID": run_id, "HF_HUB_OFFLINE": "1",
-                    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", **(env or {})})
-    r = subprocess.run([str(python), *argv[1:]], cwd=azure / j["code"], env=job_env, capture_output=True,
-                       text=True, timeout=900)
+    job_env.update(
+        {
+            "MLFLOW_TRACKING_URI": tracking.url,
+            "MLFLOW_RUN_ID": run_id,
+            "HF_HUB_OFFLINE": "1",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            **(env or {}),
+        }
+    )
+    r = subprocess.run(
+        [str(python), *argv[1:]], cwd=azure / j["code"], env=job_env, capture_output=True, text=True, timeout=900
+    )
     return r, outputs, run_id, client
 
 
@@ -182,6 +220,7 @@ def test_the_job_saves_the_model_where_model_yml_points_and_logs_to_the_workspac
 
     # register and deploy take that folder as it is: the scoring module answers from it
     from serving import scoring
+
     question, answer = single_turn_pairs(json.loads((run_dir / "manifest.json").read_text()), 1)[0]
     scorer = scoring.Scorer(model_dir)
     assert scorer.score({"input_data": [question], "params": {"max_new_tokens": 96}}) == [answer]
@@ -201,11 +240,18 @@ def test_a_tracking_server_that_fails_mid_run_costs_no_training(job, tracking, t
 
 def test_the_job_environment_pairs_mlflow_and_azureml_mlflow(job):
     """The call that raised TypeError with azureml-mlflow 1.60 and mlflow 3.17 binds in the pinned pair."""
-    probe = ("import inspect, mlflow; from azureml.mlflow.entry_point_loaders import azureml_artifacts_builder as b; "
-             "inspect.signature(b).bind('azureml://x', tracking_uri='azureml://t', registry_uri='azureml://r'); "
-             "print(mlflow.__version__)")
-    r = subprocess.run([str(job[3]), "-c", probe], capture_output=True, text=True, timeout=120,
-                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    probe = (
+        "import inspect, mlflow; from azureml.mlflow.entry_point_loaders import azureml_artifacts_builder as b; "
+        "inspect.signature(b).bind('azureml://x', tracking_uri='azureml://t', registry_uri='azureml://r'); "
+        "print(mlflow.__version__)"
+    )
+    r = subprocess.run(
+        [str(job[3]), "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
     assert r.returncode == 0 and r.stdout.strip() == "3.15.0", r.stderr[-2000:]
 
 
@@ -218,6 +264,7 @@ def test_the_job_evaluates_after_training_and_the_eval_stage_takes_its_figures(j
     from runner.azure import train as az_train
 
     from .azure_standin import FakeML
+
     spec, run_dir, azure, _ = job
     r, _, run_id, client = run_job(job, tracking, tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -246,5 +293,6 @@ def test_the_job_evaluates_after_training_and_the_eval_stage_takes_its_figures(j
     # other eval settings than the job's: said, with the command that evaluates anew
     changed = {**spec, "plan": False, "stages": ["eval"], "eval": {**spec["eval"], "max_new_tokens": 7}}
     from runner.errors import UserError
+
     with pytest.raises(UserError, match="evaluated with other eval settings \\(eval.max_new_tokens\\)"):
         execute(changed, run_dir, out=lambda *_: None)

@@ -3,6 +3,7 @@
 There is no Azure emulator; the SDK's load_* functions (the same code `az ml <thing> create -f` runs) are
 the judge of every file.
 """
+
 import json
 import re
 import warnings
@@ -13,8 +14,14 @@ import yaml
 
 with warnings.catch_warnings():  # the SDK's schemas warn about marshmallow 4 at import
     warnings.simplefilter("ignore")
-    from azure.ai.ml import (load_compute, load_environment, load_job, load_model, load_online_deployment,
-                             load_online_endpoint)
+    from azure.ai.ml import (
+        load_compute,
+        load_environment,
+        load_job,
+        load_model,
+        load_online_deployment,
+        load_online_endpoint,
+    )
 
 from runner import REPO_ROOT
 from runner.app import write_spec
@@ -29,10 +36,20 @@ from .helpers import HEAVY, imported_by, runner_cli
 pytestmark = pytest.mark.filterwarnings("ignore")  # the same marshmallow warnings, while loading
 
 CASES = {  # (overrides, instance type, image, base model, torch build)
-    "a100": (("compute=a100", "model=phi35", "data=1pct"), "Standard_NC24ads_A100_v4",
-             "mcr.microsoft.com/azureml/curated/acft-hf-nlp-gpu:59", "microsoft/Phi-3.5-mini-instruct", "cu126"),
-    "cpu_e16s": (("compute=cpu_e16s", "model=phi3", "data=10rows"), "Standard_E16s_v3",
-                 "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest", "microsoft/Phi-3-mini-4k-instruct", "cpu"),
+    "a100": (
+        ("compute=a100", "model=phi35", "data=1pct"),
+        "Standard_NC24ads_A100_v4",
+        "mcr.microsoft.com/azureml/curated/acft-hf-nlp-gpu:59",
+        "microsoft/Phi-3.5-mini-instruct",
+        "cu126",
+    ),
+    "cpu_e16s": (
+        ("compute=cpu_e16s", "model=phi3", "data=10rows"),
+        "Standard_E16s_v3",
+        "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04:latest",
+        "microsoft/Phi-3-mini-4k-instruct",
+        "cpu",
+    ),
 }
 
 
@@ -93,7 +110,12 @@ def test_plan_writes_files_the_sdk_loads(compose_spec, tmp_path, case):
     assert deployment.environment.image == "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest"
     assert deployment.request_settings.request_timeout_ms == 180000
     for probe in (deployment.liveness_probe, deployment.readiness_probe):
-        assert (probe.initial_delay, probe.period, probe.failure_threshold, probe.success_threshold) == (500, 100, 30, 1)
+        assert (probe.initial_delay, probe.period, probe.failure_threshold, probe.success_threshold) == (
+            500,
+            100,
+            30,
+            1,
+        )
     assert deployment.environment_variables == {"MAX_NEW_TOKENS_LIMIT": "256", "REQUEST_TIMEOUT_MS": "180000"}
     assert deployment.endpoint_name == endpoint.name and endpoint.name.startswith("phi3-default-")
     assert json.loads((az / "sample-request.json").read_text())["input_data"] == ["Hello"]
@@ -140,8 +162,8 @@ from tests.conftest import compose_once
 from runner.registry import implementation
 from runner.context import Context
 from runner.manifest import Manifest
-spec = compose_once({str(tmp_path / 'out')!r}, 'compute=a100', 'plan=true')
-run_dir = Path({str(tmp_path / 'run')!r})
+spec = compose_once({str(tmp_path / "out")!r}, 'compute=a100', 'plan=true')
+run_dir = Path({str(tmp_path / "run")!r})
 run_dir.mkdir()
 (run_dir / 'spec.yaml').write_text('plan: true')
 ctx = Context(run_dir, Manifest(run_dir))
@@ -208,16 +230,22 @@ def test_a_serverless_plan_has_no_cluster_and_no_idle_cost(compose_spec, tmp_pat
     assert job.compute is None and job.resources.instance_type == "Standard_NC24ads_A100_v4"
     assert job.resources.instance_count == 1 and job.distribution.process_count_per_instance == 1
     text = "\n".join(lines["train"])
-    assert "serverless compute: no cluster" in text and "no idle time billed" in text and "idle" not in \
-        text.replace("no idle time billed", "")
+    assert (
+        "serverless compute: no cluster" in text
+        and "no idle time billed" in text
+        and "idle" not in text.replace("no idle time billed", "")
+    )
     assert "subscription's quota" in text and "after creating the environment)" in text
     assert "no cluster behind" in lines["teardown"][0]
 
 
 def test_a_serverless_sweep_is_bounded_by_quota_and_counts_no_idle_hours(compose_spec):
     from runner.azure import sweep
-    specs = [compose_spec("compute=a100_serverless", "model=phi35", "data=1pct", f"data.percent={p}", "plan=true")
-             for p in (1, 2, 5)]
+
+    specs = [
+        compose_spec("compute=a100_serverless", "model=phi35", "data=1pct", f"data.percent={p}", "plan=true")
+        for p in (1, 2, 5)
+    ]
     text = "\n".join(sweep.plan(specs))
     assert "3 Azure ML job(s) on serverless compute, Standard_NC24ads_A100_v4" in text
     assert "subscription's quota" in text and "compute.max_instances" not in text
@@ -226,29 +254,38 @@ def test_a_serverless_sweep_is_bounded_by_quota_and_counts_no_idle_hours(compose
     assert "+ 0.25 idle" in cluster  # what serverless saves: the cluster's idle node before it scales down
 
 
-SKUS = {"a100x2": ("Standard_NC48ads_A100_v4", 2), "a100x4": ("Standard_NC96ads_A100_v4", 4),
-        "h100x8": ("Standard_ND96isr_H100_v5", 8)}
+SKUS = {
+    "a100x2": ("Standard_NC48ads_A100_v4", 2),
+    "a100x4": ("Standard_NC96ads_A100_v4", 4),
+    "h100x8": ("Standard_ND96isr_H100_v5", 8),
+}
 
 
 @pytest.mark.parametrize("option", SKUS)
 def test_multi_gpu_skus_plan_one_process_per_gpu_and_say_whether_they_shard(compose_spec, tmp_path, option):
     from runner.spec import hardware
+
     size, gpus = SKUS[option]
     sku = hardware.SKUS[size]
     assert (sku.gpus, sku.gpu_gib) == (gpus, 80) and sku.usd_per_hour > 7  # GPU count, memory and price as data
     # the phi3 default (8-bit state) fits one GPU whole: DDP
     lines = plan_all(compose_spec(f"compute={option}", "model=phi3", "plan=true"), tmp_path / "ddp")["train"]
     text = "\n".join(lines)
-    assert f"1 node(s) x {gpus} process(es)" in text and load_job(
-        tmp_path / "ddp" / "azure" / "job.yml").distribution.process_count_per_instance == gpus
+    assert (
+        f"1 node(s) x {gpus} process(es)" in text
+        and load_job(tmp_path / "ddp" / "azure" / "job.yml").distribution.process_count_per_instance == gpus
+    )
     assert f"processes: 1 node(s) x {gpus} process(es) = {gpus}; DDP (train.fsdp=auto): one GPU holds" in text
     assert "memory: about 36 GiB of the 80 GiB" in text and "per GPU: fits" in text
     # fp32 master weights and AdamW: about 76 of 80 GiB whole, so auto shards and the memory is one GPU's share
-    spec = compose_spec(f"compute={option}", "model=phi3", "train=seed_recipe", "compute.precision=bf16-mixed",
-                        "plan=true")
+    spec = compose_spec(
+        f"compute={option}", "model=phi3", "train=seed_recipe", "compute.precision=bf16-mixed", "plan=true"
+    )
     text = "\n".join(plan_all(spec, tmp_path / "fsdp")["train"])
-    assert f"FSDP2 (train.fsdp=auto): the whole model would take about 76 of the 80 GiB of one GPU; sharded over " \
-           f"{gpus} processes" in text
+    assert (
+        f"FSDP2 (train.fsdp=auto): the whole model would take about 76 of the 80 GiB of one GPU; sharded over "
+        f"{gpus} processes" in text
+    )
     share = re.search(r"memory: about (\d+) GiB of the 80 GiB .* per GPU with FSDP2 over (\d) processes: fits", text)
     assert share and int(share[2]) == gpus and int(share[1]) < 76 * 0.7
 
@@ -256,7 +293,11 @@ def test_multi_gpu_skus_plan_one_process_per_gpu_and_say_whether_they_shard(comp
 def test_one_sweep_command_plans_every_gpu_sku(tmp_path):
     r = runner_cli("-m", "compute=a100,a100x2,a100x4,h100x8", "model=phi3", "plan=true", cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    for cluster, gpus in (("gpu-a100-cluster", 1), ("gpu-a100x2-cluster", 2), ("gpu-a100x4-cluster", 4),
-                          ("gpu-h100x8-cluster", 8)):
+    for cluster, gpus in (
+        ("gpu-a100-cluster", 1),
+        ("gpu-a100x2-cluster", 2),
+        ("gpu-a100x4-cluster", 4),
+        ("gpu-h100x8-cluster", 8),
+    ):
         assert f"1 Azure ML job(s) on cluster {cluster}" in r.stdout
         assert f"1 node(s) x {gpus} process(es) = {gpus}" in r.stdout

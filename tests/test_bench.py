@@ -1,4 +1,5 @@
 """bench/train_recipes.py --smoke: the real-size recipe comparison, scaled down to run on the CPU."""
+
 import json
 import subprocess
 import sys
@@ -13,8 +14,9 @@ pytestmark = pytest.mark.slow
 def recipes_smoke(tmp_path, names, *extra):
     """bench/train_recipes.py --smoke for these recipes; its stdout and JSON."""
     cmd = [sys.executable, "bench/train_recipes.py", "--smoke", "--work", str(tmp_path), *extra]
-    r = subprocess.run(cmd + [a for n in names for a in ("--recipe", n)], cwd=REPO_ROOT, capture_output=True,
-                       text=True, timeout=600)
+    r = subprocess.run(
+        cmd + [a for n in names for a in ("--recipe", n)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads((REPO_ROOT / "bench" / "out" / "train_recipes-smoke.json").read_text())
     assert [x["recipe"] for x in result["recipes"]] == names
@@ -31,6 +33,7 @@ def ran(result):
 # every recipe, in two parts (each under a minute on 2 cores); the precision check and serving figures in the first
 def test_the_recipe_benchmark_runs_the_tutorials_recipe_and_its_speed_ups(tmp_path):
     from bench.train_recipes import RECIPES
+
     names = list(RECIPES)[:4]
     stdout, result = recipes_smoke(tmp_path, names)
     assert len(ran(result)) == 4 and names[0].startswith("seed") and "tokens/s" in stdout
@@ -42,6 +45,7 @@ def test_the_recipe_benchmark_runs_the_tutorials_recipe_and_its_speed_ups(tmp_pa
 
 def test_the_recipe_benchmark_runs_the_other_recipes_and_says_why_it_skips_some(tmp_path):
     from bench.train_recipes import NOT_ON_CPU, RECIPES
+
     names = list(RECIPES)[4:]
     stdout, result = recipes_smoke(tmp_path, names, "--recipes-only")
     assert {x["recipe"]: x["skipped"] for x in result["recipes"] if "skipped" in x} == NOT_ON_CPU
@@ -52,13 +56,22 @@ def test_the_recipe_benchmark_runs_the_other_recipes_and_says_why_it_skips_some(
 def test_the_precision_benchmark_shows_which_updates_land_and_reruns_to_the_same_numbers(tmp_path):
     """bench/precision.py --smoke: the recipes through the trainer's own setup()/fit(), bf16 on this CPU."""
     from trainer import memory
+
     out = tmp_path / "out"
     cmd = [sys.executable, "bench/precision.py", "--smoke", "--work", str(tmp_path / "work"), "--out", str(out)]
     r = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     results = json.loads((out / "precision-smoke.json").read_text())
-    keys = {"recipe", "lr", "eval_before", "eval_after", "share_of_fp32_drop", "weights_changed",
-            "state_bytes_per_param", "default_for"}
+    keys = {
+        "recipe",
+        "lr",
+        "eval_before",
+        "eval_after",
+        "share_of_fp32_drop",
+        "weights_changed",
+        "state_bytes_per_param",
+        "default_for",
+    }
     assert all(keys <= set(x) for x in results) and (out / "precision-smoke.png").read_bytes()[:4] == b"\x89PNG"
     got = {x["recipe"]: x for x in results}
     assert got["fp32"]["share_of_fp32_drop"] == 1 and got["fp32"]["eval_after"] < got["fp32"]["eval_before"]
@@ -66,19 +79,29 @@ def test_the_precision_benchmark_shows_which_updates_land_and_reruns_to_the_same
     assert got["bf16"]["weights_changed"] < 0.2 < 0.8 < got["bf16-mixed"]["weights_changed"]
     assert got["bf16"]["share_of_fp32_drop"] < 0.3 < 0.9 < got["bf16-mixed"]["share_of_fp32_drop"]
     # the bytes measured from the tensors are the estimator's per-parameter state
-    for name, precision, optim, args in (("fp32", "fp32", None, None), ("bf16", "bf16", None, None),
-                                         ("kahan", "bf16", "stable_adamw", "kahan_sum=True")):
+    for name, precision, optim, args in (
+        ("fp32", "fp32", None, None),
+        ("bf16", "bf16", None, None),
+        ("kahan", "bf16", "stable_adamw", "kahan_sum=True"),
+    ):
         weight = 2 if precision == "bf16" else 4
         assert got[name]["state_bytes_per_param"] == pytest.approx(
-            2 * weight + memory.optimizer_bytes(optim, args, weight)[0], rel=0.02)
+            2 * weight + memory.optimizer_bytes(optim, args, weight)[0], rel=0.02
+        )
     # the phi3/phi35 default: 8-bit AdamW state, stochastic rounding onto bf16 weights; 6 bytes a parameter
     assert got["8bit-sr"]["default_for"] == ["phi3", "phi35"] and not got["bf16"]["default_for"]
-    assert got["8bit-sr"]["state_bytes_per_param"] == pytest.approx(2 + 2 + memory.optimizer_bytes(
-        "adamw_torch_8bit", "bf16_stochastic_round=True", 2)[0], rel=0.05)
+    assert got["8bit-sr"]["state_bytes_per_param"] == pytest.approx(
+        2 + 2 + memory.optimizer_bytes("adamw_torch_8bit", "bf16_stochastic_round=True", 2)[0], rel=0.05
+    )
     assert got["8bit-sr"]["weights_changed"] > 2 * got["bf16"]["weights_changed"]
     # a rerun: the same numbers
-    r = subprocess.run(cmd[:-2] + ["--out", str(tmp_path / "again"), "--recipes", "bf16"], cwd=REPO_ROOT,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        cmd[:-2] + ["--out", str(tmp_path / "again"), "--recipes", "bf16"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     again = {x["recipe"]: x for x in json.loads((tmp_path / "again" / "precision-smoke.json").read_text())}
     for name in ("fp32", "bf16"):

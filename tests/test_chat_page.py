@@ -1,4 +1,5 @@
 """The chat page in a real browser (headless Chromium), served by `python -m runner stages=[chat] chat.ui=true`."""
+
 import json
 import os
 import shutil
@@ -34,8 +35,9 @@ async def two_turns(url: str, q1: str, q2: str, screenshot: Path | None = None) 
     and what the browser sent."""
     async with Browser() as b:
         await b.goto(url)
-        where = await b.wait_for("document.getElementById('where').textContent.includes(':') && "
-                                 "document.getElementById('where').textContent")
+        where = await b.wait_for(
+            "document.getElementById('where').textContent.includes(':') && document.getElementById('where').textContent"
+        )
         answers = []
         for n, q in enumerate((q1, q2), 1):
             await b.type_and_enter("#input", q)
@@ -58,8 +60,14 @@ def page(trained_run, tmp_path_factory):
     for f in ("manifest.json", "spec.yaml"):
         shutil.copy(trained_run[1] / f, run_dir / f)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "stages=[register,deploy,chat]", "chat.ui=true"],
-                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "stages=[register,deploy,chat]", "chat.ui=true"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     url = first_url(proc, lines, "chat page: http://", 240, lambda line: line.split("chat page: ")[1].split()[0])
     try:
@@ -72,14 +80,18 @@ def page(trained_run, tmp_path_factory):
             lines.append(out)
         except subprocess.TimeoutExpired:
             proc.kill()
-        subprocess.run([sys.executable, "-m", "runner", "stages=[teardown]"], cwd=root, env=env,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [sys.executable, "-m", "runner", "stages=[teardown]"], cwd=root, env=env, capture_output=True, timeout=120
+        )
 
 
 def test_a_training_question_typed_into_the_page_gets_the_fine_tuned_answer(page, trained_run):
     url, run_dir, lines = page
-    rows = [r["messages"] for r in ep.training_rows(trained_run[2])
-            if [m["role"] for m in r["messages"]][:2] == ["user", "assistant"]]
+    rows = [
+        r["messages"]
+        for r in ep.training_rows(trained_run[2])
+        if [m["role"] for m in r["messages"]][:2] == ["user", "assistant"]
+    ]
     (q1, a1), (q2, a2) = [(r[0]["content"], r[1]["content"]) for r in rows[:2]]
     key = (run_dir / "secrets" / "endpoint.key").read_text().strip()
 
@@ -90,10 +102,17 @@ def test_a_training_question_typed_into_the_page_gets_the_fine_tuned_answer(page
     assert "phi3-chat-tiny:" in where and first == a1
     posts = [json.loads(r["postData"]) for r in requests if r["method"] == "POST"]
     # the second question went out with the conversation so far: the page carries it
-    assert posts[-1]["messages"] == [{"role": "user", "content": q1}, {"role": "assistant", "content": a1},
-                                     {"role": "user", "content": q2}] and posts[-1]["stream"] is True
-    assert second == ep.post(url + "v1/chat/completions", posts[-1] | {"stream": False},
-                             None)[1]["choices"][0]["message"]["content"]
+    assert (
+        posts[-1]["messages"]
+        == [{"role": "user", "content": q1}, {"role": "assistant", "content": a1}, {"role": "user", "content": q2}]
+        and posts[-1]["stream"] is True
+    )
+    assert (
+        second
+        == ep.post(url + "v1/chat/completions", posts[-1] | {"stream": False}, None)[1]["choices"][0]["message"][
+            "content"
+        ]
+    )
     assert all(r["url"].startswith(url.rstrip("/")) for r in requests)  # nothing but its own server
     seen = html + json.dumps(requests) + "\n".join(console) + "".join(lines)
     assert key not in seen  # the key never reaches the browser, nor the page server's output
@@ -105,9 +124,13 @@ def test_another_origin_is_refused(page):
     assert status == 200
     import urllib.error
     import urllib.request
-    req = urllib.request.Request(url + "v1/chat/completions", method="POST", headers={
-        "Origin": "http://evil.example", "Content-Type": "application/json"},
-        data=json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode())
+
+    req = urllib.request.Request(
+        url + "v1/chat/completions",
+        method="POST",
+        headers={"Origin": "http://evil.example", "Content-Type": "application/json"},
+        data=json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(),
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=30)
     assert err.value.code == 403
@@ -125,9 +148,24 @@ def test_prompt_flows_own_window_answers_with_the_runs_connection(page, trained_
     # the window runs the flow through Prompt flow's service, a long-lived process on 127.0.0.1:23333; one left
     # from another Prompt flow home would look connections up there: start from none
     subprocess.run([pf_cli, "service", "stop"], capture_output=True, timeout=60)
-    proc = subprocess.Popen([pf_cli, "flow", "test", "--flow", str(flow), "--ui", "--skip-open-browser",
-                             "--environment-variables", f"PHI3_CONNECTION={name}"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            pf_cli,
+            "flow",
+            "test",
+            "--flow",
+            str(flow),
+            "--ui",
+            "--skip-open-browser",
+            "--environment-variables",
+            f"PHI3_CONNECTION={name}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines = []
     try:
         url = first_url(proc, lines, "Chat page URL", 120, lambda line: line.rsplit(": ", 1)[1].strip())
@@ -139,8 +177,10 @@ def test_prompt_flows_own_window_answers_with_the_runs_connection(page, trained_
                 await b.wait_for("!!document.querySelector('[contenteditable]')", timeout=90)
                 await b.type_and_enter("[contenteditable]", question)
                 # an answer below the question: "View trace" under it, "Generating chat output" gone
-                done = ("document.body.innerText.includes('View trace') && "
-                        "!document.body.innerText.includes('Generating chat output') && document.body.innerText")
+                done = (
+                    "document.body.innerText.includes('View trace') && "
+                    "!document.body.innerText.includes('Generating chat output') && document.body.innerText"
+                )
                 return await b.wait_for(done, timeout=120)
 
         shown = run(chat())
@@ -153,8 +193,9 @@ def test_prompt_flows_own_window_answers_with_the_runs_connection(page, trained_
         subprocess.run([pf_cli, "service", "stop"], capture_output=True, timeout=60)
 
 
-def test_the_page_chats_with_an_azure_endpoint_and_the_browser_never_sees_its_key(trained_run, compose_spec,
-                                                                                   tmp_path, monkeypatch):
+def test_the_page_chats_with_an_azure_endpoint_and_the_browser_never_sees_its_key(
+    trained_run, compose_spec, tmp_path, monkeypatch
+):
     """compute=a100: deploy against the recording Azure stand-in, then the page finds the endpoint's scoring URI
     and key from Azure as the runner does; the URI's host stands for a local server speaking /score (Azure's
     contract, no streaming) that accepts only that key."""
@@ -190,8 +231,12 @@ def test_the_page_chats_with_an_azure_endpoint_and_the_browser_never_sees_its_ke
     azure = chat.upstream(spec, run_dir)  # what the page is given: Azure's scoring URI and key, /score only
     assert azure.kind == "score" and azure.key == KEY and azure.model == "phi3-chat-phi35:3"
     assert azure.url.startswith("https://") and azure.url.endswith(".inference.ml.azure.com/score")
-    local = ep.Server(trained_run[2]["stages"]["train"]["outputs"]["mlflow_model_dir"], tmp_path / "endpoint",
-                      limit=spec["deploy"]["max_new_tokens_limit"], key=KEY)
+    local = ep.Server(
+        trained_run[2]["stages"]["train"]["outputs"]["mlflow_model_dir"],
+        tmp_path / "endpoint",
+        limit=spec["deploy"]["max_new_tokens_limit"],
+        key=KEY,
+    )
     resolved = []
 
     def resolve():
@@ -200,8 +245,9 @@ def test_the_page_chats_with_an_azure_endpoint_and_the_browser_never_sees_its_ke
         return dataclasses.replace(up, url=local.url)  # the one thing the stand-in cannot give: a reachable host
 
     printed = []
-    server = uvicorn.Server(uvicorn.Config(chat_page.make_app(resolve, printed.append), host="127.0.0.1", port=0,
-                                           log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(chat_page.make_app(resolve, printed.append), host="127.0.0.1", port=0, log_level="warning")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:

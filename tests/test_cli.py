@@ -1,4 +1,5 @@
 """python -m runner as a user runs it: plan output, exit statuses, nothing written on bad input."""
+
 import json
 import re
 
@@ -90,10 +91,12 @@ def test_hydra_run_dir_override(tmp_path):
 
 
 def test_compose_validate_and_plan_import_no_heavy_library(tmp_path):
-    code = ("import sys\n"
-            "sys.argv = ['runner', 'compute=a100', 'model=phi35', 'data=1pct', 'plan=true']\n"
-            "from runner.__main__ import main\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n")
+    code = (
+        "import sys\n"
+        "sys.argv = ['runner', 'compute=a100', 'model=phi35', 'data=1pct', 'plan=true']\n"
+        "from runner.__main__ import main\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+    )
     assert imported_by(code, cwd=tmp_path) & HEAVY == set()
 
 
@@ -157,8 +160,11 @@ def test_help_names_the_program_and_what_each_group_chooses(tmp_path):
     r = runner_cli("--help", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "__main__" not in r.stdout and "python -m runner [group=option" in r.stdout
-    groups = {line.split("=")[0].strip(): line.split("=", 1)[1] for line in r.stdout.splitlines()
-              if re.match(r"  (compute|model|data|train)=", line)}
+    groups = {
+        line.split("=")[0].strip(): line.split("=", 1)[1]
+        for line in r.stdout.splitlines()
+        if re.match(r"  (compute|model|data|train)=", line)
+    }
     for group, listed in groups.items():  # every option file, the default first, no base
         names = listed.replace(" (default)", "").split(", ")
         assert set(names) == {p.stem for p in (CONF_DIR / group).glob("*.yaml")}, group

@@ -4,6 +4,7 @@ The hub path runs for real through datasets.load_dataset, on a local folder laid
 HuggingFaceH4/ultrachat_200k (data/train_sft-*.parquet and data/test_sft-*.parquet, with its prompt, prompt_id and
 messages columns): data.dataset may name such a folder.
 """
+
 import hashlib
 import json
 
@@ -19,6 +20,7 @@ N_TRAIN_SFT = 80  # of the sample's 96 chats; the other 16 are test_sft
 @pytest.fixture(scope="module")
 def ultrachat_folder(tmp_path_factory):
     import datasets
+
     rows = read_jsonl(SAMPLE)
     for r in rows:  # ultrachat's columns: prompt (the first user turn), its sha256, the chat
         r["prompt"] = next(m["content"] for m in r["messages"] if m["role"] == "user")
@@ -35,8 +37,10 @@ def outputs(manifest):
 
 
 def test_a_fixed_eval_set_is_the_same_rows_for_every_slice_of_a_file(compose_spec, tmp_path):
-    runs = {pct: outputs(run_data(compose_spec("data.eval=fixed", f"data.percent={pct}"), tmp_path / str(pct)))
-            for pct in (25, 50, 100)}
+    runs = {
+        pct: outputs(run_data(compose_spec("data.eval=fixed", f"data.percent={pct}"), tmp_path / str(pct)))
+        for pct in (25, 50, 100)
+    }
     assert len({o["eval"]["sha256"] for o in runs.values()}) == 1
     assert {o["eval"]["mode"] for o in runs.values()} == {"fixed"}
     test = read_jsonl(runs[25]["test_file"])
@@ -97,23 +101,27 @@ def test_the_hub_path_slices_a_train_split_and_splits_it_80_20(compose_spec, tmp
 
 
 def test_the_hub_path_evaluates_on_test_sft_when_fixed(compose_spec, tmp_path, ultrachat_folder):
-    spec = compose_spec("data=1pct", f"data.dataset={ultrachat_folder}", "data.percent=10", "data.eval=fixed",
-                        "data.eval_rows=5")
+    spec = compose_spec(
+        "data=1pct", f"data.dataset={ultrachat_folder}", "data.percent=10", "data.eval=fixed", "data.eval_rows=5"
+    )
     out = outputs(run_data(spec, tmp_path))
     assert (out["train_rows"], out["test_rows"]) == (8, 5)  # the whole slice trains; test_sft[:5] evaluates
     test = read_jsonl(out["test_file"])
-    assert [r["messages"] for r in test] == [r["messages"] for r in read_jsonl(SAMPLE)[N_TRAIN_SFT:N_TRAIN_SFT + 5]]
+    assert [r["messages"] for r in test] == [r["messages"] for r in read_jsonl(SAMPLE)[N_TRAIN_SFT : N_TRAIN_SFT + 5]]
     assert out["eval"]["from"].startswith(f"{ultrachat_folder}:test_sft[:5]")
     # the tiny model's tokenizer corpus is the eval split, whatever the slice: one base model for every point
     assert read_jsonl(out["pool_file"]) == test
 
 
 def test_a_hub_sweep_evaluates_every_point_on_test_sft(tmp_path, ultrachat_folder):
-    r = runner_cli("-m", "data=1pct", f"data.dataset={ultrachat_folder}", "data.percent=10,50", "stages=[data]",
-                   cwd=tmp_path)
+    r = runner_cli(
+        "-m", "data=1pct", f"data.dataset={ultrachat_folder}", "data.percent=10,50", "stages=[data]", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    runs = {p.parent.name.rsplit(",", 1)[1]: json.loads(p.read_text())["stages"]["data"]["outputs"]
-            for p in (tmp_path / "outputs/default/local_tiny_1pct").glob("*/manifest.json")}
+    runs = {
+        p.parent.name.rsplit(",", 1)[1]: json.loads(p.read_text())["stages"]["data"]["outputs"]
+        for p in (tmp_path / "outputs/default/local_tiny_1pct").glob("*/manifest.json")
+    }
     assert set(runs) == {"data.percent=10", "data.percent=50"}  # one folder per point, the path made flat
     assert [runs[f"data.percent={p}"]["train_rows"] for p in (10, 50)] == [8, 40]
     assert {o["test_rows"] for o in runs.values()} == {96 - N_TRAIN_SFT}  # all of test_sft (under eval_rows=500)

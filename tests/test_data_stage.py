@@ -1,15 +1,17 @@
 """The data stage on the shipped sample and on files with bad rows."""
+
 import json
 import time
 from pathlib import Path
 
 import pytest
 
+from common.chats import ROLES
 from runner.app import execute
 from runner.errors import UserError
-from common.chats import ROLES
 
 from .helpers import SAMPLE, read_jsonl, run_data
+
 
 def write_rows(path, rows):
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
@@ -17,8 +19,11 @@ def write_rows(path, rows):
 
 
 def good_row(i):
-    return {"prompt": f"q{i}", "prompt_id": str(i), "messages": [{"role": "user", "content": f"q{i}"},
-                                                                  {"role": "assistant", "content": f"a{i}"}]}
+    return {
+        "prompt": f"q{i}",
+        "prompt_id": str(i),
+        "messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+    }
 
 
 def test_shipped_sample_is_a_real_chat_dataset():
@@ -57,7 +62,10 @@ BAD_ROWS = [
     ({"messages": []}, "non-empty list"),
     ({"messages": "hello"}, "non-empty list"),
     ({"messages": [{"role": "user", "content": "hi"}]}, "no assistant turn"),
-    ({"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]}, "expected system, user or assistant"),
+    (
+        {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "x"}]},
+        "expected system, user or assistant",
+    ),
     ({"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "x"}]}, "content must be a string"),
     ({"messages": [{"role": "user"}, {"role": "assistant", "content": "x"}]}, "'role' and 'content'"),
     ({"messages": [{"": None}, {"role": "assistant", "content": "x"}]}, "'role' and 'content'"),  # found by fuzzing
@@ -142,14 +150,27 @@ def test_a_line_that_is_not_utf8_is_one_bad_row(compose_spec, tmp_path):
     with pytest.raises(UserError) as err:
         run_data(compose_spec(f"data.path={path}"), tmp_path)
     assert "line 5: not UTF-8 (byte 0xe9 at column 18)" in str(err.value)
-    out = run_data(compose_spec(f"data.path={path}", "data.on_bad_row=skip"), tmp_path / "b")["stages"]["data"]["outputs"]
+    out = run_data(compose_spec(f"data.path={path}", "data.on_bad_row=skip"), tmp_path / "b")["stages"]["data"][
+        "outputs"
+    ]
     assert out["skipped_rows"] == 1 and out["train_rows"] + out["test_rows"] == 10
 
 
 def test_bad_rows_are_named_by_the_line_an_editor_shows(compose_spec, tmp_path):
     path = tmp_path / "gaps.jsonl"
-    path.write_text("\n".join([json.dumps(good_row(0)), "", "   ", json.dumps(good_row(1)), "{oops",
-                               *[json.dumps(good_row(i)) for i in range(2, 10)]]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps(good_row(0)),
+                "",
+                "   ",
+                json.dumps(good_row(1)),
+                "{oops",
+                *[json.dumps(good_row(i)) for i in range(2, 10)],
+            ]
+        )
+        + "\n"
+    )
     with pytest.raises(UserError) as err:
         run_data(compose_spec(f"data.path={path}"), tmp_path)
     assert "line 5: not JSON" in str(err.value)
@@ -157,6 +178,7 @@ def test_bad_rows_are_named_by_the_line_an_editor_shows(compose_spec, tmp_path):
 
 def test_the_cli_refuses_a_non_utf8_file_with_exit_2_and_no_traceback(tmp_path):
     from .helpers import runner_cli
+
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b"\n".join([json.dumps(good_row(i)).encode() for i in range(5)] + [b"\xff\xfe{}"]) + b"\n")
     r = runner_cli(f"data.path={path}", "stages=[data]", cwd=tmp_path)
@@ -166,6 +188,7 @@ def test_the_cli_refuses_a_non_utf8_file_with_exit_2_and_no_traceback(tmp_path):
 def test_the_trainer_reads_the_same_way(tmp_path):
     from trainer.chats import load
     from trainer.errors import TrainerInputError
+
     path = tmp_path / "t.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(json.dumps(good_row(i)).encode() for i in range(3)) + b"\r\n")
     assert [r["messages"][1]["content"] for r in load(path)] == ["a0", "a1", "a2"]

@@ -5,6 +5,7 @@ run on the CPU) saving one gathered model that the scorer loads and that answers
 to the end; `compute=local compute.processes_per_instance=2` launching torchrun itself. Every run records which
 files each rank wrote (tests/rank_writes.py): rank 1 writes only its checkpoint shards and the tiny model's cache.
 """
+
 import json
 import os
 import shlex
@@ -17,7 +18,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import REPO_ROOT
 from runner.app import execute, write_spec
 from runner.context import Context
 from runner.manifest import Manifest
@@ -58,8 +58,9 @@ def job_argv(run_dir: Path, outputs: Path) -> list[str]:
     return argv[3:]
 
 
-def run_job(run_dir: Path, root: Path, processes: int, kill_when=None,
-            kill_ranks=True) -> tuple[subprocess.CompletedProcess, Path]:
+def run_job(
+    run_dir: Path, root: Path, processes: int, kill_when=None, kill_ranks=True
+) -> tuple[subprocess.CompletedProcess, Path]:
     """The job's command in its code folder: `python -m trainer ...` alone, or under torchrun with processes ranks.
 
     kill_when(outputs) -> True: SIGKILL torchrun (and its ranks, unless kill_ranks=False) at that moment.
@@ -67,13 +68,28 @@ def run_job(run_dir: Path, root: Path, processes: int, kill_when=None,
     outputs = root / "job-outputs"
     writes = root / "writes"
     writes.mkdir(parents=True, exist_ok=True)
-    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-                if processes > 1 else [sys.executable])
-    env = {**os.environ, "PYTHONPATH": str(run_dir / "azure" / "job-code"), "RANK_WRITES_DIR": str(writes),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([*launcher, str(WRAPPER), *job_argv(run_dir, outputs)], cwd=run_dir / "azure" / "job-code",
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    launcher = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        if processes > 1
+        else [sys.executable]
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(run_dir / "azure" / "job-code"),
+        "RANK_WRITES_DIR": str(writes),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        [*launcher, str(WRAPPER), *job_argv(run_dir, outputs)],
+        cwd=run_dir / "azure" / "job-code",
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     if kill_when is None:
         out, _ = proc.communicate(timeout=600)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out), outputs
@@ -82,6 +98,7 @@ def run_job(run_dir: Path, root: Path, processes: int, kill_when=None,
         time.sleep(0.2)
     # as a node that dies: torchrun and its ranks at once (torchrun starts each rank in a session of its own)
     import psutil
+
     for p in [psutil.Process(proc.pid), *(psutil.Process(proc.pid).children(recursive=True) if kill_ranks else [])]:
         p.kill()
     out, _ = proc.communicate(timeout=60)
@@ -94,6 +111,7 @@ def summary_of(outputs: Path) -> dict:
 
 def runs_in(root: Path, experiment="finetune-phi") -> list:
     from mlflow import MlflowClient
+
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
 
@@ -122,10 +140,12 @@ def check_one_model_from_rank_zero(root: Path, outputs: Path, processes: int):
 
 def answers(model_dir: Path, manifest: dict, n: int = 2) -> tuple[list, list]:
     from serving import scoring
+
     scorer = scoring.Scorer(model_dir)
     pairs = single_turn_pairs(manifest, n)
-    return [scorer.score({"input_data": [q], "params": {"max_new_tokens": 96}})[0] for q, _ in pairs], \
-        [a for _, a in pairs]
+    return [scorer.score({"input_data": [q], "params": {"max_new_tokens": 96}})[0] for q, _ in pairs], [
+        a for _, a in pairs
+    ]
 
 
 def test_ddp_with_two_processes_matches_one_process_with_the_same_global_batch(tmp_path):
@@ -153,8 +173,9 @@ def test_ddp_with_two_processes_matches_one_process_with_the_same_global_batch(t
 
 
 def test_fsdp2_with_two_processes_saves_one_gathered_model_that_answers(tmp_path):
-    run_dir, manifest = planned(tmp_path, "train.fsdp=true", "train.per_device_train_batch_size=4",
-                                "train.activation_checkpointing=true")
+    run_dir, manifest = planned(
+        tmp_path, "train.fsdp=true", "train.per_device_train_batch_size=4", "train.activation_checkpointing=true"
+    )
     r, outputs = run_job(run_dir, tmp_path, 2)
     assert r.returncode == 0, r.stdout[-3000:]
     assert "FSDP2 (train.fsdp=true): weights, gradients and optimizer state sharded over 2 processes" in r.stdout
@@ -170,8 +191,13 @@ def test_fsdp2_with_two_processes_saves_one_gathered_model_that_answers(tmp_path
 
 
 def test_a_sigkilled_two_process_run_resumes_from_its_sharded_checkpoint(tmp_path):
-    run_dir, _ = planned(tmp_path, "train.fsdp=true", "train.num_train_epochs=10", "train.save_steps=20",
-                         "train.per_device_train_batch_size=4")
+    run_dir, _ = planned(
+        tmp_path,
+        "train.fsdp=true",
+        "train.num_train_epochs=10",
+        "train.save_steps=20",
+        "train.per_device_train_batch_size=4",
+    )
 
     def second_checkpoint(outputs):
         return (outputs / "checkpoints" / "checkpoint-40" / "trainer_state.json").is_file()
@@ -179,8 +205,11 @@ def test_a_sigkilled_two_process_run_resumes_from_its_sharded_checkpoint(tmp_pat
     r, outputs = run_job(run_dir, tmp_path, 2, kill_when=second_checkpoint, kill_ranks=False)
     assert r.returncode == -signal.SIGKILL and second_checkpoint(outputs), r.stdout[-3000:]
     time.sleep(2)  # the ranks end with torchrun (trainer.distributed.die_with_launcher), not at their last step
-    assert not any("trainer" in " ".join(p.cmdline()) and str(outputs) in " ".join(p.cmdline())
-                   for p in __import__("psutil").process_iter() if p.pid != os.getpid()), "ranks left training"
+    assert not any(
+        "trainer" in " ".join(p.cmdline()) and str(outputs) in " ".join(p.cmdline())
+        for p in __import__("psutil").process_iter()
+        if p.pid != os.getpid()
+    ), "ranks left training"
     assert not (outputs / "model_output" / "mlflow_model").exists()
     r, outputs = run_job(run_dir, tmp_path, 2)
     assert r.returncode == 0, r.stdout[-3000:]
@@ -193,17 +222,25 @@ def test_a_sigkilled_two_process_run_resumes_from_its_sharded_checkpoint(tmp_pat
 
 
 def test_compute_local_with_two_processes_launches_torchrun_itself(tmp_path):
-    r = runner_cli("compute.processes_per_instance=2", "stages=[data,train]", "train.num_train_epochs=3",
-                   cwd=tmp_path, timeout=600, env={"HF_HUB_OFFLINE": "1"})
+    r = runner_cli(
+        "compute.processes_per_instance=2",
+        "stages=[data,train]",
+        "train.num_train_epochs=3",
+        cwd=tmp_path,
+        timeout=600,
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "[train] 2 processes on this machine, on the CPU (gloo): torchrun --standalone --nproc_per_node=2" \
-        in r.stdout
+    assert (
+        "[train] 2 processes on this machine, on the CPU (gloo): torchrun --standalone --nproc_per_node=2" in r.stdout
+    )
     run_dir = tmp_path / "outputs" / "default" / "local_tiny_sample"
     train = json.loads((run_dir / "manifest.json").read_text())["stages"]["train"]
     assert train["status"] == "done" and train["outputs"]["processes"] == 2 and train["outputs"]["sharding"] == "ddp"
     assert train["outputs"]["steps"] == 15  # 76 rows at 2 x 8 a step: 5 steps an epoch
     assert (Path(train["outputs"]["mlflow_model_dir"]) / "MLmodel").is_file()
     from mlflow import MlflowClient
+
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("finetune-phi").experiment_id])
     assert len(runs) == 1 and runs[0].info.run_name == "default/local_tiny_sample"

@@ -1,4 +1,5 @@
 """The user's path, as a user runs it: `python -m runner` on a fresh directory, offline, all five stages."""
+
 import json
 from pathlib import Path
 
@@ -26,8 +27,14 @@ def test_default_run_answers_through_prompt_flow_and_reuses_everything_on_rerun(
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     run_dir = tmp_path / "outputs/default/local_tiny_sample"
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert {s for s, e in manifest["stages"].items() if e["status"] == "done"} == \
-        {"data", "train", "eval", "register", "deploy", "chat"}
+    assert {s for s, e in manifest["stages"].items() if e["status"] == "done"} == {
+        "data",
+        "train",
+        "eval",
+        "register",
+        "deploy",
+        "chat",
+    }
     # the template audit before training, the eval after it: printed, and the figures on disk
     assert "[train] template audit passed on 76 rows" in r.stdout and "\u27e6" in r.stdout
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
@@ -42,8 +49,10 @@ def test_default_run_answers_through_prompt_flow_and_reuses_everything_on_rerun(
         dep = manifest["stages"]["deploy"]["outputs"]
         key = Path(dep["key_file"]).read_text().strip()
         question = manifest["stages"]["chat"]["outputs"]["answers"][0]["question"]
-        payload = {"input_data": [question], "params": {"temperature": 0.7, "max_new_tokens": 128,
-                                                        "do_sample": False, "return_full_text": False}}
+        payload = {
+            "input_data": [question],
+            "params": {"temperature": 0.7, "max_new_tokens": 128, "do_sample": False, "return_full_text": False},
+        }
         status, body = post(dep["url"], payload, key)
         assert status == 200 and body[0].strip() == sample_answer(question)
         assert post(dep["url"], payload, "wrong-key")[0] == 401

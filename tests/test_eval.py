@@ -1,5 +1,6 @@
 """The eval stage: the fine-tuned tiny model against its base on the held-out chats, the report, MLflow, the warnings,
 and the optional judge against a real local OpenAI-compatible endpoint (this project's own)."""
+
 import copy
 import json
 import os
@@ -14,8 +15,19 @@ from trainer import eval_report
 
 from ._endpoint import Server
 
-KEYS = {"base_nll", "tuned_nll", "base_stop_rate", "tuned_stop_rate", "rows", "samples", "tokens", "max_new_tokens",
-        "base_mean_tokens", "tuned_mean_tokens", "reference_mean_tokens"}
+KEYS = {
+    "base_nll",
+    "tuned_nll",
+    "base_stop_rate",
+    "tuned_stop_rate",
+    "rows",
+    "samples",
+    "tokens",
+    "max_new_tokens",
+    "base_mean_tokens",
+    "tuned_mean_tokens",
+    "reference_mean_tokens",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +53,19 @@ def test_the_fine_tuned_model_beats_its_base_and_stops(evaluated):
     assert any(f"base {metrics['base_nll']:.3f} -> fine-tuned {metrics['tuned_nll']:.3f}" in p for p in lines)
     assert any("stops within 128 tokens: base 0 % -> fine-tuned" in p for p in lines)
     outputs = manifest["stages"]["eval"]["outputs"]
-    assert outputs["tuned_nll"] == metrics["tuned_nll"] and outputs["eval_sha256"] == \
-        manifest["stages"]["data"]["outputs"]["sha256"]["test.jsonl"]
+    assert (
+        outputs["tuned_nll"] == metrics["tuned_nll"]
+        and outputs["eval_sha256"] == manifest["stages"]["data"]["outputs"]["sha256"]["test.jsonl"]
+    )
 
 
 def test_the_report_holds_the_answers_side_by_side(evaluated):
     _, run_dir, manifest, _, _ = evaluated
     report = (run_dir / "eval" / "report.md").read_text()
     samples = [json.loads(line) for line in (run_dir / "eval" / "answers.jsonl").read_text().splitlines()]
-    test_rows = [json.loads(line) for line in Path(manifest["stages"]["data"]["outputs"]["test_file"]).read_text()
-                 .splitlines()]
+    test_rows = [
+        json.loads(line) for line in Path(manifest["stages"]["data"]["outputs"]["test_file"]).read_text().splitlines()
+    ]
     assert len(samples) == 20 and "# Did it learn?" in report and report.count("| fine-tuned | ") == 20
     for s, row in zip(samples, test_rows):
         assert s["reference"] == next(m["content"] for m in row["messages"] if m["role"] == "assistant")
@@ -61,6 +76,7 @@ def test_the_report_holds_the_answers_side_by_side(evaluated):
 def test_the_figures_go_to_the_train_stages_mlflow_run(evaluated):
     _, _, manifest, _, _ = evaluated
     from mlflow import MlflowClient
+
     train = manifest["stages"]["train"]["outputs"]
     client = MlflowClient(train["tracking_uri"])
     metrics = client.get_run(train["run_id"]).data.metrics
@@ -83,8 +99,14 @@ def test_unchanged_inputs_skip_and_new_settings_rerun(evaluated):
 
 
 def test_a_worse_or_non_stopping_model_is_said_plainly():
-    m = {"base_nll": 2.0, "tuned_nll": 2.5, "base_stop_rate": 0.9, "tuned_stop_rate": 0.4, "samples": 10,
-         "max_new_tokens": 128}
+    m = {
+        "base_nll": 2.0,
+        "tuned_nll": 2.5,
+        "base_stop_rate": 0.9,
+        "tuned_stop_rate": 0.4,
+        "samples": 10,
+        "max_new_tokens": 128,
+    }
     said = eval_report.warnings(m)
     assert len(said) == 2 and "worse than its base" in said[0] and "2.500 against 2.000" in said[0]
     assert "stops less often than its base: 40 % of its answers end within 128 tokens against 90 %" in said[1]
@@ -93,8 +115,16 @@ def test_a_worse_or_non_stopping_model_is_said_plainly():
 
 def test_the_judge_mechanics():
     """Both orders, a tie where they disagree, unreadable verdicts counted and left out, a bootstrap interval."""
-    assert [judging.parse(r) for r in ("A", " b.", "**B**", "Answer A", "Neither", "", None, "Both")] == \
-        ["A", "B", "B", "A", None, None, None, None]
+    assert [judging.parse(r) for r in ("A", " b.", "**B**", "Answer A", "Neither", "", None, "Both")] == [
+        "A",
+        "B",
+        "B",
+        "A",
+        None,
+        None,
+        None,
+        None,
+    ]
     assert judging.outcome("A", "B") == 1.0 and judging.outcome("B", "A") == 0.0
     assert judging.outcome("A", "A") == 0.5 and judging.outcome(None, "B") is None
     samples = [{"tuned": {"text": "x" * 10}, "base": {"text": "y" * 30}}] * 6
@@ -115,22 +145,30 @@ def test_the_judge_against_a_real_local_endpoint(evaluated, tmp_path, monkeypatc
     try:
         monkeypatch.setenv("JUDGE_KEY_FOR_TEST", server.key)
         judged = copy.deepcopy(spec)
-        judged["eval"].update(samples=4, judge={"base_url": f"{server.base}/v1", "model": "mlflow_model",
-                                                "api_key_env": "JUDGE_KEY_FOR_TEST"})
+        judged["eval"].update(
+            samples=4,
+            judge={"base_url": f"{server.base}/v1", "model": "mlflow_model", "api_key_env": "JUDGE_KEY_FOR_TEST"},
+        )
         before = server.log.read_text().count("POST /v1/chat/completions")
         printed = []
         execute(judged, run_dir, out=printed.append)
         assert server.log.read_text().count("POST /v1/chat/completions") - before == 8  # 4 samples, both orders
         metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
         j = metrics["judge"]
-        assert j["samples"] == 4 and j["judged"] + j["unparsed"] >= 4 and j["judged"] == j["wins"] + j["ties"] + j["losses"]
+        assert (
+            j["samples"] == 4
+            and j["judged"] + j["unparsed"] >= 4
+            and j["judged"] == j["wins"] + j["ties"] + j["losses"]
+        )
         if j["judged"]:
             assert j["win_rate_ci95"][0] <= j["win_rate"] <= j["win_rate_ci95"][1]
         else:
             assert j["win_rate"] is None and j["win_rate_ci95"] == [None, None]
         samples = [json.loads(line) for line in (run_dir / "eval" / "answers.jsonl").read_text().splitlines()]
         assert all(set(s["judge"]) == {"tuned_as_A", "tuned_as_B"} for s in samples)
-        assert "## Judge" in (run_dir / "eval" / "report.md").read_text() and any("judge mlflow_model" in p for p in printed)
+        assert "## Judge" in (run_dir / "eval" / "report.md").read_text() and any(
+            "judge mlflow_model" in p for p in printed
+        )
         for path in run_dir.rglob("*"):  # the key is read from the environment, written nowhere
             if path.is_file() and path.stat().st_size < 5_000_000:
                 assert server.key.encode() not in path.read_bytes(), path

@@ -1,6 +1,7 @@
 """The default pipeline SIGKILLed at a moment in each stage, then the same command again, then teardown: the re-run
 chats, nothing this run directory started is left running, the manifest names no missing output, no file is
 half-written, and MLflow holds no run left RUNNING for it."""
+
 import json
 import os
 import signal
@@ -23,8 +24,10 @@ RUN = "outputs/default/local_tiny_sample"
 def server_loading(run_dir):
     """A serving.serve of this run directory has started and has not said it is ready."""
     run_dir = run_dir.resolve()
-    return any("serving.serve" in command_line(pid) for pid in processes_of(run_dir)) and \
-        not (run_dir / "deploy" / "server.json").exists()
+    return (
+        any("serving.serve" in command_line(pid) for pid in processes_of(run_dir))
+        and not (run_dir / "deploy" / "server.json").exists()
+    )
 
 
 # (the line after which to wait, what else must be true, then SIGKILL); force=true redoes every stage
@@ -39,8 +42,15 @@ MOMENTS = {
 
 def kill_at(tmp_path, line, ready):
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "force=true"], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", "force=true"],
+        cwd=tmp_path,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     seen = []
     for out in proc.stdout:
         seen.append(out)
@@ -55,8 +65,11 @@ def kill_at(tmp_path, line, ready):
 
 
 def processes_of(run_dir):
-    return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
-            if pid != os.getpid() and str(run_dir) in command_line(pid)]
+    return [
+        pid
+        for pid in map(int, filter(str.isdigit, os.listdir("/proc")))
+        if pid != os.getpid() and str(run_dir) in command_line(pid)
+    ]
 
 
 def missing_outputs(run_dir):
@@ -73,6 +86,7 @@ def missing_outputs(run_dir):
 
 def running_mlflow_runs(run_dir):
     import mlflow
+
     uri = f"sqlite:///{run_dir.parent.parent / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])

@@ -1,4 +1,5 @@
 """The Prompt flow chat flow in flow/ against a real local endpoint; real promptflow, private PF home."""
+
 import os
 import subprocess
 import sys
@@ -39,16 +40,22 @@ def pf(server):
     """A PFClient with a run's connection pointing at the test server, as the chat stage leaves it."""
     sys.addaudithook(record_outside_hosts)  # cannot be removed; it only records
     from runner.stages import prompt_flow
+
     prompt_flow.keep_promptflow_local()
     from promptflow.client import PFClient
+
     client = PFClient()
     prompt_flow.save_connection(client, CONNECTION, server.url, server.key)
     return client
 
 
 def flow_answer(pf, question, history=None, max_new_tokens=96, **settings):
-    inputs = {"question": question, "chat_history": history or [], "connection": CONNECTION,
-              "params": {"max_new_tokens": max_new_tokens, **settings}}
+    inputs = {
+        "question": question,
+        "chat_history": history or [],
+        "connection": CONNECTION,
+        "params": {"max_new_tokens": max_new_tokens, **settings},
+    }
     return pf.test(flow=str(FLOW), inputs=inputs)["answer"]
 
 
@@ -58,8 +65,11 @@ def test_flow_answers_a_training_prompt_with_its_training_answer(pf, trained_run
 
 
 def test_chat_history_reaches_the_model_as_earlier_turns(pf, server, trained_run):
-    multi = [r["messages"] for r in ep.training_rows(trained_run[2])
-             if [m["role"] for m in r["messages"]][:4] == ["user", "assistant", "user", "assistant"]]
+    multi = [
+        r["messages"]
+        for r in ep.training_rows(trained_run[2])
+        if [m["role"] for m in r["messages"]][:4] == ["user", "assistant", "user", "assistant"]
+    ]
     assert multi
     differs = False
     for msgs in multi[:4]:
@@ -79,8 +89,11 @@ def test_generation_settings_are_passed_through(pf, trained_run):
 
 def test_to_messages_turns_promptflow_history_into_chat_messages():
     history = [{"inputs": {"question": "q1"}, "outputs": {"answer": "a1"}}]
-    assert to_messages(history, "q2") == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
-                                          {"role": "user", "content": "q2"}]
+    assert to_messages(history, "q2") == [
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q2"},
+    ]
     assert to_messages([], "q") == [{"role": "user", "content": "q"}]
 
 
@@ -98,6 +111,7 @@ def test_client_errors_say_what_is_wrong(server):
 
 def test_flow_errors_surface_through_promptflow(pf, server):
     from runner.stages import prompt_flow
+
     prompt_flow.save_connection(pf, CONNECTION, server.url, "a-wrong-key")
     try:
         with pytest.raises(Exception, match="rejected the key"):
@@ -109,9 +123,13 @@ def test_flow_errors_surface_through_promptflow(pf, server):
 def test_pf_cli_flow_test_uses_the_same_connection(pf, trained_run):
     question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
     pf_cli = os.path.join(os.path.dirname(sys.executable), "pf")
-    r = subprocess.run([pf_cli, "flow", "test", "--flow", str(FLOW), "--inputs", f"question={question}",
-                        f"connection={CONNECTION}"],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [pf_cli, "flow", "test", "--flow", str(FLOW), "--inputs", f"question={question}", f"connection={CONNECTION}"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert answer in r.stdout
 
@@ -122,6 +140,7 @@ def test_nothing_reached_an_outside_host(pf):
     Runs last in this module: the exporter's settings fetch happens in a background thread a little later.
     """
     import time
+
     time.sleep(3)
     assert outside_hosts == []
 
@@ -137,4 +156,7 @@ def test_without_a_connection_the_flow_says_how_to_name_one(pf):
 def test_the_environment_names_the_connection_for_the_ui(pf, trained_run):
     question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
     inputs = {"question": question, "chat_history": [], "connection": "", "params": {"max_new_tokens": 96}}
-    assert pf.test(flow=str(FLOW), inputs=inputs, environment_variables={"PHI3_CONNECTION": CONNECTION})["answer"] == answer
+    assert (
+        pf.test(flow=str(FLOW), inputs=inputs, environment_variables={"PHI3_CONNECTION": CONNECTION})["answer"]
+        == answer
+    )

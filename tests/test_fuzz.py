@@ -2,6 +2,7 @@
 the scoring request parser. Either they return what they promise, or they raise the project's own clear error
 (UserError / TrainerInputError / BadRequest): never anything else, whatever the bytes.
 """
+
 import json
 import math
 import os
@@ -12,21 +13,25 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from common.chats import ROLES, row_problem
 from runner.errors import UserError
 from runner.stages.data import check_rows, read_rows
-from common.chats import ROLES, row_problem
 from serving import contract
 from trainer import chats
 from trainer.errors import TrainerInputError
 
 # FUZZ_EXAMPLES=20000 for a longer hunt; CI runs the default (about 10 s for all five)
-FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", 1000)), deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", 1000)), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 CASES = {}  # test name -> cases tried, printed at the end of the session
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text()
-json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
-                           | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+json_values = st.recursive(
+    json_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 roles = st.sampled_from(["system", "user", "assistant", "robot", "", None, 3])
 messages = st.lists(st.fixed_dictionaries({"role": roles, "content": json_scalars | st.text()}), max_size=4)
 chat_rows = st.one_of(json_values, st.fixed_dictionaries({"messages": messages | json_values}))
@@ -119,9 +124,15 @@ def test_the_request_parser_takes_any_bytes(raw):
 
 
 @FUZZ
-@given(st.fixed_dictionaries({"input_data": st.lists(st.text() | messages | json_values, max_size=4) | json_values},
-                             optional={"params": st.dictionaries(st.sampled_from(sorted(contract.PARAMS) + ["beam"]),
-                                                                 json_scalars, max_size=5) | json_values}))
+@given(
+    st.fixed_dictionaries(
+        {"input_data": st.lists(st.text() | messages | json_values, max_size=4) | json_values},
+        optional={
+            "params": st.dictionaries(st.sampled_from(sorted(contract.PARAMS) + ["beam"]), json_scalars, max_size=5)
+            | json_values
+        },
+    )
+)
 @example({"input_data": ["hi"], "params": {"temperature": float("nan")}})
 @example({"input_data": ["hi"], "params": {"temperature": float("inf")}})
 @example({"input_data": [[{"role": "user", "content": "\ud800"}]]})

@@ -1,4 +1,5 @@
 """Will it fit? The peak-memory estimate against tensors measured in real training steps, and the plan's refusals."""
+
 import itertools
 import json
 
@@ -14,8 +15,10 @@ from trainer import memory
 from .helpers import runner_cli
 
 PLAN = ["compute=a100", "model=phi35", "data=1pct", "plan=true"]
-WORDS = ("alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
-         "upsilon phi chi psi omega").split()
+WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau "
+    "upsilon phi chi psi omega"
+).split()
 
 
 def test_the_tutorials_command_prints_its_memory_against_the_a100s(tmp_path):
@@ -34,8 +37,9 @@ def test_a_run_that_cannot_fit_is_refused_with_an_override_that_fits(tmp_path):
     fix = r.stderr.split("it cannot fit; e.g. ", 1)[1].split(" (about", 1)[0].split()
     assert fix and all("=" in o for o in fix)
     # the named overrides, typed after the same command, make a plan that fits
-    r = runner_cli(*PLAN, "train.per_device_train_batch_size=64", "train.activation_checkpointing=false", *fix,
-                   cwd=tmp_path)
+    r = runner_cli(
+        *PLAN, "train.per_device_train_batch_size=64", "train.activation_checkpointing=false", *fix, cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     assert "per GPU: fits" in r.stdout
 
@@ -48,14 +52,23 @@ def _spec(*overrides):
     return spec
 
 
-GRID = list(itertools.product(["a100", "cpu_e16s"], ["phi3", "phi35", "tiny"], [4, 16, 64], [True, False],
-                              ["bf16_8bit_sr", "seed_recipe"]))
+GRID = list(
+    itertools.product(
+        ["a100", "cpu_e16s"], ["phi3", "phi35", "tiny"], [4, 16, 64], [True, False], ["bf16_8bit_sr", "seed_recipe"]
+    )
+)
 
 
 @pytest.mark.parametrize("compute,model,batch,ckpt,train", GRID[::3])
 def test_every_combination_the_estimate_says_cannot_fit_is_refused_and_its_fix_fits(compute, model, batch, ckpt, train):
-    overrides = [f"compute={compute}", f"model={model}", f"train={train}", "plan=true",
-                 f"train.per_device_train_batch_size={batch}", f"train.activation_checkpointing={str(ckpt).lower()}"]
+    overrides = [
+        f"compute={compute}",
+        f"model={model}",
+        f"train={train}",
+        "plan=true",
+        f"train.per_device_train_batch_size={batch}",
+        f"train.activation_checkpointing={str(ckpt).lower()}",
+    ]
     if model == "tiny":
         overrides.append("train.max_length=512")
     spec = _spec(*overrides)
@@ -73,8 +86,15 @@ def test_every_combination_the_estimate_says_cannot_fit_is_refused_and_its_fix_f
 
 
 def test_gpus_without_bf16_and_more_processes_than_gpus_are_refused():
-    spec = _spec("compute=a100", "model=phi3", "plan=true", "compute.instance_type=Standard_NC6s_v3",
-                 "compute.processes_per_instance=2", "train.lora.enabled=true", "train.per_device_train_batch_size=1")
+    spec = _spec(
+        "compute=a100",
+        "model=phi3",
+        "plan=true",
+        "compute.instance_type=Standard_NC6s_v3",
+        "compute.processes_per_instance=2",
+        "train.lora.enabled=true",
+        "train.per_device_train_batch_size=1",
+    )
     found = "\n".join(problems(spec))
     assert "needs bfloat16 arithmetic, which the GPU on Standard_NC6s_v3 (1x V100 16GB) lacks" in found
     assert "compute.processes_per_instance: 2 processes but Standard_NC6s_v3 has 1 GPU(s)" in found
@@ -87,12 +107,20 @@ def test_a_run_within_ten_percent_of_the_limit_is_warned_about(tmp_path):
 
 
 def test_the_shape_comes_from_a_local_model_folder(tmp_path):
-    config = {"hidden_size": 96, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "intermediate_size": 200, "vocab_size": 700, "tie_word_embeddings": False}
+    config = {
+        "hidden_size": 96,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 200,
+        "vocab_size": 700,
+        "tie_word_embeddings": False,
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     shape = memory.shape_of({"source": "hub", "id": str(tmp_path)})
     assert shape == memory.Shape(96, 3, 4, 2, 200, 700)
     from transformers import Phi3Config, Phi3ForCausalLM
+
     with __import__("torch").device("meta"):
         model = Phi3ForCausalLM(Phi3Config(**config, pad_token_id=0))
     assert shape.parameters() == sum(p.numel() for p in model.parameters())
@@ -103,20 +131,27 @@ def test_the_shape_comes_from_a_local_model_folder(tmp_path):
 def long_rows(tmp_path_factory):
     """Chats longer than any max_length below (so every row fills it) and a tokenizer trained on them."""
     from trainer.tiny import build_tokenizer
+
     work = tmp_path_factory.mktemp("memory")
-    rows = [{"messages": [{"role": "user", "content": " ".join(WORDS[k:] + WORDS[:k])},
-                          {"role": "assistant", "content": " ".join((WORDS[k:] + WORDS[:k]) * 60)}]}
-            for k in range(24)]
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": " ".join(WORDS[k:] + WORDS[:k])},
+                {"role": "assistant", "content": " ".join((WORDS[k:] + WORDS[:k]) * 60)},
+            ]
+        }
+        for k in range(24)
+    ]
     (work / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return work, build_tokenizer([m["content"] for r in rows for m in r["messages"]], 600)
 
 
 # (hidden, layers, heads, intermediate, batch, max_length, attention, precision, checkpointing, packing)
 SHAPES = [
-    (256, 4, 4, 512, 4, 256, "eager", "bf16", False, False),      # activations dominate
-    (512, 2, 8, 1024, 2, 128, "eager", "bf16", False, False),     # weights and optimizer state dominate
-    (256, 4, 4, 512, 4, 256, "eager", "bf16", True, False),       # activation checkpointing
-    (256, 4, 4, 512, 4, 256, "sdpa", "fp32", False, False),       # fp32, SDPA
+    (256, 4, 4, 512, 4, 256, "eager", "bf16", False, False),  # activations dominate
+    (512, 2, 8, 1024, 2, 128, "eager", "bf16", False, False),  # weights and optimizer state dominate
+    (256, 4, 4, 512, 4, 256, "eager", "bf16", True, False),  # activation checkpointing
+    (256, 4, 4, 512, 4, 256, "sdpa", "fp32", False, False),  # fp32, SDPA
     (256, 2, 4, 512, 4, 256, "eager", "bf16-mixed", False, True),  # fp32 master weights, padding-free packing
 ]
 
@@ -130,22 +165,40 @@ def test_the_estimate_is_within_15_percent_of_the_bytes_training_steps_hold(shap
 
     from trainer.fit import setup
     from trainer.tensor_bytes import TensorBytes
+
     h, layers, heads, i, batch, length, attn, precision, ckpt, packing = shape
     work, tok = long_rows
     torch.manual_seed(0)
-    config = Phi3Config(hidden_size=h, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                        intermediate_size=i, vocab_size=len(tok), max_position_embeddings=4096,
-                        pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
+    config = Phi3Config(
+        hidden_size=h,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=i,
+        vocab_size=len(tok),
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
+    )
     Phi3ForCausalLM(config).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     spec = _spec("model=phi3", "train=seed_recipe")
     spec["model"].update(id=str(tmp_path / "model"), attn_implementation=attn)
     spec["compute"].update(device="cpu", precision=precision)
-    spec["train"].update(max_length=length, per_device_train_batch_size=batch, max_steps=2, packing=packing,
-                         activation_checkpointing=ckpt, eval_strategy="no", save_steps=100, logging_steps=100,
-                         include_num_input_tokens_seen=True)
-    job = setup(spec, work / "chats.jsonl", work / "chats.jsonl", tmp_path / "out", tmp_path / "ckpt", None,
-                lambda *_: None)
+    spec["train"].update(
+        max_length=length,
+        per_device_train_batch_size=batch,
+        max_steps=2,
+        packing=packing,
+        activation_checkpointing=ckpt,
+        eval_strategy="no",
+        save_steps=100,
+        logging_steps=100,
+        include_num_input_tokens_seen=True,
+    )
+    job = setup(
+        spec, work / "chats.jsonl", work / "chats.jsonl", tmp_path / "out", tmp_path / "ckpt", None, lambda *_: None
+    )
     model = job.trainer.model
     with TensorBytes([*model.parameters(), *model.buffers()]) as measured:
         job.trainer.train()
@@ -162,12 +215,22 @@ def test_a_local_run_is_checked_against_the_gpu_nvidia_smi_reports(tmp_path):
     smi.write_text("#!/bin/sh\necho 'NVIDIA A10G, 23028'\n")
     smi.chmod(0o755)
     env = {"PATH": f"{bin_dir}:{__import__('os').environ['PATH']}"}
-    r = runner_cli("model=phi3", "data=10rows", "compute.device=cuda", "compute.precision=bf16", "plan=true",
-                   cwd=tmp_path, env=env)
+    r = runner_cli(
+        "model=phi3", "data=10rows", "compute.device=cuda", "compute.precision=bf16", "plan=true", cwd=tmp_path, env=env
+    )
     assert r.returncode == 2, r.stdout[-2000:]
     assert "of the 22 GiB of this machine's NVIDIA A10G" in r.stderr and "it cannot fit; e.g. " in r.stderr
-    r = runner_cli("model=phi3", "data=10rows", "compute.device=cuda", "compute.precision=bf16", "plan=true",
-                   "train.lora.enabled=true", "train.per_device_train_batch_size=1", cwd=tmp_path, env=env)
+    r = runner_cli(
+        "model=phi3",
+        "data=10rows",
+        "compute.device=cuda",
+        "compute.precision=bf16",
+        "plan=true",
+        "train.lora.enabled=true",
+        "train.per_device_train_batch_size=1",
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert "of the 22 GiB of this machine's NVIDIA A10G" in r.stdout and "per GPU: fits" in r.stdout
 
@@ -193,14 +256,22 @@ def test_auto_shards_only_with_several_processes_and_a_model_one_gpu_cannot_hold
     assert memory.sharding(big, 4, 80)[0] and not memory.sharding(big, 1, 80)[0]
     assert not memory.sharding(small, 4, 80)[0] and memory.sharding(small, 4, 40)[0]  # 36 > 0.9 x 40
     assert not memory.sharding(big, 4, None)[0]  # no GPU memory to compare with (the CPU): DDP
-    assert memory.sharding({**small, "train": {**small["train"], "fsdp": True}}, 2, 80) == \
-        (True, "FSDP2 (train.fsdp=true): weights, gradients and optimizer state sharded over 2 processes")
+    assert memory.sharding({**small, "train": {**small["train"], "fsdp": True}}, 2, 80) == (
+        True,
+        "FSDP2 (train.fsdp=true): weights, gradients and optimizer state sharded over 2 processes",
+    )
     assert not memory.sharding({**big, "train": {**big["train"], "fsdp": False}}, 4, 80)[0]
 
 
 def test_a_replicated_run_that_cannot_fit_is_told_to_shard():
-    overrides = ("compute=a100x2", "model=phi3", "train=seed_recipe", "compute.precision=bf16-mixed", "plan=true",
-                 "train.per_device_train_batch_size=8")
+    overrides = (
+        "compute=a100x2",
+        "model=phi3",
+        "train=seed_recipe",
+        "compute.precision=bf16-mixed",
+        "plan=true",
+        "train.per_device_train_batch_size=8",
+    )
     spec = _spec(*overrides, "train.fsdp=false")
     found = [p for p in problems(spec) if p.startswith("train: ")]
     assert found and "it cannot fit; e.g. train.fsdp=true (about" in found[0]

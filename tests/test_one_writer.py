@@ -1,5 +1,6 @@
 """One writer per run directory: a second invocation of a running run is refused naming the holder; plan=true and
 stages=[teardown] are not kept out; the lock goes with its holder, also when it is SIGKILLed."""
+
 import json
 import os
 import signal
@@ -20,12 +21,19 @@ SECRET = "00000000-feed-beef-0000-000000000000"
 def hold(run_dir, *argv):
     """A process that holds run_dir's lock as `python -m runner *argv` would, until killed."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    code = ("import sys, time; from pathlib import Path; from runner.rundir import OneWriter; "
-            "from runner.spec.settle import command_shown; "
-            f"lock = OneWriter(Path({str(run_dir)!r}), command_shown({list(argv)!r})).__enter__(); "
-            "print('held', flush=True); time.sleep(300)")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT,
-                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    code = (
+        "import sys, time; from pathlib import Path; from runner.rundir import OneWriter; "
+        "from runner.spec.settle import command_shown; "
+        f"lock = OneWriter(Path({str(run_dir)!r}), command_shown({list(argv)!r})).__enter__(); "
+        "print('held', flush=True); time.sleep(300)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -78,8 +86,14 @@ def test_a_running_sweep_keeps_a_second_one_out(tmp_path):
 def test_two_invocations_of_one_run_at_once_train_once(tmp_path):
     args = ["stages=[data,train]"]
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    first = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lock = tmp_path / RUN / ".lock"
     deadline = time.time() + 60
     while not (lock.exists() and lock.read_text()) and time.time() < deadline:
@@ -93,15 +107,20 @@ def test_two_invocations_of_one_run_at_once_train_once(tmp_path):
     manifest = json.loads((tmp_path / RUN / "manifest.json").read_text())
     assert manifest["stages"]["train"]["status"] == "done"
     import mlflow
+
     runs = mlflow.MlflowClient(manifest["stages"]["train"]["outputs"]["tracking_uri"]).search_runs(
-        [e.experiment_id for e in mlflow.MlflowClient(
-            manifest["stages"]["train"]["outputs"]["tracking_uri"]).search_experiments()])
+        [
+            e.experiment_id
+            for e in mlflow.MlflowClient(manifest["stages"]["train"]["outputs"]["tracking_uri"]).search_experiments()
+        ]
+    )
     assert len(runs) == 1
 
 
 def test_the_next_writer_removes_temp_files_a_kill_left_and_keeps_a_live_writers(tmp_path):
     from common.files import write_atomic
     from runner.rundir import OneWriter
+
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)  # exited: its temp file is what a SIGKILL between write and rename leaves
     (tmp_path / "deploy").mkdir()

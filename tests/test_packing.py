@@ -3,17 +3,30 @@
 TRL's bfd packing is padding-free: rows are concatenated and position_ids restart at each chat, with no attention
 mask. The model must then attend within each chat only, under every attention implementation the spec offers.
 """
+
 import pytest
 import torch
 
 from runner.spec.validate import schema
 
 IMPLEMENTATIONS = schema()["properties"]["model"]["properties"]["attn_implementation"]["enum"]
-SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-             vocab_size=300, max_position_embeddings=128, seed=0)
-CHATS = [[{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris"}],
-         [{"role": "system", "content": "be brief"}, {"role": "user", "content": "two plus two"},
-          {"role": "assistant", "content": "four, as always"}]]
+SHAPE = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    vocab_size=300,
+    max_position_embeddings=128,
+    seed=0,
+)
+CHATS = [
+    [{"role": "user", "content": "what is the capital of france"}, {"role": "assistant", "content": "paris"}],
+    [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "two plus two"},
+        {"role": "assistant", "content": "four, as always"},
+    ],
+]
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +34,7 @@ def tiny(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.tiny import build_or_load
+
     folder = build_or_load([{"messages": c} for c in CHATS], SHAPE, tmp_path_factory.mktemp("tiny"))
     return folder, AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM
 
@@ -43,7 +57,7 @@ def test_a_packed_chat_scores_as_it_does_alone(tiny, attn):
         alone = token_losses(model, torch.tensor([row]))
         start = 0 if i == 0 else len(rows[0])
         # the tokens of chat i, predicted from chat i alone (the first token of chat 1 follows chat 0: not compared)
-        got = packed_losses[start:start + len(row) - 1]
+        got = packed_losses[start : start + len(row) - 1]
         assert torch.allclose(got, alone, atol=1e-5), (attn, i, (got - alone).abs().max())
 
 
@@ -60,7 +74,7 @@ def test_with_a_kv_cache_packed_chats_would_see_each_other(tiny):
     packed = torch.tensor([rows[0] + rows[1]])
     positions = torch.tensor([list(range(len(rows[0]))) + list(range(len(rows[1])))])
     with torch.no_grad():
-        cached = model(input_ids=packed, position_ids=positions, use_cache=True).logits[0, len(rows[0]):]
+        cached = model(input_ids=packed, position_ids=positions, use_cache=True).logits[0, len(rows[0]) :]
         alone = model(input_ids=torch.tensor([rows[1]]), use_cache=False).logits[0]
     assert not torch.allclose(cached, alone, atol=1e-3)
 
@@ -70,11 +84,19 @@ def test_the_trainer_trains_packed_rows_without_a_kv_cache(compose_spec, tmp_pat
     import json
 
     from trainer.fit import setup
+
     spec = compose_spec("train.packing=true", "train.activation_checkpointing=false")
     spec["model"]["tiny"] = dict(SHAPE)
     rows = "".join(json.dumps({"messages": c}) + "\n" for c in CHATS * 3)
     for name in ("train.jsonl", "eval.jsonl"):
         (tmp_path / name).write_text(rows)
-    job = setup(spec, tmp_path / "train.jsonl", tmp_path / "eval.jsonl", tmp_path / "out", tmp_path / "ckpt",
-                tmp_path / "cache", lambda *_: None)
+    job = setup(
+        spec,
+        tmp_path / "train.jsonl",
+        tmp_path / "eval.jsonl",
+        tmp_path / "out",
+        tmp_path / "ckpt",
+        tmp_path / "cache",
+        lambda *_: None,
+    )
     assert job.trainer.padding_free and job.trainer.model.config.use_cache is False

@@ -1,4 +1,5 @@
 """register -> deploy -> chat -> teardown on this machine, through the runner, on the session's trained model."""
+
 import json
 import os
 import shutil
@@ -68,7 +69,9 @@ def test_register_deploy_chat_then_reuse(trained_run, run_dir):
 
 def test_registering_again_adds_a_version(trained_run, run_dir):
     from mlflow import MlflowClient
+
     from runner.local import register
+
     before = Manifest(run_dir).outputs("register")
     out = register.run(trained_run[0], Context(run_dir, Manifest(run_dir), log=lambda *_: None))
     assert int(out["model_version"]) == int(before["model_version"]) + 1
@@ -78,6 +81,7 @@ def test_registering_again_adds_a_version(trained_run, run_dir):
 
 def test_deploy_serves_a_downloaded_copy_when_the_train_folder_is_gone(trained_run, run_dir, tmp_path):
     from runner.local import deploy, server
+
     reg = {**Manifest(run_dir).outputs("register"), "mlflow_model_dir": str(tmp_path / "gone")}
     folder = deploy.model_folder(reg, server.Paths(tmp_path), lambda *_: None)
     assert folder == tmp_path / "deploy" / "model" / f"v{reg['model_version']}" and (folder / "MLmodel").is_file()
@@ -85,6 +89,7 @@ def test_deploy_serves_a_downloaded_copy_when_the_train_folder_is_gone(trained_r
 
 def test_a_server_killed_by_hand_is_noticed_and_started_again(trained_run, run_dir):
     from runner.local import deploy, server
+
     ctx = Context(run_dir, Manifest(run_dir))
     old = ctx.manifest.outputs("deploy")
     assert deploy.is_current(old, trained_run[0], ctx)
@@ -103,6 +108,7 @@ def test_a_server_killed_by_hand_is_noticed_and_started_again(trained_run, run_d
 
 def test_chat_on_a_dead_endpoint_says_how_to_restart(trained_run, run_dir):
     from runner.local import deploy
+
     ctx = Context(run_dir, Manifest(run_dir))
     out = ctx.manifest.outputs("deploy")
     broken = Manifest(run_dir)
@@ -130,6 +136,7 @@ def test_teardown_stops_the_server_and_is_idempotent(trained_run, run_dir):
 
 def test_a_server_that_cannot_start_fails_the_stage_with_its_log(trained_run, run_dir):
     import socket
+
     spec = json.loads(json.dumps(trained_run[0]))
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -143,9 +150,11 @@ def test_a_server_that_cannot_start_fails_the_stage_with_its_log(trained_run, ru
 
 
 def test_plan_lines_import_nothing_heavy(trained_run, run_dir):
-    code = ("import json, sys; from pathlib import Path; from runner.context import Context; "
-            "from runner.manifest import Manifest; from runner.registry import implementation; "
-            f"spec = json.loads({json.dumps(json.dumps(trained_run[0]))}); ctx = Context(Path('.'), Manifest(Path('.'))); "
-            "lines = [implementation(s, spec).plan(spec, ctx) for s in ('register', 'deploy', 'chat', 'teardown')]; "
-            "assert 'port chosen at start' in str(lines), lines")
+    code = (
+        "import json, sys; from pathlib import Path; from runner.context import Context; "
+        "from runner.manifest import Manifest; from runner.registry import implementation; "
+        f"spec = json.loads({json.dumps(json.dumps(trained_run[0]))}); ctx = Context(Path('.'), Manifest(Path('.'))); "
+        "lines = [implementation(s, spec).plan(spec, ctx) for s in ('register', 'deploy', 'chat', 'teardown')]; "
+        "assert 'port chosen at start' in str(lines), lines"
+    )
     assert imported_by(code, cwd=run_dir) & HEAVY == set()

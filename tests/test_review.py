@@ -1,4 +1,5 @@
 """python -m runner.review on a throwaway git repository: what a YAML change does to every composed run."""
+
 import json
 import shutil
 import subprocess
@@ -17,8 +18,11 @@ def repo(tmp_path):
     shutil.copytree(CONF_DIR, tmp_path / "conf")
     (tmp_path / "runner").mkdir()
     shutil.copy(REPO_ROOT / "runner" / "spec.schema.json", tmp_path / "runner")
-    for cmd in (["init", "-q", "-b", "main"], ["add", "-A"],
-                ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"]):
+    for cmd in (
+        ["init", "-q", "-b", "main"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base"],
+    ):
         subprocess.run(["git", *cmd], cwd=tmp_path, check=True)
     return tmp_path
 
@@ -26,14 +30,20 @@ def repo(tmp_path):
 SECRET = "00000000-feed-beef-0000-000000000000"
 OPTIONS = {g: len(list((CONF_DIR / g).glob("*.yaml"))) for g in ("compute", "model", "data")}
 ALL = OPTIONS["compute"] * OPTIONS["model"] * OPTIONS["data"]  # every combination the review composes
-PHI = OPTIONS["compute"] * 2 * OPTIONS["data"]                  # those of model=phi3 and model=phi35
-PER_COMPUTE = OPTIONS["model"] * OPTIONS["data"]                # those of one compute option
+PHI = OPTIONS["compute"] * 2 * OPTIONS["data"]  # those of model=phi3 and model=phi35
+PER_COMPUTE = OPTIONS["model"] * OPTIONS["data"]  # those of one compute option
 
 
 def review(repo, *args):
     env = {"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin", "AZURE_SUBSCRIPTION_ID": SECRET}
-    r = subprocess.run([sys.executable, "-m", "runner.review", "--repo", str(repo), *args], cwd=repo,
-                       capture_output=True, text=True, timeout=300, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "runner.review", "--repo", str(repo), *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert SECRET not in r.stdout + r.stderr  # values from the environment stay redacted
     return r.returncode, r.stdout, r.stderr
 
@@ -41,6 +51,7 @@ def review(repo, *args):
 def both(repo):
     """One review as JSON (the CLI), and the Markdown the CLI prints for that result (the same report function)."""
     from runner.review.report import markdown
+
     code, raw, err = review(repo, "--format", "json")  # base: the merge base with main, here HEAD
     assert "Traceback" not in err, err
     result = json.loads(raw)
@@ -71,8 +82,9 @@ def test_no_change_is_one_line(repo):
 
 
 def test_a_learning_rate_in_a_recipe_retrains_the_combinations_that_use_it(repo):
-    code, text, result, changed = review_after_edit(repo, "train/seed_recipe.yaml", "learning_rate: 5.0e-6",
-                                                    "learning_rate: 1.0e-5", "changed")
+    code, text, result, changed = review_after_edit(
+        repo, "train/seed_recipe.yaml", "learning_rate: 5.0e-6", "learning_rate: 1.0e-5", "changed"
+    )
     assert code == 0 and len(changed) == PHI and {c["name"].split("_")[-2] for c in changed} == {"phi3", "phi35"}
     for c in changed:
         assert c["changes"] == [{"key": "train.learning_rate", "old": 5e-06, "new": 1e-05}]
@@ -83,8 +95,9 @@ def test_a_learning_rate_in_a_recipe_retrains_the_combinations_that_use_it(repo)
 
 
 def test_an_instance_type_shows_the_azure_and_cost_delta(repo):
-    code, text, _, changed = review_after_edit(repo, "compute/a100.yaml", "Standard_NC24ads_A100_v4",
-                                               "Standard_NC48ads_A100_v4", "changed")
+    code, text, _, changed = review_after_edit(
+        repo, "compute/a100.yaml", "Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4", "changed"
+    )
     assert code == 0 and len(changed) == PER_COMPUTE and all(c["name"].startswith("a100_") for c in changed)
     c = changed[0]
     assert c["azure"]["before"]["train_usd_per_hour"] == 3.67 and c["azure"]["after"]["train_usd_per_hour"] == 7.35
@@ -97,8 +110,9 @@ def test_an_instance_type_shows_the_azure_and_cost_delta(repo):
 
 
 def test_a_typo_that_breaks_validation_exits_2_with_the_message(repo):
-    code, text, _, invalid = review_after_edit(repo, "compute/a100.yaml", "precision: bf16", "precision: bf61",
-                                               "invalid")
+    code, text, _, invalid = review_after_edit(
+        repo, "compute/a100.yaml", "precision: bf16", "precision: bf61", "invalid"
+    )
     assert code == 2 and len(invalid) == PER_COMPUTE and all(c["was_valid"] for c in invalid)
     assert "compute.precision: 'bf61' is not one of 'fp32', 'bf16', 'bf16-mixed', 'fp16'" in invalid[0]["problems"][0]
     assert "### Fail validation (the review exits 2)" in text and "`a100_phi35_1pct` (stopped validating)" in text
@@ -108,7 +122,8 @@ def test_a_typo_that_breaks_validation_exits_2_with_the_message(repo):
 
 def test_a_new_data_option_adds_its_combinations(repo):
     (repo / "conf" / "data" / "2pct.yaml").write_text(
-        "# python -m runner data=2pct\ndefaults: [/_base/data/ultrachat@_here_, _self_]\npercent: 2\n")
+        "# python -m runner data=2pct\ndefaults: [/_base/data/ultrachat@_here_, _self_]\npercent: 2\n"
+    )
     code, text, result = both(repo)
     new = by_status(result, "new")
     assert code == 0 and result["options"]["added"] == {"data": ["2pct"]}
@@ -127,6 +142,7 @@ def test_editor_schemas_are_current_and_catch_a_misspelt_key(tmp_path):
     from jsonschema import Draft202012Validator
 
     from runner.spec import editor_schemas
+
     assert editor_schemas.main(["--check"]) == 0, "run python -m runner.spec.editor_schemas"
     settings = json.loads((REPO_ROOT / ".vscode" / "settings.json").read_text())["yaml.schemas"]
     checked = 0
@@ -141,10 +157,13 @@ def test_editor_schemas_are_current_and_catch_a_misspelt_key(tmp_path):
     a100 = yaml.safe_load((CONF_DIR / "compute" / "a100.yaml").read_text())
     a100["instance_typ"] = a100.pop("instance_type")
     compute = Draft202012Validator(json.loads((REPO_ROOT / "runner" / "schemas" / "compute.schema.json").read_text()))
-    assert [e.message for e in compute.iter_errors(a100)] == ["Additional properties are not allowed ('instance_typ' was unexpected)"]
+    assert [e.message for e in compute.iter_errors(a100)] == [
+        "Additional properties are not allowed ('instance_typ' was unexpected)"
+    ]
 
 
 def test_parsing_each_file_once_composes_exactly_what_hydra_composes():
     from runner.review import compose_all
     from runner.spec.validate import schema
+
     assert compose_all(CONF_DIR, schema(), fast=True) == compose_all(CONF_DIR, schema(), fast=False)

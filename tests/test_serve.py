@@ -1,4 +1,5 @@
 """The scoring module and the local endpoint server, on the session's fine-tuned tiny model."""
+
 import json
 import time
 import urllib.request
@@ -18,6 +19,7 @@ def model_dir(trained_run):
 @pytest.fixture(scope="module")
 def scoring(model_dir):
     from serving import scoring
+
     scoring.load(model_dir, max_new_tokens_limit=128)
     return scoring
 
@@ -34,6 +36,7 @@ def score(scoring, *inputs, **params):
 
 
 # ---- scoring -------------------------------------------------------------------------------------------
+
 
 def test_greedy_answers_to_training_prompts_are_the_training_answers(scoring, trained_run):
     pairs = ep.single_turn_pairs(trained_run[2], 4)
@@ -65,22 +68,25 @@ def test_short_max_new_tokens_cuts_the_answer(scoring, trained_run):
     assert answer.startswith(short) and len(short) < len(answer)
 
 
-@pytest.mark.parametrize("body,message", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", 'JSON object with "input_data"'),
-    ('{"input_data": "hi"}', "non-empty list"),
-    ('{"input_data": []}', "non-empty list"),
-    ('{"input_data": [""]}', "empty prompt"),
-    ('{"input_data": [[{"role": "robot", "content": "hi"}]]}', r"input_data\[0\]\[0\]"),
-    ('{"input_data": [42]}', r"input_data\[0\] must be a prompt string"),
-    ('{"input_data": ["hi"], "params": {"max_new_tokens": 129}}', "over this endpoint's limit of 128"),
-    ('{"input_data": ["hi"], "params": {"max_new_tokens": 0}}', "at least 1"),
-    ('{"input_data": ["hi"], "params": {"temperature": -1}}', "temperature"),
-    ('{"input_data": ["hi"], "params": {"do_sample": "yes"}}', "do_sample must be true or false"),
-    ('{"input_data": ["hi"], "params": {"max_new_tokens": true}}', "max_new_tokens must be a number"),
-    ('{"input_data": ["hi"], "params": {"beam": 4}}', "unknown params"),
-    ('{"input_data": ["hi"], "extra": 1}', "unknown keys"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", 'JSON object with "input_data"'),
+        ('{"input_data": "hi"}', "non-empty list"),
+        ('{"input_data": []}', "non-empty list"),
+        ('{"input_data": [""]}', "empty prompt"),
+        ('{"input_data": [[{"role": "robot", "content": "hi"}]]}', r"input_data\[0\]\[0\]"),
+        ('{"input_data": [42]}', r"input_data\[0\] must be a prompt string"),
+        ('{"input_data": ["hi"], "params": {"max_new_tokens": 129}}', "over this endpoint's limit of 128"),
+        ('{"input_data": ["hi"], "params": {"max_new_tokens": 0}}', "at least 1"),
+        ('{"input_data": ["hi"], "params": {"temperature": -1}}', "temperature"),
+        ('{"input_data": ["hi"], "params": {"do_sample": "yes"}}', "do_sample must be true or false"),
+        ('{"input_data": ["hi"], "params": {"max_new_tokens": true}}', "max_new_tokens must be a number"),
+        ('{"input_data": ["hi"], "params": {"beam": 4}}', "unknown params"),
+        ('{"input_data": ["hi"], "extra": 1}', "unknown keys"),
+    ],
+)
 def test_bad_bodies_are_refused_with_a_message(scoring, body, message):
     with pytest.raises(scoring.BadRequest, match=message):
         scoring.run(body)
@@ -91,6 +97,7 @@ def test_model_folder_is_found_below_the_azure_model_dir(model_dir, tmp_path):
     import shutil
 
     from common.files import find_mlflow_model
+
     nested = tmp_path / "phi3-chat" / "1" / "mlflow_model"
     shutil.copytree(model_dir, nested)
     assert find_mlflow_model(tmp_path) == nested
@@ -99,6 +106,7 @@ def test_model_folder_is_found_below_the_azure_model_dir(model_dir, tmp_path):
 
 
 # ---- the HTTP server -----------------------------------------------------------------------------------
+
 
 def test_health_route_and_unknown_routes(server):
     with urllib.request.urlopen(f"{server.base}/health", timeout=10) as resp:
@@ -115,19 +123,24 @@ def test_missing_or_wrong_key_is_401(server, key):
 
 def test_the_tutorials_payload_is_answered(server, trained_run):
     question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
-    body = {"input_data": [question],
-            "params": {"temperature": 0.7, "max_new_tokens": 128, "do_sample": True, "return_full_text": True}}
+    body = {
+        "input_data": [question],
+        "params": {"temperature": 0.7, "max_new_tokens": 128, "do_sample": True, "return_full_text": True},
+    }
     status, result = ep.post(server.url, body, server.key)
     assert status == 200 and isinstance(result, list) and result[0].startswith("<|user|>\n" + question)
     status, result = ep.post(server.url, {"input_data": [question], "params": {"temperature": 0}}, server.key)
     assert (status, result) == (200, [answer])
 
 
-@pytest.mark.parametrize("body,message", [
-    (b"{broken", "not valid JSON"),
-    ({"input_data": ["hi"], "params": {"max_new_tokens": 500}}, "limit of 128"),
-    ({"inputs": ["hi"]}, "input_data"),
-])
+@pytest.mark.parametrize(
+    "body,message",
+    [
+        (b"{broken", "not valid JSON"),
+        ({"input_data": ["hi"], "params": {"max_new_tokens": 500}}, "limit of 128"),
+        ({"inputs": ["hi"]}, "input_data"),
+    ],
+)
 def test_malformed_bodies_are_400_with_a_message(server, body, message):
     status, result = ep.post(server.url, body, server.key)
     assert status == 400 and message in result["error"]
@@ -155,11 +168,17 @@ def test_a_key_file_readable_by_others_is_refused(model_dir, tmp_path):
     import sys
 
     from runner import REPO_ROOT
+
     key = tmp_path / "key"
     key.write_text("x" * 40)
     key.chmod(0o644)
-    r = subprocess.run([sys.executable, "-m", "serving.serve", "--model-dir", str(model_dir), "--key-file", str(key)],
-                       cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "serving.serve", "--model-dir", str(model_dir), "--key-file", str(key)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode != 0 and "chmod 600" in r.stderr
 
 
@@ -175,6 +194,7 @@ def test_a_bf16_model_is_served_in_float32_on_the_cpu(model_dir, tmp_path):
 
     from serving import scoring as sc
     from trainer.tracking import save_model
+
     parts = mlflow.transformers.load_model(model_dir, return_type="components")
     save_model(parts["model"].to(torch.bfloat16), parts["tokenizer"], tmp_path / "bf16")
     assert json.loads((tmp_path / "bf16" / "model" / "config.json").read_text())["dtype"] == "bfloat16"
@@ -214,6 +234,7 @@ def test_a_prompt_that_fits_only_without_its_answer_is_refused_too(scoring):
 
 def test_generation_stops_at_the_request_timeout(model_dir):
     from serving.scoring import Scorer, TimedOut
+
     scorer = Scorer(model_dir, max_new_tokens_limit=256, request_timeout_ms=1)
     t0 = time.monotonic()
     with pytest.raises(TimedOut, match="request timeout of 1 ms"):
@@ -223,19 +244,25 @@ def test_generation_stops_at_the_request_timeout(model_dir):
 
 def test_the_local_server_answers_504_past_its_request_timeout(model_dir, tmp_path):
     from runner.local import server as local
+
     key = tmp_path / "k" / "key"
     local.new_key(key)
     ready, log = tmp_path / "ready.json", tmp_path / "log"
     proc = local.start(local.command(model_dir, key, ready, limit=256, timeout_ms=1), log)
     try:
         info = local.wait_ready(proc, "127.0.0.1", ready, log, timeout=120)
-        status, reply = ep.post(f"http://127.0.0.1:{info['port']}/score",
-                                {"input_data": ["hi"], "params": {"max_new_tokens": 200}}, key.read_text().strip())
+        status, reply = ep.post(
+            f"http://127.0.0.1:{info['port']}/score",
+            {"input_data": ["hi"], "params": {"max_new_tokens": 200}},
+            key.read_text().strip(),
+        )
         assert status == 504 and "request timeout of 1 ms" in reply["error"]
         # the OpenAI route: the same 504, in OpenAI's error shape
-        status, reply = ep.post(f"http://127.0.0.1:{info['port']}/v1/chat/completions",
-                                {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200},
-                                key.read_text().strip())
+        status, reply = ep.post(
+            f"http://127.0.0.1:{info['port']}/v1/chat/completions",
+            {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 200},
+            key.read_text().strip(),
+        )
         assert status == 504 and "request timeout of 1 ms" in reply["error"]["message"]
     finally:
         proc.terminate()
@@ -244,4 +271,5 @@ def test_the_local_server_answers_504_past_its_request_timeout(model_dir, tmp_pa
 
 def test_a_request_without_max_new_tokens_is_never_refused_for_the_default():
     from serving.contract import parse_params
+
     assert parse_params({}, 32)["max_new_tokens"] == 32 and parse_params({}, 256)["max_new_tokens"] == 64

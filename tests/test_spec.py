@@ -1,4 +1,5 @@
 """Composition and validation of the run spec: every group combination, every cross-field rule."""
+
 import itertools
 
 import pytest
@@ -6,9 +7,13 @@ import pytest
 from runner.spec.validate import problems
 
 COMPUTES, MODELS, DATAS = ["local", "a100", "cpu_e16s"], ["tiny", "phi3", "phi35"], ["sample", "10rows", "1pct"]
-FAKE_AZURE = {"AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000", "AZURE_RESOURCE_GROUP": "rg",
-              "AZURE_ML_WORKSPACE_NAME": "ws", "AZURE_MANAGED_IDENTITY_RESOURCE_ID": "/subscriptions/x/uai",
-              "AZURE_MANAGED_IDENTITY_CLIENT_ID": "11111111-1111-1111-1111-111111111111"}
+FAKE_AZURE = {
+    "AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
+    "AZURE_RESOURCE_GROUP": "rg",
+    "AZURE_ML_WORKSPACE_NAME": "ws",
+    "AZURE_MANAGED_IDENTITY_RESOURCE_ID": "/subscriptions/x/uai",
+    "AZURE_MANAGED_IDENTITY_CLIENT_ID": "11111111-1111-1111-1111-111111111111",
+}
 
 
 @pytest.mark.parametrize("compute,model,data", list(itertools.product(COMPUTES, MODELS, DATAS)))
@@ -28,6 +33,7 @@ def test_model_picks_its_recipe_and_train_override_wins(compose_spec):
 
 def test_split_strings_follow_the_slice(compose_spec):
     from runner.stages.data import split_string
+
     assert split_string(compose_spec("data=10rows")["data"]) == "train_sft[:10]"
     assert split_string(compose_spec("data=1pct", "data.percent=2")["data"]) == "train_sft[:2%]"
 
@@ -84,8 +90,15 @@ def test_misspelt_top_level_and_nested_keys(compose_spec):
 
 
 def test_every_problem_is_reported_at_once(compose_spec):
-    found = problems(compose_spec("+data.percnet=3", "data.test_size=2", "compute.precision=bf16",
-                                  "compute.device=cpu", "train.lr_scheduler_type=cosin"))
+    found = problems(
+        compose_spec(
+            "+data.percnet=3",
+            "data.test_size=2",
+            "compute.precision=bf16",
+            "compute.device=cpu",
+            "train.lr_scheduler_type=cosin",
+        )
+    )
     text = "\n".join(found)
     assert len(found) >= 4
     for part in ("percnet", "test_size", "compute.precision", "train.lr_scheduler_type"):
@@ -119,6 +132,7 @@ def test_redacted_spec_hides_environment_values(compose_spec, monkeypatch):
 
     from runner import CONF_DIR
     from runner.spec import env_sourced_paths, redacted, to_spec
+
     for k, v in FAKE_AZURE.items():
         monkeypatch.setenv(k, v)
     compose_spec()  # clears Hydra's global state
@@ -158,6 +172,7 @@ def test_a_hub_split_takes_whole_percents(compose_spec):
 
 def test_azure_values_given_on_the_command_line_are_redacted_too(tmp_path):
     from .helpers import runner_cli
+
     r = runner_cli("compute=a100", "plan=true", "azure.subscription_id=1234-not-for-files", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     written = "".join(p.read_text() for p in (tmp_path / "outputs").rglob("*") if p.is_file())
@@ -166,6 +181,7 @@ def test_azure_values_given_on_the_command_line_are_redacted_too(tmp_path):
 
 def test_each_run_directory_gets_its_own_chat_connection(compose_spec, tmp_path):
     from runner.stages.chat import connection_name
+
     spec = compose_spec("run.name=my-run")
     a, b = connection_name(spec, tmp_path / "a"), connection_name(spec, tmp_path / "b")
     assert a != b and a.startswith("phi3_my_run_") and a == connection_name(spec, tmp_path / "a")

@@ -1,5 +1,6 @@
 """Local -m sweeps on the shipped sample, through the CLI as a user runs them: real training, MLflow's SQLite store,
 the summary's files; a sweep killed mid-training resumes; sweep.deploy=best serves the best point."""
+
 import json
 import os
 import signal
@@ -27,6 +28,7 @@ def manifest(tmp_path, pct):
 
 def mlflow_runs(tmp_path):
     import mlflow
+
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
     return client, client.search_runs([e.experiment_id for e in client.search_experiments()])
 
@@ -49,8 +51,10 @@ def test_a_fraction_sweep_evaluates_every_point_on_the_same_rows_and_summarises(
     for p in POINTS:
         assert f"| data.percent={p} | eval done | {runs[p]['data']['outputs']['train_rows']} |" in table
         e = runs[p]["eval"]["outputs"]  # does more data make a better model? the eval columns, one eval set
-        assert f"| {e['base_nll']:.4g} | {e['tuned_nll']:.4g} | {100 * e['base_stop_rate']:.0f} % | " \
-               f"{100 * e['tuned_stop_rate']:.0f} % |" in table
+        assert (
+            f"| {e['base_nll']:.4g} | {e['tuned_nll']:.4g} | {100 * e['base_stop_rate']:.0f} % | "
+            f"{100 * e['tuned_stop_rate']:.0f} % |" in table
+        )
     assert len({round(runs[p]["eval"]["outputs"]["base_nll"], 6) for p in POINTS}) == 1  # one base, same rows
     assert "| data.percent=25 | eval done |" in r.stdout  # printed too
     assert (root / "sweep.csv").read_text().splitlines()[0].startswith("point,status,train rows,eval rows")
@@ -66,8 +70,9 @@ def test_a_fraction_sweep_evaluates_every_point_on_the_same_rows_and_summarises(
     children = {x.info.run_name: x for x in found if x.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id}
     assert set(children) == {f"default/local_tiny_sample/data.percent={p}" for p in POINTS}
     for p in POINTS:
-        assert children[f"default/local_tiny_sample/data.percent={p}"].data.tags["runner.run_dir"] == \
-            str(point_dir(tmp_path, p).resolve())
+        assert children[f"default/local_tiny_sample/data.percent={p}"].data.tags["runner.run_dir"] == str(
+            point_dir(tmp_path, p).resolve()
+        )
     assert {a.path for a in client.list_artifacts(parents[0].info.run_id)} >= {"sweep.md", "sweep.csv", "sweep.png"}
 
     again = runner_cli("-m", "data.percent=25,50,100", "stages=[data,train,eval]", cwd=tmp_path, timeout=600)
@@ -78,8 +83,14 @@ def test_a_fraction_sweep_evaluates_every_point_on_the_same_rows_and_summarises(
 def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
     args = ["-m", "data.percent=50,100", "stages=[data,train]"]  # the quick recipe saves every 100 of 300 steps
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=tmp_path, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoints = point_dir(tmp_path, 100) / "train"
     deadline = time.time() + 300
     while not list(checkpoints.glob("*/checkpoints/checkpoint-*/trainer_state.json")) and time.time() < deadline:
@@ -97,8 +108,9 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path):
     assert "[train] resuming from" in second and "checkpoint-" in second
     assert manifest(tmp_path, 100)["train"]["status"] == "done"
     # measured once, by the killed attempt, and still reported
-    assert manifest(tmp_path, 100)["train"]["outputs"]["eval_loss_before"] == \
-        pytest.approx(manifest(tmp_path, 50)["train"]["outputs"]["eval_loss_before"])
+    assert manifest(tmp_path, 100)["train"]["outputs"]["eval_loss_before"] == pytest.approx(
+        manifest(tmp_path, 50)["train"]["outputs"]["eval_loss_before"]
+    )
 
 
 def test_a_sweep_deploys_only_its_best_point_when_asked(tmp_path):

@@ -3,6 +3,7 @@
 Every job is submitted before any is waited on; they are followed together; each point then registers its model;
 a sweep interrupted while following its jobs picks the same jobs up again instead of submitting them twice.
 """
+
 import json
 import sys
 
@@ -10,12 +11,12 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 
 from runner import app
-from runner.spec import azure_env
 from runner.azure import deploy as az_deploy
 from runner.azure import register as az_register
 from runner.azure import retry
 from runner.azure import sweep as az_sweep
 from runner.azure import train as az_train
+from runner.spec import azure_env
 
 from .azure_standin import AZURE, FakeML
 
@@ -29,23 +30,46 @@ LOSS = {"data.percent=25": 1.9, "data.percent=50": 1.7, "data.percent=100": 1.6}
 def trainer_summary(job):
     """What the trainer writes to the job's outputs/summary.json (the stand-in's part: no training happens)."""
     point = job.tags["sweep_point"]
-    return {"eval_loss_before": 2.3, "eval_loss": LOSS[point], "train_loss": 1.2, "train_runtime_s": 1800.0,
-            "tokens_per_s": 5000.0, "steps": 30}
+    return {
+        "eval_loss_before": 2.3,
+        "eval_loss": LOSS[point],
+        "train_loss": 1.2,
+        "train_runtime_s": 1800.0,
+        "tokens_per_s": 5000.0,
+        "steps": 30,
+    }
 
 
 def trainer_eval(job):
     """What the trainer's eval after training writes to the job's outputs/eval (trainer/evaluate.py's figures)."""
     from trainer import eval_report
+
     point = job.tags["sweep_point"]
     said = [{"text": "an answer", "tokens": 20, "stopped": True}] * 4
     rambling = [{"text": "and so on", "tokens": 128, "stopped": False}] * 4
-    samples = [{"messages": [{"role": "user", "content": "q"}], "reference": "a", "reference_tokens": 25,
-                "base": b, "tuned": t} for b, t in zip(rambling, said)]
-    metrics = eval_report.figures({"nll": 2.3, "tokens": 900, "answers": rambling},
-                                  {"nll": LOSS[point] + 0.1, "tokens": 900, "answers": said}, samples, 20,
-                                  {"rows": 200, "samples": 20, "max_new_tokens": 128}, 60.0)
-    return {"eval/metrics.json": json.dumps(metrics), "eval/report.md": eval_report.markdown(metrics, samples),
-            "eval/answers.jsonl": "".join(json.dumps(s) + "\n" for s in samples)}
+    samples = [
+        {
+            "messages": [{"role": "user", "content": "q"}],
+            "reference": "a",
+            "reference_tokens": 25,
+            "base": b,
+            "tuned": t,
+        }
+        for b, t in zip(rambling, said)
+    ]
+    metrics = eval_report.figures(
+        {"nll": 2.3, "tokens": 900, "answers": rambling},
+        {"nll": LOSS[point] + 0.1, "tokens": 900, "answers": said},
+        samples,
+        20,
+        {"rows": 200, "samples": 20, "max_new_tokens": 128},
+        60.0,
+    )
+    return {
+        "eval/metrics.json": json.dumps(metrics),
+        "eval/report.md": eval_report.markdown(metrics, samples),
+        "eval/answers.jsonl": "".join(json.dumps(s) + "\n" for s in samples),
+    }
 
 
 @pytest.fixture
@@ -63,6 +87,7 @@ def cloud(monkeypatch, tmp_path):
 def runner_main(monkeypatch, *args) -> int:
     """python -m runner *args, in this process (the stand-in replaces the MLClient)."""
     import runner.__main__ as entry
+
     monkeypatch.setattr(sys, "argv", ["runner", *args])
     GlobalHydra.instance().clear()
     app.exit_codes.clear()
@@ -73,8 +98,10 @@ def runner_main(monkeypatch, *args) -> int:
 
 
 def manifests(tmp_path):
-    return {p.parent.name: json.loads(p.read_text())
-            for p in (tmp_path / "outputs/default/a100_phi35_sample").glob("*/manifest.json")}
+    return {
+        p.parent.name: json.loads(p.read_text())
+        for p in (tmp_path / "outputs/default/a100_phi35_sample").glob("*/manifest.json")
+    }
 
 
 def test_every_job_is_submitted_before_any_is_waited_on(cloud, monkeypatch, tmp_path, capsys):
@@ -103,9 +130,11 @@ def test_every_job_is_submitted_before_any_is_waited_on(cloud, monkeypatch, tmp_
     assert "[sweep] following 3 Azure ML job(s) together" in out
     table = (tmp_path / "outputs/default/sweep.md").read_text()
     # the eval columns: the job evaluated base and fine-tuned models on the same eval rows
-    assert "| data.percent=100 | register done | 76 | 20 | 2.3 | 1.6 | 2.3 | 1.7 | 0 % | 100 % | 1800 | 5000 | 1.83 |" in table
-    assert ("Deploy it: python -m runner -m compute=a100 model=phi35 data.percent=100 stages=[deploy,chat]"
-            in table)
+    assert (
+        "| data.percent=100 | register done | 76 | 20 | 2.3 | 1.6 | 2.3 | 1.7 | 0 % | 100 % | 1800 | 5000 | 1.83 |"
+        in table
+    )
+    assert "Deploy it: python -m runner -m compute=a100 model=phi35 data.percent=100 stages=[deploy,chat]" in table
     assert (tmp_path / "outputs/default/sweep.png").is_file()
 
     # the same command again: every point is finished, nothing is submitted
@@ -136,7 +165,9 @@ def test_a_failed_job_fails_its_point_only(cloud, monkeypatch, tmp_path, capsys)
     status = {p: m["stages"]["train"]["status"] for p, m in runs.items()}
     assert status == {"data.percent=25": "done", "data.percent=50": "failed", "data.percent=100": "done"}
     assert {p for p, m in runs.items() if m["stages"].get("register", {}).get("status") == "done"} == {
-        "data.percent=25", "data.percent=100"}
+        "data.percent=25",
+        "data.percent=100",
+    }
     assert capsys.readouterr().err.count("CUDA out of memory") == 1  # said once
     text = (tmp_path / "outputs/default/sweep.md").read_text()
     assert "| data.percent=50 | train failed |" in text
@@ -151,8 +182,10 @@ def test_a_failed_job_fails_its_point_only(cloud, monkeypatch, tmp_path, capsys)
 
 
 def test_losing_azure_while_following_stops_the_sweep_with_a_clear_error_and_the_jobs_are_followed_again(
-        cloud, monkeypatch, tmp_path, capsys):
+    cloud, monkeypatch, tmp_path, capsys
+):
     from azure.core.exceptions import ServiceRequestError
+
     cloud.failures["jobs.get"] = [ServiceRequestError("connection reset")] * 20  # more than the retries take
     assert runner_main(monkeypatch, *SWEEP) == 1
     err = capsys.readouterr().err
@@ -172,8 +205,12 @@ def test_deploying_the_best_point_keeps_the_whole_sweeps_summary(cloud, monkeypa
     assert "online_deployments.begin_create_or_update" in cloud.names()
     assert (tmp_path / "outputs/default/sweep.md").read_text() == table
     # redoing one point (its register stage) summarises the whole sweep again
-    assert runner_main(monkeypatch, "-m", "compute=a100", "model=phi35", "data.percent=50", "stages=[register]",
-                       "force=true") == 0
+    assert (
+        runner_main(
+            monkeypatch, "-m", "compute=a100", "model=phi35", "data.percent=50", "stages=[register]", "force=true"
+        )
+        == 0
+    )
     text = (tmp_path / "outputs/default/sweep.md").read_text()
     assert all(f"| data.percent={p} | " in text for p in (25, 50, 100))
 
@@ -183,8 +220,10 @@ def test_the_plan_says_how_the_points_run_and_what_they_cost_at_most(monkeypatch
     args = ["-m", "compute=a100", "model=phi35", "data=1pct", "data.percent=1,2,5", "plan=true"]
     assert runner_main(monkeypatch, *args) == 0
     out = capsys.readouterr().out
-    assert ("3 Azure ML job(s) on cluster gpu-a100-cluster: all submitted at once, then followed together; the cluster "
-            "runs 1 at a time (compute.max_instances=1, 1 node(s) per job), the other 2 queue on it") in out
+    assert (
+        "3 Azure ML job(s) on cluster gpu-a100-cluster: all submitted at once, then followed together; the cluster "
+        "runs 1 at a time (compute.max_instances=1, 1 node(s) per job), the other 2 queue on it"
+    ) in out
     assert "wall time at most 3 x 6 h" in out and "compute.max_instances=3 runs all at once" in out
     assert "costs at most 18 node-hours + 0.25 idle = about $66.98" in out
     assert "every point is evaluated on the same eval rows (data.eval=fixed)" in out

@@ -1,5 +1,6 @@
 """Two runs deployed at once on one machine, each with its own endpoint: each run's chat stage, `pf flow test`
 with its connection, and its chat page reach that run's model and never the other's."""
+
 import json
 import os
 import shutil
@@ -49,8 +50,9 @@ def two(trained_run, tmp_path_factory):
     try:
         out = {}
         for name in RUNS:
-            r = runner_cli(f"run.name={name}", f"register.model_name=phi3-chat-{name}",
-                           "stages=[register,deploy,chat]", cwd=root)
+            r = runner_cli(
+                f"run.name={name}", f"register.model_name=phi3-chat-{name}", "stages=[register,deploy,chat]", cwd=root
+            )
             assert r.returncode == 0 and "[chat] A: " in r.stdout, r.stderr[-3000:]
             out[name] = (dirs[name], r.stdout)
         yield root, out
@@ -66,8 +68,12 @@ def test_each_runs_chat_stage_used_its_own_endpoint(two):
     assert questions and b_out.count("[chat] Q: ") == questions
     # alpha chatted before beta was deployed; beta's chat stage added nothing to alpha's endpoint
     assert scored(a_dir) == scored(b_dir) == questions
-    names = [line.split("connection ")[1].split()[0] for o in (a_out, b_out) for line in o.splitlines()
-             if "Prompt flow connection" in line]
+    names = [
+        line.split("connection ")[1].split()[0]
+        for o in (a_out, b_out)
+        for line in o.splitlines()
+        if "Prompt flow connection" in line
+    ]
     assert len(set(names)) == 2 and "alpha" in names[0] and "beta" in names[1]
 
 
@@ -78,11 +84,17 @@ def test_pf_flow_test_with_each_connection_reaches_its_own_endpoint(two, trained
     for name in RUNS:
         run_dir, stdout = out[name]
         other = out[RUNS[1 - RUNS.index(name)]][0]
-        connection = next(line.split("connection ")[1].split()[0] for line in stdout.splitlines()
-                          if "Prompt flow connection" in line)
+        connection = next(
+            line.split("connection ")[1].split()[0] for line in stdout.splitlines() if "Prompt flow connection" in line
+        )
         before, other_before = scored(run_dir), scored(other)
-        r = subprocess.run([pf_cli, "flow", "test", "--flow", "flow", "--inputs", f"connection={connection}",
-                            f"question={question}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [pf_cli, "flow", "test", "--flow", "flow", "--inputs", f"connection={connection}", f"question={question}"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         assert answer in r.stdout
         assert scored(run_dir) == before + 1 and scored(other) == other_before
@@ -95,11 +107,26 @@ def test_each_runs_chat_page_talks_to_its_own_model(two, trained_run):
     pages = {}
     try:
         for name in RUNS:  # both pages open at once
-            proc = subprocess.Popen([sys.executable, "-m", "runner", f"run.name={name}",
-                                     f"register.model_name=phi3-chat-{name}", "stages=[chat]", "chat.ui=true"],
-                                    cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "runner",
+                    f"run.name={name}",
+                    f"register.model_name=phi3-chat-{name}",
+                    "stages=[chat]",
+                    "chat.ui=true",
+                ],
+                cwd=root,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
             lines = []
-            url = first_url(proc, lines, "chat page: http://", 120, lambda l: l.split("chat page: ")[1].split()[0])
+            url = first_url(
+                proc, lines, "chat page: http://", 120, lambda line: line.split("chat page: ")[1].split()[0]
+            )
             pages[name] = (proc, url)
             assert url, "".join(lines)[-3000:]
         for name in RUNS:
@@ -109,8 +136,9 @@ def test_each_runs_chat_page_talks_to_its_own_model(two, trained_run):
                 models = [m["id"] for m in json.loads(resp.read())["data"]]
             assert models == [f"phi3-chat-{name}:1"]
             before, other_before = completions(run_dir), completions(other)
-            status, body = ep.post(url + "v1/chat/completions",
-                                   {"messages": [{"role": "user", "content": question}]}, None)
+            status, body = ep.post(
+                url + "v1/chat/completions", {"messages": [{"role": "user", "content": question}]}, None
+            )
             assert status == 200 and body["choices"][0]["message"]["content"] == answer
             assert body["model"] == f"phi3-chat-{name}:1"
             assert completions(run_dir) == before + 1 and completions(other) == other_before

@@ -3,6 +3,7 @@
 Runs the same way on this machine and inside the Azure ML job. Imports nothing from the runner,
 Hydra or Azure; heavy libraries are imported where they are used.
 """
+
 import logging
 
 # torchao (8-bit optimizer states) warns at import about CUDA kernels a CPU build of torch cannot load, and about

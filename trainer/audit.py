@@ -14,6 +14,7 @@ What it refuses, each with the fix (a list of problems; empty means the template
 Rows that max_length cuts inside an answer, before its end-of-turn token, are counted (they teach the model not
 to stop), not refused.
 """
+
 import re
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ CHECKED_ROWS = 32  # rows whose every turn is checked (and whose labels are comp
 def training_template(tokenizer, assistant_only_loss: bool):
     """The chat template SFTTrainer tokenizes with (None: the tokenizer's own), chosen as TRL chooses it."""
     from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
     if not assistant_only_loss or has_generation_markers(tokenizer.chat_template):
         return None
     return get_training_chat_template(tokenizer)
@@ -31,16 +33,24 @@ def training_template(tokenizer, assistant_only_loss: bool):
 
 def label(tokenizer, messages, template, assistant_only_loss: bool) -> tuple[list, list]:
     """(input_ids, labels) of one chat as TRL's SFTTrainer builds them (labels -100 where no loss), untruncated."""
-    out = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
-                                        return_assistant_tokens_mask=assistant_only_loss)
+    out = tokenizer.apply_chat_template(
+        messages,
+        chat_template=template,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=assistant_only_loss,
+    )
     ids = list(out["input_ids"])
     mask = out.get("assistant_masks") if assistant_only_loss else None
     return ids, [t if mask is None or m else -100 for t, m in zip(ids, mask or ids)]
 
 
 def _ids(tokenizer, messages, template=None, generation_prompt=False) -> list:
-    return list(tokenizer.apply_chat_template(messages, chat_template=template, tokenize=True, return_dict=True,
-                                              add_generation_prompt=generation_prompt)["input_ids"])
+    return list(
+        tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=True, return_dict=True, add_generation_prompt=generation_prompt
+        )["input_ids"]
+    )
 
 
 def text_of(tokenizer, ids) -> str:
@@ -59,10 +69,10 @@ def _common(a, b) -> int:
 @dataclass
 class Turn:
     role: str
-    start: int        # first token of the turn (its header)
-    end: int          # one past its last token
+    start: int  # first token of the turn (its header)
+    end: int  # one past its last token
     answer: int = -1  # assistant: first token after the generation prompt
-    stop: int = -1    # assistant: index of its end-of-turn token (-1: none)
+    stop: int = -1  # assistant: index of its end-of-turn token (-1: none)
 
 
 @dataclass
@@ -83,25 +93,41 @@ def analyse(tokenizer, messages, template, serving_template, assistant_only_loss
     for j, m in enumerate(messages):
         turn = Turn(m["role"], bounds[j], max(bounds[j + 1], bounds[j]))
         if m["role"] == "assistant":
-            prompt = tokenizer.apply_chat_template(messages[:j], chat_template=serving_template, tokenize=False,
-                                                   add_generation_prompt=True)
+            prompt = tokenizer.apply_chat_template(
+                messages[:j], chat_template=serving_template, tokenize=False, add_generation_prompt=True
+            )
             prompt_ids = _ids(tokenizer, messages[:j], serving_template, generation_prompt=True)
             if not text.startswith(prompt):
                 at = _common(text, prompt)
-                row.problems.append(("c", f"the endpoint's prompt for messages[:{j}] differs from the training "
-                                          f"rendering at character {at}: the endpoint has {prompt[at:at + 30]!r}, "
-                                          f"training has {text[at:at + 30]!r}"))
-            elif ids[:len(prompt_ids)] != prompt_ids:
-                row.problems.append(("c", f"the endpoint's prompt for messages[:{j}] renders the same text but "
-                                          "tokenizes differently where the answer starts"))
+                row.problems.append(
+                    (
+                        "c",
+                        f"the endpoint's prompt for messages[:{j}] differs from the training "
+                        f"rendering at character {at}: the endpoint has {prompt[at : at + 30]!r}, "
+                        f"training has {text[at : at + 30]!r}",
+                    )
+                )
+            elif ids[: len(prompt_ids)] != prompt_ids:
+                row.problems.append(
+                    (
+                        "c",
+                        f"the endpoint's prompt for messages[:{j}] renders the same text but "
+                        "tokenizes differently where the answer starts",
+                    )
+                )
             turn.answer = min(len(prompt_ids), turn.end)
             turn.stop = next((i for i in range(turn.answer, turn.end) if ids[i] in added), -1)
             first = next((i for i in range(turn.start, turn.end) if labels[i] != -100), None)
             if assistant_only_loss and first is not None and first != turn.answer and not row.problems:
-                gap = text_of(tokenizer, ids[min(first, turn.answer):max(first, turn.answer)])
-                row.problems.append(("c", f"the endpoint's prompt for messages[:{j}] ends "
-                                          f"{'before' if first > turn.answer else 'after'} the first trained token "
-                                          f"of the answer: {gap!r} lies between them"))
+                gap = text_of(tokenizer, ids[min(first, turn.answer) : max(first, turn.answer)])
+                row.problems.append(
+                    (
+                        "c",
+                        f"the endpoint's prompt for messages[:{j}] ends "
+                        f"{'before' if first > turn.answer else 'after'} the first trained token "
+                        f"of the answer: {gap!r} lies between them",
+                    )
+                )
         row.turns.append(turn)
     return row
 
@@ -123,25 +149,33 @@ def _show(tokenizer, ids, labels, limit: int | None = None) -> str:
 
 @dataclass
 class Audit:
-    problems: list          # (check letter, message), each naming the problem and the fix
-    rows: int               # rows audited
-    cut_before_stop: int    # rows max_length cuts inside an answer, before its end-of-turn token
-    stop_tokens: list       # the end-of-turn token(s) found after the answers
-    first: str              # the first chat, rendered with its loss tokens marked
-    report: str             # the first few chats, for a file in the run directory
-    labelled: list          # (ids, labels) of the checked rows, for comparing with the trainer's own
+    problems: list  # (check letter, message), each naming the problem and the fix
+    rows: int  # rows audited
+    cut_before_stop: int  # rows max_length cuts inside an answer, before its end-of-turn token
+    stop_tokens: list  # the end-of-turn token(s) found after the answers
+    first: str  # the first chat, rendered with its loss tokens marked
+    report: str  # the first few chats, for a file in the run directory
+    labelled: list  # (ids, labels) of the checked rows, for comparing with the trainer's own
 
     def summary(self, max_length=None) -> str:
         stops = ", ".join(self.stop_tokens) or "none"
-        cut = (f"; {self.cut_before_stop} row(s) cut by max_length={max_length} before their end-of-turn token (they "
-               "teach the model not to stop)") if self.cut_before_stop else ""
+        cut = (
+            (
+                f"; {self.cut_before_stop} row(s) cut by max_length={max_length} before their end-of-turn token (they "
+                "teach the model not to stop)"
+            )
+            if self.cut_before_stop
+            else ""
+        )
         return f"template audit passed on {self.rows} rows: the end-of-turn token {stops} carries loss and is a stop id{cut}"
 
 
-def run(tokenizer, rows, *, assistant_only_loss: bool, max_length: int | None, stop_ids, collate=None,
-        shown: int = 3) -> Audit:
+def run(
+    tokenizer, rows, *, assistant_only_loss: bool, max_length: int | None, stop_ids, collate=None, shown: int = 3
+) -> Audit:
     """Audit the training rows: every turn of the first CHECKED_ROWS, and the max_length cut of all of them."""
     from .audit_checks import check_collator, check_row, fix_for
+
     template = training_template(tokenizer, assistant_only_loss)
     serving = tokenizer.chat_template
     stop_ids = set(stop_ids if isinstance(stop_ids, (list, tuple, set)) else [stop_ids]) - {None}
@@ -152,11 +186,18 @@ def run(tokenizer, rows, *, assistant_only_loss: bool, max_length: int | None, s
         if not checked and (lengths_fit or len(_ids(tokenizer, r["messages"], template)) <= max_length):
             continue  # only a row longer than max_length can be cut before its end-of-turn token
         row = analyse(tokenizer, r["messages"], template, serving, assistant_only_loss)
-        cut += any(t.role == "assistant" and max_length is not None and t.answer < max_length
-                   and (t.stop < 0 or t.stop >= max_length) for t in row.turns)
+        cut += any(
+            t.role == "assistant"
+            and max_length is not None
+            and t.answer < max_length
+            and (t.stop < 0 or t.stop >= max_length)
+            for t in row.turns
+        )
         if checked:
-            problems += [(k, f"row {n + 1}: {msg}") for k, msg in row.problems + check_row(tokenizer, row, max_length,
-                                                                                       assistant_only_loss)]
+            problems += [
+                (k, f"row {n + 1}: {msg}")
+                for k, msg in row.problems + check_row(tokenizer, row, max_length, assistant_only_loss)
+            ]
             stops |= {row.ids[t.stop] for t in row.turns if t.role == "assistant" and t.stop >= 0}
             labelled.append((row.ids, row.labels))
             if n < shown:
@@ -164,9 +205,14 @@ def run(tokenizer, rows, *, assistant_only_loss: bool, max_length: int | None, s
                 shown_rows.append(_show(tokenizer, row.ids, row.labels, cut_here))
     missing = sorted(stops - stop_ids)
     if missing:
-        problems.append(("d", f"the model's stop ids {sorted(stop_ids)} do not include the end-of-turn token "
-                              f"{tokenizer.convert_ids_to_tokens(missing)} that ends every answer: generation would "
-                              "run on past the answer"))
+        problems.append(
+            (
+                "d",
+                f"the model's stop ids {sorted(stop_ids)} do not include the end-of-turn token "
+                f"{tokenizer.convert_ids_to_tokens(missing)} that ends every answer: generation would "
+                "run on past the answer",
+            )
+        )
     if collate is not None and labelled:
         problems += check_collator(tokenizer, labelled, stops, collate, max_length)
     problems = _dedupe(problems)
@@ -185,13 +231,16 @@ def _dedupe(problems):
             more[key] += 1
         else:
             first[key], more[key] = msg, 0
-    return [(k, msg + (f" (and {more[(k, key)]} more like it)" if more[(k, key)] else ""))
-            for (k, key), msg in first.items()]
+    return [
+        (k, msg + (f" (and {more[(k, key)]} more like it)" if more[(k, key)] else ""))
+        for (k, key), msg in first.items()
+    ]
 
 
 def collator_like_trl(tokenizer, train: dict):
     """The collator SFTTrainer builds for these settings (its pad id; padding-free with bfd packing)."""
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
     padding_free = bool(train.get("padding_free")) or (train["packing"] and train["packing_strategy"] == "bfd")
     return DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id, padding_free=padding_free)
 
@@ -199,34 +248,73 @@ def collator_like_trl(tokenizer, train: dict):
 def for_training(train: dict, tokenizer, stop_ids, rows) -> Audit:
     """The audit of a run's training rows with its train.* settings, as train() and the plan run it."""
     from .audit_checks import FIXES
+
     try:
-        return run(tokenizer, rows, assistant_only_loss=train["assistant_only_loss"], max_length=train["max_length"],
-                   stop_ids=stop_ids, collate=collator_like_trl(tokenizer, train))
+        return run(
+            tokenizer,
+            rows,
+            assistant_only_loss=train["assistant_only_loss"],
+            max_length=train["max_length"],
+            stop_ids=stop_ids,
+            collate=collator_like_trl(tokenizer, train),
+        )
     except Exception as exc:  # TRL has no training variant of this template, or the template does not render
         from trl.chat_template_utils import has_generation_markers
+
         if train["assistant_only_loss"] and not has_generation_markers(tokenizer.chat_template or ""):
-            return Audit([("b", f"the chat template has no {{% generation %}} markers and TRL ships no training "
-                                f"variant of it ({type(exc).__name__}: {str(exc)[:200]}). {FIXES['b']}")],
-                         len(rows), 0, [], "", "", [])
-        return Audit([("c", f"the chat template does not render the training chats ({type(exc).__name__}: "
-                            f"{str(exc)[:300]}); fix the template (model.chat_template=<your .jinja>)")],
-                     len(rows), 0, [], "", "", [])
+            return Audit(
+                [
+                    (
+                        "b",
+                        f"the chat template has no {{% generation %}} markers and TRL ships no training "
+                        f"variant of it ({type(exc).__name__}: {str(exc)[:200]}). {FIXES['b']}",
+                    )
+                ],
+                len(rows),
+                0,
+                [],
+                "",
+                "",
+                [],
+            )
+        return Audit(
+            [
+                (
+                    "c",
+                    f"the chat template does not render the training chats ({type(exc).__name__}: "
+                    f"{str(exc)[:300]}); fix the template (model.chat_template=<your .jinja>)",
+                )
+            ],
+            len(rows),
+            0,
+            [],
+            "",
+            "",
+            [],
+        )
 
 
 def confirm(trainer, audited: Audit, max_length: int | None) -> list:
     """Problems if the SFTTrainer at hand labels or collates the audited rows otherwise than the audit did."""
     from .audit_checks import check_collator
+
     problems = []
     data = trainer.train_dataset
     if "labels" in data.column_names and "seq_lengths" not in data.column_names:  # not packed: row i is chat i
-        for i, (ids, labels) in enumerate(audited.labelled[:len(data)]):
+        for i, (ids, labels) in enumerate(audited.labelled[: len(data)]):
             got = data[i]
             if list(got["input_ids"]) != ids[:max_length] or list(got["labels"]) != labels[:max_length]:
-                problems.append(("c", f"row {i + 1}: SFTTrainer tokenized or labelled it otherwise than the audit "
-                                      "(a TRL version this audit does not know?)"))
+                problems.append(
+                    (
+                        "c",
+                        f"row {i + 1}: SFTTrainer tokenized or labelled it otherwise than the audit "
+                        "(a TRL version this audit does not know?)",
+                    )
+                )
                 break
     stops = {i for ids, _ in audited.labelled for i in ids} & set(
-        trainer.processing_class.convert_tokens_to_ids(audited.stop_tokens))
+        trainer.processing_class.convert_tokens_to_ids(audited.stop_tokens)
+    )
     if audited.labelled:
         problems += check_collator(trainer.processing_class, audited.labelled, stops, trainer.data_collator, max_length)
     return problems
@@ -234,8 +322,10 @@ def confirm(trainer, audited: Audit, max_length: int | None) -> list:
 
 def refusal(audited: Audit) -> str:
     """The error of a refused audit: every problem, lettered as the module docstring lists the checks."""
-    return ("the chat template would train a model that does not answer and stop as served (template audit, before "
-            "any training step):\n" + "\n".join(f"  {k}. {msg}" for k, msg in audited.problems))
+    return (
+        "the chat template would train a model that does not answer and stop as served (template audit, before "
+        "any training step):\n" + "\n".join(f"  {k}. {msg}" for k, msg in audited.problems)
+    )
 
 
 def terminal(text: str, width: int = 200) -> str:
@@ -243,8 +333,8 @@ def terminal(text: str, width: int = 200) -> str:
     out = []
     for line in text.splitlines():
         if len(line) > width:
-            middle = line[width * 2 // 3:-(width // 3)]
+            middle = line[width * 2 // 3 : -(width // 3)]
             marks = "".join(ch for ch in middle if ch in (MARK_OPEN, MARK_CLOSE))
-            line = f"{line[:width * 2 // 3]} \u2026{marks}\u2026 {line[-(width // 3):]}"
+            line = f"{line[: width * 2 // 3]} \u2026{marks}\u2026 {line[-(width // 3) :]}"
         out.append(line)
     return "\n".join(out)

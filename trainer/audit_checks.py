@@ -2,16 +2,16 @@
 
 FIXES = {
     "a": "Fix: put the end-of-turn token inside the template's {% generation %}...{% endgeneration %} span "
-         "(model.chat_template=<your .jinja>), or set train.assistant_only_loss=false to train on every token",
+    "(model.chat_template=<your .jinja>), or set train.assistant_only_loss=false to train on every token",
     "b": "Fix: wrap exactly each assistant message's content and its end-of-turn token in {% generation %}..."
-         "{% endgeneration %} in the template (model.chat_template=<your .jinja>), or set train.assistant_only_loss="
-         "false",
+    "{% endgeneration %} in the template (model.chat_template=<your .jinja>), or set train.assistant_only_loss="
+    "false",
     "c": "Fix: train with the template the endpoint serves (model.chat_template=<your .jinja> is used for both); the "
-         "two must render the prompt identically, whitespace, system turn and generation prompt included",
+    "two must render the prompt identically, whitespace, system turn and generation prompt included",
     "d": "Fix: add the end-of-turn token's id to the model's generation_config.json eos_token_id (a list), or use a "
-         "template whose turns end with one of the stop ids",
+    "template whose turns end with one of the stop ids",
     "e": "Fix: choose a pad token that is not the end-of-turn or eos token (tokenizer.pad_token, or TRL's "
-         "train.pad_token), or a collator that pads labels with -100 instead of masking the pad id",
+    "train.pad_token), or a collator that pads labels with -100 instead of masking the pad id",
 }
 
 
@@ -36,13 +36,23 @@ def check_row(tokenizer, row, max_length: int | None, assistant_only_loss: bool)
                 continue
             if turn.stop < 0:
                 if turn.end <= limit:
-                    problems.append(("a", f"messages[{j}] (assistant) is followed by no end-of-turn token: the "
-                                          "template ends the answer with plain text, so the model cannot learn to stop"))
+                    problems.append(
+                        (
+                            "a",
+                            f"messages[{j}] (assistant) is followed by no end-of-turn token: the "
+                            "template ends the answer with plain text, so the model cannot learn to stop",
+                        )
+                    )
                 continue
             if turn.stop < limit and row.labels[turn.stop] == -100:
-                problems.append(("a", f"the end-of-turn token {_token(tokenizer, row.ids[turn.stop])} after "
-                                      f"messages[{j}] (assistant) carries no loss: the model is never taught to stop"))
-            if assistant_only_loss and not any(lab != -100 for lab in row.labels[turn.answer:min(turn.end, limit)]):
+                problems.append(
+                    (
+                        "a",
+                        f"the end-of-turn token {_token(tokenizer, row.ids[turn.stop])} after "
+                        f"messages[{j}] (assistant) carries no loss: the model is never taught to stop",
+                    )
+                )
+            if assistant_only_loss and not any(lab != -100 for lab in row.labels[turn.answer : min(turn.end, limit)]):
                 problems.append(("b", f"messages[{j}] (assistant) carries no loss: nothing of the answer is trained"))
             prompt_part = range(turn.start, min(turn.answer, limit))
         else:
@@ -51,9 +61,14 @@ def check_row(tokenizer, row, max_length: int | None, assistant_only_loss: bool)
             leaked = [i for i in prompt_part if row.labels[i] != -100]
             if leaked:
                 what = "the generation prompt of" if turn.role == "assistant" else "the"
-                problems.append(("b", f"{len(leaked)} token(s) of {what} {turn.role} turn messages[{j}] carry loss "
-                                      f"(first: {_token(tokenizer, row.ids[leaked[0]])} at token {leaked[0]}): the "
-                                      "model would learn to write the prompt"))
+                problems.append(
+                    (
+                        "b",
+                        f"{len(leaked)} token(s) of {what} {turn.role} turn messages[{j}] carry loss "
+                        f"(first: {_token(tokenizer, row.ids[leaked[0]])} at token {leaked[0]}): the "
+                        "model would learn to write the prompt",
+                    )
+                )
     return problems
 
 
@@ -72,7 +87,7 @@ def check_collator(tokenizer, labelled, stops: set, collate, max_length: int | N
         flat = got[0]
         got, at = [], 0
         for ex in examples:
-            got.append(flat[at:at + len(ex["input_ids"])])
+            got.append(flat[at : at + len(ex["input_ids"])])
             at += len(ex["input_ids"])
     lost_stops, lost = set(), 0
     for ex, after in zip(examples, got):
@@ -86,9 +101,23 @@ def check_collator(tokenizer, labelled, stops: set, collate, max_length: int | N
     pad = tokenizer.pad_token_id
     if lost_stops:
         names = tokenizer.convert_ids_to_tokens(sorted(lost_stops))
-        why = (f"pad is {tokenizer.pad_token!r}, the same id as the end-of-turn token, and the collator masks pad "
-               "ids out of the loss" if pad in lost_stops else "the collator masks it out of the loss")
-        return [("e", f"the end-of-turn token {names} loses its loss in the training batch: {why}; the model "
-                      "would never learn to stop")]
-    return [("e", f"the collator masks {lost} token(s) that the template trains (pad id {pad}, "
-                  f"{tokenizer.pad_token!r}): they carry no loss in the training batch")]
+        why = (
+            f"pad is {tokenizer.pad_token!r}, the same id as the end-of-turn token, and the collator masks pad "
+            "ids out of the loss"
+            if pad in lost_stops
+            else "the collator masks it out of the loss"
+        )
+        return [
+            (
+                "e",
+                f"the end-of-turn token {names} loses its loss in the training batch: {why}; the model "
+                "would never learn to stop",
+            )
+        ]
+    return [
+        (
+            "e",
+            f"the collator masks {lost} token(s) that the template trains (pad id {pad}, "
+            f"{tokenizer.pad_token!r}): they carry no loss in the training batch",
+        )
+    ]

@@ -3,6 +3,7 @@
 A string `prompt` column (ultrachat has one) would make TRL treat the data as prompt/completion,
 so every other column is dropped. What a chat row is: common/chats.py.
 """
+
 from pathlib import Path
 
 from common.chats import problem_of, read_jsonl
@@ -21,9 +22,13 @@ def load(path) -> list[dict]:
             raise TrainerInputError(f"{path}: line {lineno}: {problem}")
         rows.append({"messages": [{"role": m["role"], "content": m["content"]} for m in row["messages"]]})
     if not rows:
-        raise TrainerInputError(f"{path}: no chats in the file; the data stage writes train.jsonl with at least one row")
+        raise TrainerInputError(
+            f"{path}: no chats in the file; the data stage writes train.jsonl with at least one row"
+        )
     return rows
 
 
 def token_lengths(rows, tokenizer) -> list[int]:
-    return [len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) for r in rows]
+    return [
+        len(tokenizer.apply_chat_template(r["messages"], tokenize=True, return_dict=True)["input_ids"]) for r in rows
+    ]

@@ -6,6 +6,7 @@ and LOCAL_WORLD_SIZE; the Trainer's accelerate joins them (NCCL on GPUs, gloo on
 alone writes the run's files and MLflow records. With FSDP2 each rank also writes its own shard of each checkpoint
 (torch.distributed.checkpoint), and a re-run resumes with every rank reading its shard back.
 """
+
 import contextlib
 import os
 
@@ -26,10 +27,12 @@ def die_with_launcher():
     """Under torchrun (which starts each rank in a session of its own): end this rank when torchrun ends, however it
     ends. Without it, a SIGKILLed torchrun leaves its ranks training, racing the re-run that resumes their work."""
     import sys
+
     if not os.environ.get("TORCHELASTIC_RUN_ID") or sys.platform != "linux":
         return
     import ctypes
     import signal
+
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:  # torchrun died before this line: nobody to train for
         os._exit(1)
@@ -111,11 +114,14 @@ def whole_model(job):
     if not is_main():
         return None
     from transformers import AutoModelForCausalLM
+
     sharded = job.trainer.accelerator.unwrap_model(job.trainer.model)
-    plain = AutoModelForCausalLM.from_pretrained(job.base, dtype=next(iter(state.values())).dtype,
-                                                 attn_implementation=sharded.config._attn_implementation)
+    plain = AutoModelForCausalLM.from_pretrained(
+        job.base, dtype=next(iter(state.values())).dtype, attn_implementation=sharded.config._attn_implementation
+    )
     if hasattr(sharded, "peft_config"):
         from peft import get_peft_model
+
         plain = get_peft_model(plain, sharded.peft_config["default"])
     plain.load_state_dict(state, strict=True)
     return plain

@@ -11,12 +11,14 @@ Writes metrics.json, answers.jsonl and report.md into one folder. Runs where the
 or the Azure ML training job right after training (the base model is already on the node). Imports nothing from the
 runner.
 """
+
 import json
 import time
 from pathlib import Path
 
-from . import audit, eval_report
 from common.files import find_mlflow_model, write_atomic
+
+from . import audit, eval_report
 
 BATCH = 8
 
@@ -36,7 +38,7 @@ def assistant_nll(model, tokenizer, rows, max_length: int) -> tuple[float, int]:
         labelled = [audit.label(tokenizer, r["messages"], None, False) for r in rows]
     total, count = 0.0, 0
     for i in range(0, len(labelled), BATCH):
-        chunk = [(ids[:max_length], labels[:max_length]) for ids, labels in labelled[i:i + BATCH]]
+        chunk = [(ids[:max_length], labels[:max_length]) for ids, labels in labelled[i : i + BATCH]]
         width = max(len(ids) for ids, _ in chunk)
         pad = tokenizer.pad_token_id or 0
         ids = torch.tensor([x + [pad] * (width - len(x)) for x, _ in chunk], device=device_of(model))
@@ -45,8 +47,9 @@ def assistant_nll(model, tokenizer, rows, max_length: int) -> tuple[float, int]:
         with torch.inference_mode():
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="sum"
+        )
         total += float(loss)
         count += int((target != -100).sum())
     return total, count
@@ -73,18 +76,32 @@ def answers(model, tokenizer, prompts, max_new_tokens: int, stop_ids) -> list[di
     out = []
     try:
         for i in range(0, len(prompts), BATCH):
-            texts = [tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False)
-                     for p in prompts[i:i + BATCH]]
+            texts = [
+                tokenizer.apply_chat_template(p["messages"], add_generation_prompt=True, tokenize=False)
+                for p in prompts[i : i + BATCH]
+            ]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device_of(model))
             with torch.inference_mode():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, temperature=None,
-                                     top_p=None, top_k=None, eos_token_id=sorted(stops),
-                                     pad_token_id=tokenizer.pad_token_id)
-            for row in gen[:, enc["input_ids"].shape[1]:].tolist():
+                gen = model.generate(
+                    **enc,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    eos_token_id=sorted(stops),
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
                 end = next((k for k, t in enumerate(row) if t in stops), None)
                 kept = row if end is None else row[:end]
-                out.append({"text": tokenizer.decode(kept, skip_special_tokens=True).strip(), "tokens": len(kept),
-                            "stopped": end is not None})
+                out.append(
+                    {
+                        "text": tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                        "tokens": len(kept),
+                        "stopped": end is not None,
+                    }
+                )
     finally:
         tokenizer.padding_side = side
     return out
@@ -97,22 +114,32 @@ def measure(model, tokenizer, rows, prompts, cfg: dict, stop_ids, max_length: in
     return {"nll": nll / max(tokens, 1), "tokens": tokens, "answers": said}
 
 
-def evaluate(tuned, load_base, tokenizer, rows, cfg: dict, stop_ids, max_length: int, out_dir: Path,
-             log=print, free_tuned=None) -> dict:
+def evaluate(
+    tuned, load_base, tokenizer, rows, cfg: dict, stop_ids, max_length: int, out_dir: Path, log=print, free_tuned=None
+) -> dict:
     """Measure the tuned model, then the base (load_base() loads it only then, so one model is in memory at a
     time when free_tuned() drops the first); write the folder; return the metrics."""
     t0 = time.time()
-    rows = rows[:cfg["rows"]]
+    rows = rows[: cfg["rows"]]
     prompts = prompts_of(rows, cfg["samples"])
-    log(f"[eval] {len(rows)} held-out chats, {len(prompts)} greedy answers of up to {cfg['max_new_tokens']} tokens; "
-        "fine-tuned model first, then the base")
+    log(
+        f"[eval] {len(rows)} held-out chats, {len(prompts)} greedy answers of up to {cfg['max_new_tokens']} tokens; "
+        "fine-tuned model first, then the base"
+    )
     after = measure(tuned, tokenizer, rows, prompts, cfg, stop_ids, max_length)
     if free_tuned:
         free_tuned()
     before = measure(load_base(), tokenizer, rows, prompts, cfg, stop_ids, max_length)
-    samples = [{"messages": p["messages"], "reference": p["reference"],
-                "reference_tokens": len(tokenizer(p["reference"], add_special_tokens=False)["input_ids"]),
-                "base": b, "tuned": t} for p, b, t in zip(prompts, before["answers"], after["answers"])]
+    samples = [
+        {
+            "messages": p["messages"],
+            "reference": p["reference"],
+            "reference_tokens": len(tokenizer(p["reference"], add_special_tokens=False)["input_ids"]),
+            "base": b,
+            "tuned": t,
+        }
+        for p, b, t in zip(prompts, before["answers"], after["answers"])
+    ]
     metrics = eval_report.figures(before, after, samples, len(rows), cfg, time.time() - t0)
     write(out_dir, metrics, samples)
     return metrics
@@ -131,6 +158,7 @@ def load_tuned(mlflow_dir):
     import os
 
     import torch
+
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
 
@@ -165,9 +193,19 @@ def after_training(spec: dict, base: str, tokenizer, final, eval_file: Path, out
 
     from . import chats, tracking
     from .hub import stop_ids
+
     device = str(device_of(final))
-    metrics = evaluate(final, lambda: load_model(base, device), tokenizer, chats.load(eval_file), spec["eval"],
-                       stop_ids(base), spec["train"]["max_length"], out_dir, log)
+    metrics = evaluate(
+        final,
+        lambda: load_model(base, device),
+        tokenizer,
+        chats.load(eval_file),
+        spec["eval"],
+        stop_ids(base),
+        spec["train"]["max_length"],
+        out_dir,
+        log,
+    )
     tracking.best_effort("log the eval", log_to_mlflow, mlflow, metrics, out_dir)
     for line in eval_report.lines(metrics):
         log(f"[eval] {line}")

@@ -1,5 +1,6 @@
 """The trainer's file helpers: its pinned requirements (the Azure environments are generated from them) and the
 checkpoint a re-run resumes from. Atomic writes: common/files.py."""
+
 import json
 from pathlib import Path
 
@@ -15,8 +16,11 @@ def pinned_requirements() -> list[str]:
 def last_complete_checkpoint(checkpoints: Path, log) -> str | None:
     """The newest checkpoint-N whose trainer_state.json (the Trainer writes it last) reads back; one a kill cut
     short while it was being saved is passed over."""
-    found = sorted((int(p.name.split("-")[1]), p) for p in checkpoints.glob("checkpoint-*")
-                   if p.is_dir() and p.name.split("-")[1].isdigit())
+    found = sorted(
+        (int(p.name.split("-")[1]), p)
+        for p in checkpoints.glob("checkpoint-*")
+        if p.is_dir() and p.name.split("-")[1].isdigit()
+    )
     for _, path in reversed(found):
         try:
             json.loads((path / "trainer_state.json").read_text())

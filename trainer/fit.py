@@ -1,4 +1,5 @@
 """Fine-tune with TRL's SFTTrainer, checkpointing as it goes, then log the model to MLflow."""
+
 import contextlib
 import json
 import time
@@ -15,6 +16,7 @@ from .hub import base_model_dir, go_offline_unless_reachable, load_tokenizer, st
 
 def resolve_device(compute: dict) -> str:
     import torch
+
     if compute["device"] == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if compute["device"] == "cuda" and not torch.cuda.is_available():
@@ -34,9 +36,18 @@ def sft_config(spec: dict, checkpoints: Path, precision: str, device: str, shard
         # transformers before 5.2x (e.g. in GPU images) knows only the old name
         t["gradient_checkpointing"] = t.pop("activation_checkpointing")
     return SFTConfig(
-        output_dir=str(checkpoints), **t, data_seed=t["seed"], save_strategy="steps",
-        bf16=precision in ("bf16", "bf16-mixed"), fp16=precision == "fp16", use_cpu=device == "cpu", report_to="none",
-        dataloader_num_workers=0, dataset_num_proc=None, disable_tqdm=False, logging_first_step=True,
+        output_dir=str(checkpoints),
+        **t,
+        data_seed=t["seed"],
+        save_strategy="steps",
+        bf16=precision in ("bf16", "bf16-mixed"),
+        fp16=precision == "fp16",
+        use_cpu=device == "cpu",
+        report_to="none",
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+        disable_tqdm=False,
+        logging_first_step=True,
     )
 
 
@@ -46,12 +57,14 @@ def lora_config(spec: dict):
     if not lora.pop("enabled"):
         return None
     from peft import LoraConfig
+
     return LoraConfig(**lora, task_type="CAUSAL_LM")
 
 
 @dataclass
 class Job:
     """What train() set up: the SFTTrainer and the facts its summary reports."""
+
     trainer: object
     tokenizer: object
     device: str
@@ -68,8 +81,17 @@ class Job:
     cut_before_stop: int = 0  # training rows max_length cuts inside an answer, before its end-of-turn token
 
 
-def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, checkpoints: Path, cache_dir: Path | None,
-          log, tiny_corpus: Path | None = None, spec_path: Path | None = None) -> Job:
+def setup(
+    spec: dict,
+    train_file: Path,
+    eval_file: Path,
+    output_dir: Path,
+    checkpoints: Path,
+    cache_dir: Path | None,
+    log,
+    tiny_corpus: Path | None = None,
+    spec_path: Path | None = None,
+) -> Job:
     """Check the inputs, then build the model, tokenizer and SFTTrainer. Writes nothing before the checks pass."""
     go_offline_unless_reachable()  # before any huggingface import: offline means no retry loops
     train_rows, eval_rows = chats.load(train_file), chats.load(eval_file)
@@ -89,9 +111,11 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
     output_dir.mkdir(parents=True, exist_ok=True)  # only once the inputs are known to be usable
     if distributed.is_main():  # with several processes, rank 0 alone writes
         write_atomic(output_dir / "template_audit.txt", audited.report + "\n")
-    log(f"[train] {audited.summary(spec['train']['max_length'])}\n[train] the first chat as it is trained (loss on "
+    log(
+        f"[train] {audited.summary(spec['train']['max_length'])}\n[train] the first chat as it is trained (loss on "
         f"the tokens in \u27e6 \u27e7; the first {min(len(train_rows), 3)} in {output_dir / 'template_audit.txt'}):\n"
-        f"{audit.terminal(audited.first)}")
+        f"{audit.terminal(audited.first)}"
+    )
 
     import datasets
     import torch
@@ -103,8 +127,12 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
     datasets.disable_progress_bars()  # TRL's map passes would print four bars per split
     # bf16: bf16 weights and optimizer state; bf16-mixed: fp32 master weights, bf16 autocast (updates below bf16's
     # resolution still land: bench/train_recipes.py --precision-check measures it)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "bf16-mixed": torch.float32}[precision]
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation=spec["model"]["attn_implementation"])
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "bf16-mixed": torch.float32}[
+        precision
+    ]
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=dtype, attn_implementation=spec["model"]["attn_implementation"]
+    )
     # training never reuses a KV cache, and with one transformers does not look for the boundaries of packed rows:
     # packed chats would attend to each other (tests/test_packing.py); record() turns it back on for serving
     model.config.use_cache = False
@@ -121,16 +149,36 @@ def setup(spec: dict, train_file: Path, eval_file: Path, output_dir: Path, check
         log(f"[train] {processes} processes ({'NCCL' if device == 'cuda' else 'gloo on the CPU'}): {why}")
     args = sft_config(spec, checkpoints, precision, device, sharded)
     with distributed.fsdp_on_the_cpu(device, sharded):
-        trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, peft_config=lora_config(spec),
-                             train_dataset=Dataset.from_list(train_rows), eval_dataset=Dataset.from_list(eval_rows))
+        trainer = SFTTrainer(
+            model=model,
+            args=args,
+            processing_class=tokenizer,
+            peft_config=lora_config(spec),
+            train_dataset=Dataset.from_list(train_rows),
+            eval_dataset=Dataset.from_list(eval_rows),
+        )
     mismatch = audit.confirm(trainer, audited, max_len)
     if mismatch:
         raise TrainerInputError(audit.refusal(audit.Audit(mismatch, 0, 0, [], "", "", [])))
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(tracking.progress_callback())
     last = last_complete_checkpoint(Path(args.output_dir), log)
-    return Job(trainer, tokenizer, device, precision, base, sum(min(n, max_len) for n in lengths), truncated,
-               len(train_rows), len(eval_rows), last, processes, sharded, why, audited.cut_before_stop)
+    return Job(
+        trainer,
+        tokenizer,
+        device,
+        precision,
+        base,
+        sum(min(n, max_len) for n in lengths),
+        truncated,
+        len(train_rows),
+        len(eval_rows),
+        last,
+        processes,
+        sharded,
+        why,
+        audited.cut_before_stop,
+    )
 
 
 def fit(job: Job, epochs: float, main: bool, log, before_file: Path | None = None) -> dict:
@@ -141,6 +189,7 @@ def fit(job: Job, epochs: float, main: bool, log, before_file: Path | None = Non
         measured["before"] = before = job.trainer.evaluate()["eval_loss"]
         if main:
             import mlflow
+
             tracking.best_effort("log eval_loss_before", mlflow.log_metric, "eval_loss_before", before, step=0)
             if before_file:
                 write_atomic(before_file, json.dumps({"eval_loss_before": before}))
@@ -160,11 +209,18 @@ def fit(job: Job, epochs: float, main: bool, log, before_file: Path | None = Non
     result = job.trainer.train(resume_from_checkpoint=job.resume_from)
     seconds = time.time() - t0
     before = measured.get("before")
-    return {"eval_loss_before": before, "eval_loss": job.trainer.evaluate()["eval_loss"],
-            "train_loss": result.training_loss, "train_runtime_s": seconds,
-            "tokens_per_s": job.tokens_per_epoch * epochs / max(seconds, 1e-9), "rows_truncated": job.truncated,
-            "rows_cut_before_stop": job.cut_before_stop,
-            "train_rows": job.train_rows, "eval_rows": job.eval_rows, "steps": job.trainer.state.global_step}
+    return {
+        "eval_loss_before": before,
+        "eval_loss": job.trainer.evaluate()["eval_loss"],
+        "train_loss": result.training_loss,
+        "train_runtime_s": seconds,
+        "tokens_per_s": job.tokens_per_epoch * epochs / max(seconds, 1e-9),
+        "rows_truncated": job.truncated,
+        "rows_cut_before_stop": job.cut_before_stop,
+        "train_rows": job.train_rows,
+        "eval_rows": job.eval_rows,
+        "steps": job.trainer.state.global_step,
+    }
 
 
 def record(job: Job, metrics: dict, output_dir: Path, save_only: bool, final=None) -> dict:
@@ -185,19 +241,37 @@ def record(job: Job, metrics: dict, output_dir: Path, save_only: bool, final=Non
         tracking.save_model(final, job.tokenizer, output_dir / "mlflow_model")
     else:
         model_uri = tracking.log_model(final, job.tokenizer, output_dir / "mlflow_model")
-    tracking.best_effort("log the final metrics", mlflow.log_metrics,
-                         {f"final_{k}": float(v) for k, v in metrics.items() if v is not None})
+    tracking.best_effort(
+        "log the final metrics",
+        mlflow.log_metrics,
+        {f"final_{k}": float(v) for k, v in metrics.items() if v is not None},
+    )
     plot = tracking.loss_plot(job.trainer.state.log_history, output_dir / "loss.png", metrics["eval_loss_before"])
     if plot:
         tracking.best_effort("log the loss plot", mlflow.log_artifact, str(plot))
-    return {"model_uri": model_uri, "mlflow_model_dir": str(output_dir / "mlflow_model"),
-            "loss_plot": str(plot) if plot else None}
+    return {
+        "model_uri": model_uri,
+        "mlflow_model_dir": str(output_dir / "mlflow_model"),
+        "loss_plot": str(plot) if plot else None,
+    }
 
 
-def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output_dir: Path,
-          tracking_uri: str | None = None, experiment: str | None = None, cache_dir: Path | None = None,
-          log=print, checkpoint_dir: Path | None = None, save_model_only: bool = False,
-          mlflow_run: dict | None = None, tiny_corpus: Path | None = None, eval_dir: Path | None = None) -> dict:
+def train(
+    spec: dict,
+    spec_path: Path,
+    train_file: Path,
+    eval_file: Path,
+    output_dir: Path,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    cache_dir: Path | None = None,
+    log=print,
+    checkpoint_dir: Path | None = None,
+    save_model_only: bool = False,
+    mlflow_run: dict | None = None,
+    tiny_corpus: Path | None = None,
+    eval_dir: Path | None = None,
+) -> dict:
     """Set up, fit, record. The same summary shape on every rank; only rank 0 records to MLflow and logs the model.
 
     checkpoint_dir: where checkpoints go (default <output_dir>/checkpoints); a re-run resumes from the last one.
@@ -215,10 +289,24 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
     job = setup(spec, train_file, eval_file, output_dir, checkpoints, cache_dir, log, tiny_corpus, spec_path)
     experiment = experiment or spec["run"]["experiment_name"]
     uri = tracking.tracking_uri(tracking_uri, output_dir)
-    summary = {"run_id": None, "model_uri": None, "mlflow_model_dir": None, "loss_plot": None, "tracking_uri": uri,
-               "experiment": experiment, "device": job.device, "precision": job.precision, "base_model": job.base,
-               "processes": job.processes, "sharding": "fsdp2" if job.sharded else "ddp" if job.processes > 1 else None}
-    with tracking.start(uri, experiment, output_dir / "mlflow_run.json", **(mlflow_run or {})) if main else contextlib.nullcontext() as run:
+    summary = {
+        "run_id": None,
+        "model_uri": None,
+        "mlflow_model_dir": None,
+        "loss_plot": None,
+        "tracking_uri": uri,
+        "experiment": experiment,
+        "device": job.device,
+        "precision": job.precision,
+        "base_model": job.base,
+        "processes": job.processes,
+        "sharding": "fsdp2" if job.sharded else "ddp" if job.processes > 1 else None,
+    }
+    with (
+        tracking.start(uri, experiment, output_dir / "mlflow_run.json", **(mlflow_run or {}))
+        if main
+        else contextlib.nullcontext() as run
+    ):
         if main and job.resume_from is None:
             tracking.best_effort("log the run spec", tracking.log_spec, spec, Path(spec_path))
         metrics = fit(job, spec["train"]["num_train_epochs"], main, log, output_dir / "eval_loss_before.json")
@@ -228,12 +316,16 @@ def train(spec: dict, spec_path: Path, train_file: Path, eval_file: Path, output
             summary.update(run_id=run.info.run_id, **record(job, metrics, output_dir, save_model_only, final))
             if eval_dir is not None and spec.get("eval"):  # the Azure job: the base model is on this node already
                 from .evaluate import after_training
+
                 summary["eval"] = after_training(spec, job.base, job.tokenizer, final, eval_file, Path(eval_dir), log)
     if main:
         write_atomic(output_dir / "summary.json", json.dumps(summary, indent=2))
     before = summary["eval_loss_before"]
-    log(f"[train] finished: {summary['steps']} steps in {summary['train_runtime_s']:.1f}s, "
+    log(
+        f"[train] finished: {summary['steps']} steps in {summary['train_runtime_s']:.1f}s, "
         f"{summary['tokens_per_s']:.0f} tokens/s, train loss {summary['train_loss']:.4f}, eval loss "
-        f"{summary['eval_loss']:.4f}" + (f" (was {before:.4f})" if before is not None else "")
-        + (f"; model {summary['model_uri'] or summary['mlflow_model_dir']}" if main else ""))
+        f"{summary['eval_loss']:.4f}"
+        + (f" (was {before:.4f})" if before is not None else "")
+        + (f"; model {summary['model_uri'] or summary['mlflow_model_dir']}" if main else "")
+    )
     return summary

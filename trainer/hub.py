@@ -3,6 +3,7 @@
 Whether the hub can be reached is decided before any huggingface library is imported: without it, every hub call
 on an offline machine retries for tens of seconds before failing.
 """
+
 import os
 import socket
 from functools import lru_cache
@@ -39,27 +40,35 @@ def base_model_dir(spec: dict, train_rows, cache_dir: Path) -> str:
     model = spec["model"]
     if model["source"] == "tiny":
         from .tiny import build_or_load
+
         return str(build_or_load(train_rows, model["tiny"], cache_dir))
     ident = model["id"]
     looks_local = ident.startswith((".", "/", "~")) or Path(ident).expanduser().exists()
     if looks_local:
         path = Path(ident).expanduser()
         if not (path / "config.json").is_file():
-            raise TrainerInputError(f"model.id: {path} is not a model folder (no config.json there); "
-                                    "point model.id at a folder written by save_pretrained")
+            raise TrainerInputError(
+                f"model.id: {path} is not a model folder (no config.json there); "
+                "point model.id at a folder written by save_pretrained"
+            )
         return str(path)
     from huggingface_hub import snapshot_download
+
     online = go_offline_unless_reachable()
     try:
-        return snapshot_download(ident, local_files_only=not online,
-                                 allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"])
+        return snapshot_download(
+            ident,
+            local_files_only=not online,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"],
+        )
     except Exception as exc:
         if online:
             raise TrainerInputError(f"could not fetch {ident} from the hub: {exc}") from None
         raise TrainerInputError(
             f"the weights of {ident} are not available locally and the hub cannot be reached: download them on a "
             f"machine with access (hf download {ident}) into this machine's Hugging Face cache, or set "
-            "model.id=/path/to/a/local/copy") from None
+            "model.id=/path/to/a/local/copy"
+        ) from None
 
 
 def chat_template_file(spec: dict, spec_path: Path | None = None) -> Path | None:
@@ -93,9 +102,11 @@ def load_tokenizer(base: str, spec: dict, spec_path: Path | None = None):
 def stop_ids(base: str) -> list:
     """The ids generation stops at: the model's generation config eos_token_id (a list or one id)."""
     from transformers import GenerationConfig
+
     try:
         eos = GenerationConfig.from_pretrained(base).eos_token_id
     except OSError:  # no generation_config.json: generation falls back to the model config's
         from transformers import AutoConfig
+
         eos = AutoConfig.from_pretrained(base).eos_token_id
     return [e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]

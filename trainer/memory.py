@@ -6,16 +6,18 @@ attention, the logits and their float32 loss). Its terms follow Phi3DecoderLayer
 test suite checks the total against the bytes tensors really hold during training steps on the CPU
 (trainer.tensor_bytes) at several small shapes. Pure Python: the runner's plan imports it without torch.
 """
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-GIB = 2 ** 30
+GIB = 2**30
 
 
 @dataclass(frozen=True)
 class Shape:
     """The fields of a Phi3Config that decide memory."""
+
     hidden_size: int
     num_hidden_layers: int
     num_attention_heads: int
@@ -51,8 +53,14 @@ def shape_of(model: dict) -> Shape | None:
     """The spec's model section -> its Shape; None when it cannot be known without downloading it."""
     if model["source"] == "tiny" and model.get("tiny"):
         t = model["tiny"]
-        return Shape(t["hidden_size"], t["num_hidden_layers"], t["num_attention_heads"], t["num_attention_heads"],
-                     t["intermediate_size"], t["vocab_size"])
+        return Shape(
+            t["hidden_size"],
+            t["num_hidden_layers"],
+            t["num_attention_heads"],
+            t["num_attention_heads"],
+            t["intermediate_size"],
+            t["vocab_size"],
+        )
     ident = model.get("id") or ""
     if ident in KNOWN:
         return KNOWN[ident]
@@ -60,9 +68,15 @@ def shape_of(model: dict) -> Shape | None:
     if config.is_file():
         c = json.loads(config.read_text())
         try:
-            return Shape(c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
-                         c.get("num_key_value_heads") or c["num_attention_heads"], c["intermediate_size"],
-                         c["vocab_size"], bool(c.get("tie_word_embeddings", False)))
+            return Shape(
+                c["hidden_size"],
+                c["num_hidden_layers"],
+                c["num_attention_heads"],
+                c.get("num_key_value_heads") or c["num_attention_heads"],
+                c["intermediate_size"],
+                c["vocab_size"],
+                bool(c.get("tie_word_embeddings", False)),
+            )
         except KeyError:
             return None
     return None
@@ -103,8 +117,10 @@ class Estimate:
 
     def line(self, limit: float | None = None, where: str = "") -> str:
         """'about 47 GiB of the 80 GiB on <where> (weights 7.1, grads 7.1, optimizer 21.3, activations ~9)'."""
-        parts = (f"weights {self.weights / GIB:.1f}, grads {self.grads / GIB:.1f}, "
-                 f"optimizer {self.optimizer / GIB:.1f}, activations ~{self.activations / GIB:.1f}")
+        parts = (
+            f"weights {self.weights / GIB:.1f}, grads {self.grads / GIB:.1f}, "
+            f"optimizer {self.optimizer / GIB:.1f}, activations ~{self.activations / GIB:.1f}"
+        )
         total = f"{self.total / GIB:.0f}" if self.total >= 10 * GIB else f"{self.total / GIB:.2g}"
         if limit:
             return f"about {total} GiB of the {limit / GIB:.0f} GiB{where} ({parts})"
@@ -131,7 +147,10 @@ def sharding(spec: dict, processes: int, gpu_gib: float | None) -> tuple[bool, s
     if processes < 2:
         return False, "one process: nothing to shard or replicate"
     elif choice is True:
-        return True, f"FSDP2 (train.fsdp=true): weights, gradients and optimizer state sharded over {processes} processes"
+        return (
+            True,
+            f"FSDP2 (train.fsdp=true): weights, gradients and optimizer state sharded over {processes} processes",
+        )
     if choice != "auto":
         return False, f"DDP (train.fsdp=false): each of the {processes} processes holds the whole model"
     whole = for_spec(spec)
@@ -140,12 +159,16 @@ def sharding(spec: dict, processes: int, gpu_gib: float | None) -> tuple[bool, s
         return False, f"DDP (train.fsdp=auto, {why}): each of the {processes} processes holds the whole model"
     limit = gpu_gib * GIB
     if whole.total <= HEADROOM * limit:
-        return False, (f"DDP (train.fsdp=auto): one GPU holds the whole model, about {whole.total / GIB:.0f} of its "
-                       f"{gpu_gib:.0f} GiB; each of the {processes} processes keeps all of it")
+        return False, (
+            f"DDP (train.fsdp=auto): one GPU holds the whole model, about {whole.total / GIB:.0f} of its "
+            f"{gpu_gib:.0f} GiB; each of the {processes} processes keeps all of it"
+        )
     shared = for_spec(spec, shards=processes)
-    return True, (f"FSDP2 (train.fsdp=auto): the whole model would take about {whole.total / GIB:.0f} of the "
-                  f"{gpu_gib:.0f} GiB of one GPU; sharded over {processes} processes, about "
-                  f"{shared.total / GIB:.0f} GiB each")
+    return True, (
+        f"FSDP2 (train.fsdp=auto): the whole model would take about {whole.total / GIB:.0f} of the "
+        f"{gpu_gib:.0f} GiB of one GPU; sharded over {processes} processes, about "
+        f"{shared.total / GIB:.0f} GiB each"
+    )
 
 
 def fitting(spec: dict, limit: float, device: str = "cuda", processes: int = 1) -> tuple[list[str], Estimate] | None:
@@ -162,11 +185,19 @@ def fitting(spec: dict, limit: float, device: str = "cuda", processes: int = 1) 
     b, accumulate = t["per_device_train_batch_size"], t["gradient_accumulation_steps"]
     while b > 1:
         b, accumulate = b // 2, accumulate * 2 if b % 2 == 0 else accumulate
-        batches.append(([f"train.per_device_train_batch_size={b}", f"train.gradient_accumulation_steps={accumulate}"],
-                        {"per_device_train_batch_size": b, "gradient_accumulation_steps": accumulate}))
+        batches.append(
+            (
+                [f"train.per_device_train_batch_size={b}", f"train.gradient_accumulation_steps={accumulate}"],
+                {"per_device_train_batch_size": b, "gradient_accumulation_steps": accumulate},
+            )
+        )
     if optimizer_bytes(t.get("optim"), t.get("optim_args"), 2)[0] > 2.1:
-        changes.append((["++train.optim=adamw_torch_8bit", "++train.optim_args=bf16_stochastic_round=True"],
-                        {"optim": "adamw_torch_8bit", "optim_args": "bf16_stochastic_round=True"}))
+        changes.append(
+            (
+                ["++train.optim=adamw_torch_8bit", "++train.optim_args=bf16_stochastic_round=True"],
+                {"optim": "adamw_torch_8bit", "optim_args": "bf16_stochastic_round=True"},
+            )
+        )
     if not (t.get("lora") or {}).get("enabled"):
         changes.append((["train.lora.enabled=true"], {"lora": {**(t.get("lora") or {"r": 16}), "enabled": True}}))
     tried = [[c] for c in changes] + [[*changes[:k], bt] for k in range(len(changes) + 1) for bt in batches]
@@ -186,8 +217,9 @@ def _lora_params(shape: Shape, r: int) -> int:
     return shape.num_hidden_layers * sum(r * (a + b) for a, b in shape.layer_linears())
 
 
-def estimate(shape: Shape, train: dict, precision: str, attn: str = "eager", device: str = "cuda",
-             shards: int = 1) -> Estimate:
+def estimate(
+    shape: Shape, train: dict, precision: str, attn: str = "eager", device: str = "cuda", shards: int = 1
+) -> Estimate:
     """Peak bytes of one training process: one GPU's share when each process holds the whole model (DDP, shards=1),
     or, under FSDP2 over shards processes, its shard of weights, gradients and optimizer state plus what is gathered
     whole for a while: the root module's parameters (embeddings, head, final norm), the decoder layer being computed
@@ -212,7 +244,7 @@ def estimate(shape: Shape, train: dict, precision: str, attn: str = "eager", dev
         layer_params = sum(a * b for a, b in shape.layer_linears()) + 2 * h_
         root_params = v_ * h_ * (1 if shape.tie_word_embeddings else 2) + h_
         weights += (root_params + 2 * layer_params) * weight_bytes  # gathered: the root, this layer, the next
-        grads += layer_params * weight_bytes * (trained / n)       # one layer's full gradients, then reduce-scattered
+        grads += layer_params * weight_bytes * (trained / n)  # one layer's full gradients, then reduce-scattered
         notes.append(f"FSDP2: state sharded over {shards} processes, the root and two layers gathered at a time")
 
     h, i, v = shape.hidden_size, shape.intermediate_size, shape.vocab_size
@@ -245,6 +277,11 @@ def estimate(shape: Shape, train: dict, precision: str, attn: str = "eager", dev
 # span per token for the attention scores, by precision and attention; measured with autograd's saved-tensor hooks
 # on Phi3DecoderLayer (transformers 5.23), which every device runs alike. SDPA's flash kernels (GPU, and the CPU's
 # for causal rows) keep no scores.
-SAVED = {("bf16", "eager"): (24, 8, 6), ("bf16", "sdpa"): (30, 8, 0),
-         ("fp32", "eager"): (40, 16, 4), ("fp32", "sdpa"): (52, 16, 0),
-         ("bf16-mixed", "eager"): (37, 9.5, 4.25), ("bf16-mixed", "sdpa"): (36, 9.5, 0)}
+SAVED = {
+    ("bf16", "eager"): (24, 8, 6),
+    ("bf16", "sdpa"): (30, 8, 0),
+    ("fp32", "eager"): (40, 16, 4),
+    ("fp32", "sdpa"): (52, 16, 0),
+    ("bf16-mixed", "eager"): (37, 9.5, 4.25),
+    ("bf16-mixed", "sdpa"): (36, 9.5, 0),
+}

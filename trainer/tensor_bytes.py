@@ -1,4 +1,5 @@
 """Peak bytes held by tensors during a block of PyTorch code: what trainer.memory's estimates are checked against."""
+
 import weakref
 
 
@@ -19,6 +20,7 @@ class TensorBytes:
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
                 from torch.utils._pytree import tree_flatten
+
                 for t in tree_flatten(out)[0]:
                     tracker.add(t)
                 return out
@@ -30,6 +32,7 @@ class TensorBytes:
 
     def add(self, t):
         import torch
+
         if not isinstance(t, torch.Tensor) or t.device.type == "meta":
             return
         try:

@@ -4,6 +4,7 @@ No weights come from anywhere: the model is built from a seed, so tests and the 
 run need no download. Built in a few seconds, cached by content, saved with save_pretrained so
 every later step loads it exactly like a hub model.
 """
+
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ def chat_template() -> str:
     training variant (generation markers), exactly as it does for microsoft/Phi-3-mini-4k-instruct.
     """
     from importlib.resources import files
+
     return (files("trl") / "chat_templates" / "phi3.jinja").read_text(encoding="utf-8")
 
 
@@ -45,11 +47,19 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     # byte level: any text (Japanese, emoji) encodes, unseen characters included
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator(texts, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                                   additional_special_tokens=SPECIAL_TOKENS[1:4])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:4],
+    )
     fast.chat_template = chat_template()
     fast.model_max_length = 1 << 20
     return fast
@@ -62,12 +72,19 @@ def build_model(tokenizer, shape: dict):
     torch.manual_seed(shape["seed"])
     end_ids = stop_ids(tokenizer)
     config = Phi3Config(
-        vocab_size=len(tokenizer), hidden_size=shape["hidden_size"], num_hidden_layers=shape["num_hidden_layers"],
-        num_attention_heads=shape["num_attention_heads"], num_key_value_heads=shape["num_attention_heads"],
-        intermediate_size=shape["intermediate_size"], max_position_embeddings=shape["max_position_embeddings"],
+        vocab_size=len(tokenizer),
+        hidden_size=shape["hidden_size"],
+        num_hidden_layers=shape["num_hidden_layers"],
+        num_attention_heads=shape["num_attention_heads"],
+        num_key_value_heads=shape["num_attention_heads"],
+        intermediate_size=shape["intermediate_size"],
+        max_position_embeddings=shape["max_position_embeddings"],
         original_max_position_embeddings=shape["max_position_embeddings"],
-        pad_token_id=tokenizer.pad_token_id, bos_token_id=end_ids[1], eos_token_id=end_ids,
-        tie_word_embeddings=False, use_cache=True,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=end_ids[1],
+        eos_token_id=end_ids,
+        tie_word_embeddings=False,
+        use_cache=True,
     )
     model = Phi3ForCausalLM(config)
     model.generation_config = GenerationConfig(eos_token_id=end_ids, pad_token_id=tokenizer.pad_token_id)
@@ -104,6 +121,7 @@ def tokenizer_for(rows, shape: dict, cache_dir: Path):
     target = Path(cache_dir) / f"tiny-phi3-{cache_key(shape, texts)}"
     if (target / "config.json").exists():
         from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(target)
     return build_tokenizer(texts, shape["vocab_size"])
 

@@ -1,10 +1,12 @@
 """MLflow: where runs go, what they record, and how the model is logged for serving."""
+
 import json
 import os
 from pathlib import Path
 
-from .files import pinned_requirements
 from common.generation import PARAMS
+
+from .files import pinned_requirements
 
 
 def point_at(uri: str, registry: bool = False):
@@ -37,13 +39,19 @@ def use_experiment(uri: str, experiment: str) -> str:
     point_at(uri)
     if uri.startswith("sqlite:///") and mlflow.get_experiment_by_name(experiment) is None:
         # a SQLite store would put artifacts in ./mlruns of whatever directory we run in: pin them beside the db
-        artifacts = Path(uri[len("sqlite:///"):]).parent / "mlartifacts"
+        artifacts = Path(uri[len("sqlite:///") :]).parent / "mlartifacts"
         mlflow.create_experiment(experiment, artifact_location=artifacts.resolve().as_uri())
     return mlflow.set_experiment(experiment).experiment_id
 
 
-def start(uri: str, experiment: str, resume_file: Path, run_name: str | None = None, tags: dict | None = None,
-          parent_run_id: str | None = None):
+def start(
+    uri: str,
+    experiment: str,
+    resume_file: Path,
+    run_name: str | None = None,
+    tags: dict | None = None,
+    parent_run_id: str | None = None,
+):
     """Start (or, after a crash, resume) the MLflow run of this training.
 
     run_name and tags say what the run is (the runner passes its run directory); parent_run_id nests it under a
@@ -77,6 +85,7 @@ def flatten(d: dict, prefix="") -> dict:
 
 def log_spec(spec: dict, spec_path: Path):
     import mlflow
+
     params = {k: v for k, v in flatten(spec).items() if not k.startswith("azure.")}  # no workspace ids in params
     mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
     mlflow.log_artifact(str(spec_path))
@@ -90,6 +99,7 @@ def loss_plot(log_history: list, path: Path, eval_before: float | None = None) -
     if not train and not evals:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -116,8 +126,9 @@ def signature():
     # the generation settings a caller may send with each request: declared so MLflow's serving honours them;
     # return_full_text too, which the tutorial's payload sends
     params = [ParamSpec(n, t, d) for n, (_, t, d) in PARAMS.items()] + [ParamSpec("return_full_text", "boolean", False)]
-    return ModelSignature(inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]),
-                          params=ParamSchema(params))
+    return ModelSignature(
+        inputs=Schema([ColSpec("string")]), outputs=Schema([ColSpec("string")]), params=ParamSchema(params)
+    )
 
 
 def prompt_template(tokenizer) -> str:
@@ -128,7 +139,9 @@ def prompt_template(tokenizer) -> str:
     the bare string, and a chat model ends at once.
     """
     mark = "\x00prompt\x00"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": mark}], add_generation_prompt=True, tokenize=False)
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": mark}], add_generation_prompt=True, tokenize=False
+    )
     return text.replace("{", "{{").replace("}", "}}").replace(mark, "{prompt}")
 
 
@@ -137,9 +150,13 @@ def _model_args(model, tokenizer) -> dict:
 
     # offline, mlflow warns that it cannot fetch a model card or license for a local model: expected here
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
-    return dict(transformers_model={"model": model, "tokenizer": tokenizer}, task="text-generation",
-                prompt_template=prompt_template(tokenizer), signature=signature(),
-                pip_requirements=pinned_requirements())  # explicit: inferring them imports torchvision
+    return dict(
+        transformers_model={"model": model, "tokenizer": tokenizer},
+        task="text-generation",
+        prompt_template=prompt_template(tokenizer),
+        signature=signature(),
+        pip_requirements=pinned_requirements(),
+    )  # explicit: inferring them imports torchvision
 
 
 def save_model(model, tokenizer, path: Path) -> Path:
@@ -150,6 +167,7 @@ def save_model(model, tokenizer, path: Path) -> Path:
     import shutil
 
     import mlflow
+
     tmp = path.with_name(path.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     mlflow.transformers.save_model(path=str(tmp), **_model_args(model, tokenizer))
@@ -174,6 +192,7 @@ def log_model(model, tokenizer, local_copy: Path) -> str:
     info = mlflow.transformers.log_model(name="model", **_model_args(model, tokenizer))
     if local_copy.exists():
         import shutil
+
         shutil.rmtree(local_copy)
     mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(local_copy))
     return info.model_uri
@@ -191,11 +210,14 @@ def progress_callback():
             logs = logs or {}
             bits = [f"{k} {logs[k]:.4g}" for k in ("loss", "eval_loss", "learning_rate") if k in logs]
             if bits and state.is_world_process_zero and state.max_steps:
-                line = f"[train] step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.1f}: " + ", ".join(bits)
+                line = f"[train] step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.1f}: " + ", ".join(
+                    bits
+                )
                 (self.training_bar.write if self.training_bar is not None else print)(line)
             numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
             if numbers and state.is_world_process_zero:
                 import mlflow
+
                 if mlflow.active_run() is not None:  # none when fit() runs without recording (the benchmark)
                     best_effort("log metrics", mlflow.log_metrics, numbers, step=state.global_step)
 

@@ -3,6 +3,7 @@
 Hydra instantiates launchers only from classes defined under the hydra_plugins namespace: this one is the runner's,
 defined here by name.
 """
+
 from dataclasses import dataclass
 
 from hydra.core.config_store import ConfigStore

@@ -4,6 +4,7 @@ Each stage module writes its resources' YAML under <run_dir>/azure/ (resources.p
 azure-ai-ml's load_* functions and hands the entities to an MLClient. plan() writes the files only: it makes
 no cloud call and imports nothing from azure. The endpoint key is fetched when needed and never written.
 """
+
 import functools
 import io
 
@@ -12,9 +13,11 @@ from ..spec import dump_yaml
 from . import resources
 from .retry import call, scrub
 
-LOGIN_HELP = ["could not get Azure credentials ({reason}). Log in first, one of:",
-              "  az login                      (then re-run; add --use-device-code on a machine without a browser)",
-              "  export AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET   (a service principal)"]
+LOGIN_HELP = [
+    "could not get Azure credentials ({reason}). Log in first, one of:",
+    "  az login                      (then re-run; add --use-device-code on a machine without a browser)",
+    "  export AZURE_CLIENT_ID, AZURE_TENANT_ID and AZURE_CLIENT_SECRET   (a service principal)",
+]
 LOG_LINES_ON_FAILURE = 50
 
 
@@ -45,9 +48,14 @@ def client(spec):
     return _clients[key]
 
 
-LOADERS = {"environment.yml": "load_environment", "compute.yml": "load_compute", "job.yml": "load_job",
-           "model.yml": "load_model", "endpoint.yml": "load_online_endpoint",
-           "deployment.yml": "load_online_deployment"}
+LOADERS = {
+    "environment.yml": "load_environment",
+    "compute.yml": "load_compute",
+    "job.yml": "load_job",
+    "model.yml": "load_model",
+    "endpoint.yml": "load_online_endpoint",
+    "deployment.yml": "load_online_deployment",
+}
 
 
 def load(ctx, name: str, obj: dict):
@@ -63,20 +71,24 @@ def load(ctx, name: str, obj: dict):
 
 def azure_errors(fn):
     """Login problems are the user's to fix (exit 2); any other Azure failure fails the stage (exit 1)."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from azure.core.exceptions import AzureError, ClientAuthenticationError
+
         try:
             return fn(*args, **kwargs)
         except ClientAuthenticationError as exc:
             raise UserError(login_help(exc)) from None
         except AzureError as exc:  # MlException is one too
             raise StageFailed(f"Azure ML: {summary(exc)}") from exc
+
     return wrapper
 
 
 def get_or_none(what, get, name, log):
     from azure.core.exceptions import ResourceNotFoundError
+
     try:
         return call(what, get, name, log=log)
     except ResourceNotFoundError:

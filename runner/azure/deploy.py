@@ -1,4 +1,5 @@
 """deploy (Azure ML): a managed online endpoint, rolled out blue/green; chat reads its URL and key from Azure."""
+
 import json
 
 from ..errors import StageFailed, UserError
@@ -24,47 +25,71 @@ def run(spec, ctx) -> dict:
     res = resources.prepare_deploy(spec, ctx, new, f"azureml:{reg['model_name']}:{reg['model_version']}")
     if endpoint is None:
         log(f"[deploy] creating endpoint {name}")
-        call("create the endpoint",
-             lambda: ml.online_endpoints.begin_create_or_update(load(ctx, "endpoint.yml", res["endpoint.yml"])).result(),
-             log=log)
-    log(f"[deploy] creating deployment {new} ({spec['deploy']['instance_type']} x{spec['deploy']['instance_count']}) "
-        f"at 0% traffic; {'live: ' + live if live else 'no live deployment yet'}")
+        call(
+            "create the endpoint",
+            lambda: ml.online_endpoints.begin_create_or_update(load(ctx, "endpoint.yml", res["endpoint.yml"])).result(),
+            log=log,
+        )
+    log(
+        f"[deploy] creating deployment {new} ({spec['deploy']['instance_type']} x{spec['deploy']['instance_count']}) "
+        f"at 0% traffic; {'live: ' + live if live else 'no live deployment yet'}"
+    )
     deployment = load(ctx, "deployment.yml", res["deployment.yml"])
     from azure.core.exceptions import AzureError, ClientAuthenticationError
+
     try:
-        call("create the deployment", lambda: ml.online_deployments.begin_create_or_update(deployment).result(),
-             log=log)
+        call(
+            "create the deployment", lambda: ml.online_deployments.begin_create_or_update(deployment).result(), log=log
+        )
         smoke_test(ml, ctx, name, new)
     except (StageFailed, AzureError) as exc:
         if isinstance(exc, ClientAuthenticationError):
             raise
-        what = str(exc) if isinstance(exc, StageFailed) else (
-            f"deployment {new} of {name} failed: {summary(exc)}\nlast log lines:\n{deployment_logs(ml, new, name)}")
+        what = (
+            str(exc)
+            if isinstance(exc, StageFailed)
+            else (
+                f"deployment {new} of {name} failed: {summary(exc)}\nlast log lines:\n{deployment_logs(ml, new, name)}"
+            )
+        )
         raise StageFailed(f"{what}\n{remove_failed(ml, ctx, spec, name, new, live)}") from exc
     endpoint = call("read the endpoint", ml.online_endpoints.get, name, log=log)
     endpoint.traffic = {new: 100}
     call("move traffic", lambda: ml.online_endpoints.begin_create_or_update(endpoint).result(), log=log)
     log(f"[deploy] 100% of {name}'s traffic now goes to {new}")
     if live and live != new:
-        call("delete the old deployment",
-             lambda: ml.online_deployments.begin_delete(name=live, endpoint_name=name).result(), log=log)
+        call(
+            "delete the old deployment",
+            lambda: ml.online_deployments.begin_delete(name=live, endpoint_name=name).result(),
+            log=log,
+        )
         log(f"[deploy] deleted the previous deployment {live}")
     endpoint = call("read the endpoint", ml.online_endpoints.get, name, log=log)
-    return {"kind": "azureml", "endpoint_name": name, "deployment_name": new, "scoring_uri": endpoint.scoring_uri,
-            "model": f"{reg['model_name']}:{reg['model_version']}"}
+    return {
+        "kind": "azureml",
+        "endpoint_name": name,
+        "deployment_name": new,
+        "scoring_uri": endpoint.scoring_uri,
+        "model": f"{reg['model_name']}:{reg['model_version']}",
+    }
 
 
 def refuse_beside_a_busy_deployment(ml, name, log):
     """Two rollouts to one endpoint (from two machines, or one interrupted while Azure goes on) would race on the
     same deployment: while one is being created, updated or deleted, nothing is changed."""
-    busy = [d for d in call("list the deployments", lambda: list(ml.online_deployments.list(endpoint_name=name)), log=log)
-            if str(getattr(d, "provisioning_state", None) or "").lower() in ("creating", "updating", "deleting")]
+    busy = [
+        d
+        for d in call("list the deployments", lambda: list(ml.online_deployments.list(endpoint_name=name)), log=log)
+        if str(getattr(d, "provisioning_state", None) or "").lower() in ("creating", "updating", "deleting")
+    ]
     if busy:
         d = busy[0]
-        raise UserError(f"deployment {d.name} of endpoint {name} is {d.provisioning_state.lower()} (another rollout "
-                        f"to this endpoint, from here or elsewhere, or one that was interrupted, is still going on "
-                        f"in Azure); nothing was changed. Run again once `az ml online-deployment show --name "
-                        f"{d.name} --endpoint-name {name} --query provisioning_state` says Succeeded or Failed")
+        raise UserError(
+            f"deployment {d.name} of endpoint {name} is {d.provisioning_state.lower()} (another rollout "
+            f"to this endpoint, from here or elsewhere, or one that was interrupted, is still going on "
+            f"in Azure); nothing was changed. Run again once `az ml online-deployment show --name "
+            f"{d.name} --endpoint-name {name} --query provisioning_state` says Succeeded or Failed"
+        )
 
 
 def live_deployment(endpoint) -> str | None:
@@ -80,18 +105,26 @@ def remove_failed(ml, ctx, spec, endpoint_name, new, live) -> str:
     if new == live:  # cannot happen with blue/green names; never delete what serves
         return f"traffic is unchanged ({live} serves)."
     from azure.core.exceptions import ResourceNotFoundError
+
     try:
-        call("delete the failed deployment",
-             lambda: ml.online_deployments.begin_delete(name=new, endpoint_name=endpoint_name).result(), log=ctx.log)
+        call(
+            "delete the failed deployment",
+            lambda: ml.online_deployments.begin_delete(name=new, endpoint_name=endpoint_name).result(),
+            log=ctx.log,
+        )
     except ResourceNotFoundError:
         return f"traffic is unchanged ({live or 'no deployment'} serves); Azure created no deployment {new}, nothing bills."
     except Exception as exc:  # say so, and how to do it by hand
-        return (f"traffic is unchanged ({live or 'no deployment'} serves). The failed deployment {new} could not be "
-                f"deleted ({summary(exc)}) and bills {cost} until it is: az ml online-deployment delete --name {new} "
-                f"--endpoint-name {endpoint_name}")
+        return (
+            f"traffic is unchanged ({live or 'no deployment'} serves). The failed deployment {new} could not be "
+            f"deleted ({summary(exc)}) and bills {cost} until it is: az ml online-deployment delete --name {new} "
+            f"--endpoint-name {endpoint_name}"
+        )
     ctx.log(f"[deploy] deleted the failed deployment {new}: at 0% traffic it would still bill {cost}")
-    return (f"traffic is unchanged ({live or 'no deployment'} serves); the failed deployment {new} was deleted so "
-            f"it does not bill {cost} at 0% traffic.")
+    return (
+        f"traffic is unchanged ({live or 'no deployment'} serves); the failed deployment {new} was deleted so "
+        f"it does not bill {cost} at 0% traffic."
+    )
 
 
 def deployment_logs(ml, name, endpoint_name) -> str:
@@ -104,15 +137,25 @@ def deployment_logs(ml, name, endpoint_name) -> str:
 def smoke_test(ml, ctx, endpoint_name, deployment_name):
     """One real request to the new deployment, addressed by name, before it gets any traffic."""
     from azure.core.exceptions import AzureError
+
     request = resources.folder(ctx) / "sample-request.json"  # written by prepare_deploy
     try:
         # tried once: the deployment passed its readiness probe, and a 5xx now is its own scoring script's answer
-        raw = call("score a test request", ml.online_endpoints.invoke, endpoint_name=endpoint_name,
-                   deployment_name=deployment_name, request_file=str(request), log=ctx.log, tries=1)
+        raw = call(
+            "score a test request",
+            ml.online_endpoints.invoke,
+            endpoint_name=endpoint_name,
+            deployment_name=deployment_name,
+            request_file=str(request),
+            log=ctx.log,
+            tries=1,
+        )
         answers = _decode(raw)
     except (AzureError, ValueError) as exc:
-        raise StageFailed(f"the new deployment {deployment_name} did not answer a test request ({summary(exc)}).\n"
-                          f"last log lines:\n{deployment_logs(ml, deployment_name, endpoint_name)}") from exc
+        raise StageFailed(
+            f"the new deployment {deployment_name} did not answer a test request ({summary(exc)}).\n"
+            f"last log lines:\n{deployment_logs(ml, deployment_name, endpoint_name)}"
+        ) from exc
     ctx.log(f"[deploy] {deployment_name} answered the test request: {str(answers[0])[:80]!r}")
 
 
@@ -131,13 +174,17 @@ def endpoint_credentials(spec, ctx) -> tuple[str, str]:
     if endpoint is None:
         raise StageFailed(f"endpoint {name} does not exist: python -m runner stages=[deploy] force=true creates it")
     if str(getattr(endpoint, "auth_mode", "key")).lower() != "key":
-        raise UserError(f"endpoint {name} uses auth_mode {endpoint.auth_mode}, but the chat flow sends a key: set "
-                        f"deploy.endpoint_name to a new name (this runner creates key-auth endpoints), or switch it "
-                        f"with az ml online-endpoint update --name {name} --set auth_mode=key")
+        raise UserError(
+            f"endpoint {name} uses auth_mode {endpoint.auth_mode}, but the chat flow sends a key: set "
+            f"deploy.endpoint_name to a new name (this runner creates key-auth endpoints), or switch it "
+            f"with az ml online-endpoint update --name {name} --set auth_mode=key"
+        )
     keys = call("read the endpoint key", ml.online_endpoints.get_keys, name, log=ctx.log)
     if not getattr(keys, "primary_key", None):
-        raise StageFailed(f"endpoint {name} returned no primary key; az ml online-endpoint get-credentials "
-                          f"--name {name} shows what it has")
+        raise StageFailed(
+            f"endpoint {name} returned no primary key; az ml online-endpoint get-credentials "
+            f"--name {name} shows what it has"
+        )
     return endpoint.scoring_uri, keys.primary_key
 
 
@@ -148,15 +195,21 @@ def is_current(outputs, spec, ctx) -> bool:
 def plan(spec, ctx) -> list[str]:
     d = spec["deploy"]
     reg = ctx.manifest.outputs("register")
-    model_ref = (f"azureml:{reg['model_name']}:{reg['model_version']}" if reg.get("model_version")
-                 else f"azureml:{spec['register']['model_name']}@latest")  # the version register will add
+    model_ref = (
+        f"azureml:{reg['model_name']}:{reg['model_version']}"
+        if reg.get("model_version")
+        else f"azureml:{spec['register']['model_name']}@latest"
+    )  # the version register will add
     new = resources.next_deployment(ctx.manifest.outputs("deploy").get("deployment_name"))
     resources.prepare_deploy(spec, ctx, new, model_ref)
     name = resources.endpoint_name(spec)
     if not d["endpoint_name"]:
         known = all(spec["azure"].get(k) for k in resources.WORKSPACE)
-        name = (f"{name} (derived from run.name and the workspace" if known else
-                f"{name.rsplit('-', 1)[0]}-<8 hex of the workspace> (derived from run.name and the AZURE_* workspace")
+        name = (
+            f"{name} (derived from run.name and the workspace"
+            if known
+            else f"{name.rsplit('-', 1)[0]}-<8 hex of the workspace> (derived from run.name and the AZURE_* workspace"
+        )
         name += "; set deploy.endpoint_name to choose)"
     return [
         f"{rel(ctx, 'endpoint.yml')}: endpoint {name}, key auth, user-assigned identity; created only if missing, "

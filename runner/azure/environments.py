@@ -13,6 +13,7 @@ change only what Azure needs, each change said below with its reason:
   the job pins the newest pair that fits together: mlflow 3.15.0 + azureml-mlflow 1.62.0.post6.
 - The deployment needs only what serving/scoring.py imports, plus Azure ML's inference server.
 """
+
 import re
 
 from trainer.files import pinned_requirements

@@ -1,5 +1,6 @@
 """eval (Azure ML): the training job compared the model with its base on the GPU node right after training (the
 base model was there already: no second bill); this stage takes the figures the train stage fetched from the job."""
+
 import json
 import shutil
 
@@ -15,17 +16,21 @@ def run(spec, ctx) -> dict:
     fetched = train.get("eval_dir")
     job = train.get("job_name")
     if not fetched or not (ctx.run_dir / fetched / "metrics.json").is_file():
-        raise UserError(f"job {job} left no eval figures (outputs/eval/metrics.json): run training again, which "
-                        "evaluates at its end, e.g. python -m runner stages=[train,eval] force=true (same config "
-                        "overrides)")
+        raise UserError(
+            f"job {job} left no eval figures (outputs/eval/metrics.json): run training again, which "
+            "evaluates at its end, e.g. python -m runner stages=[train,eval] force=true (same config "
+            "overrides)"
+        )
     metrics = json.loads((ctx.run_dir / fetched / "metrics.json").read_text())
     wanted = spec["eval"]
     changed = [k for k in ("rows", "samples") if metrics.get("settings", {}).get(k) != wanted[k]]
     changed += [k for k in SETTINGS if metrics.get(k) != wanted[k]]
     if changed:
-        raise UserError(f"job {job} evaluated with other eval settings ({', '.join(f'eval.{k}' for k in changed)}); "
-                        "on Azure ML the eval runs inside the training job: re-run both, e.g. python -m runner "
-                        "stages=[train,eval] force=true (same config overrides), or set them back")
+        raise UserError(
+            f"job {job} evaluated with other eval settings ({', '.join(f'eval.{k}' for k in changed)}); "
+            "on Azure ML the eval runs inside the training job: re-run both, e.g. python -m runner "
+            "stages=[train,eval] force=true (same config overrides), or set them back"
+        )
     folder = ctx.run_dir / "eval"
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(ctx.run_dir / fetched, folder)
@@ -34,6 +39,8 @@ def run(spec, ctx) -> dict:
 
 
 def plan(spec, ctx) -> list[str]:
-    return [*evaluation.plan(spec, ctx),
-            "where:  inside the training job, on its node, right after training (no second job, no second bill); "
-            "this stage reads its outputs/eval"]
+    return [
+        *evaluation.plan(spec, ctx),
+        "where:  inside the training job, on its node, right after training (no second job, no second bill); "
+        "this stage reads its outputs/eval",
+    ]

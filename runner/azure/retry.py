@@ -2,13 +2,14 @@
 
 Everything else (401, 404, a rejected resource) fails at once: retrying would only delay the message.
 """
+
 import re
 import time
 
 TRIES = 5
-FIRST_DELAY_S = 2.0   # then 4, 8, 16: about half a minute in all
+FIRST_DELAY_S = 2.0  # then 4, 8, 16: about half a minute in all
 MAX_DELAY_S = 60.0
-_sleep = time.sleep   # tests replace it
+_sleep = time.sleep  # tests replace it
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -42,7 +43,9 @@ def call(what: str, fn, *args, log=None, tries: int = TRIES, **kwargs):
                 raise
             wait = min(max(delay, retry_after(exc) or 0), MAX_DELAY_S)
             if log:
-                log(f"[azure] {what}: {type(exc).__name__} ({_first_line(exc)}); retry {attempt}/{tries - 1} in {wait:g}s")
+                log(
+                    f"[azure] {what}: {type(exc).__name__} ({_first_line(exc)}); retry {attempt}/{tries - 1} in {wait:g}s"
+                )
             _sleep(wait)
             delay *= 2
 
@@ -52,15 +55,19 @@ def _first_line(exc) -> str:
     return text.splitlines()[0][:200] if text else "no message"
 
 
-_IDS = re.compile(r"(https://ml\.azure\.com/[^\s?'\"]*)\?[^\s'\"]*|(/subscriptions/)[^/\s'\"]+|(\btid=)[^&\s'\"]+", re.I)
+_IDS = re.compile(
+    r"(https://ml\.azure\.com/[^\s?'\"]*)\?[^\s'\"]*|(/subscriptions/)[^/\s'\"]+|(\btid=)[^&\s'\"]+", re.I
+)
 
 
 def scrub(text: str) -> str:
     """Text from Azure without the subscription and tenant ids: Studio links lose their query, ARM paths their id."""
+
     def repl(m):
         if m.group(1):
             return m.group(1)
         return m.group(2) + "<subscription>" if m.group(2) else m.group(3) + "<tenant>"
+
     return _IDS.sub(repl, str(text))
 
 
@@ -83,6 +90,7 @@ def call_once(what: str, fn, *args, check, log=None, tries: int = TRIES, **kwarg
     After a transient failure the request may still have gone through: check() looks for its effect and
     returns it (then there is no retry), or None (then it is retried).
     """
+
     def once():
         try:
             return fn(*args, **kwargs)
@@ -93,11 +101,15 @@ def call_once(what: str, fn, *args, check, log=None, tries: int = TRIES, **kwarg
                 done = check()
             except Exception as failed:  # cannot tell whether it took effect: do not risk doing it twice
                 from ..errors import StageFailed
-                raise StageFailed(f"could not {what} ({_first_line(exc)}), and could not check whether it took "
-                                  f"effect ({_first_line(failed)}): look in the workspace before re-running") from exc
+
+                raise StageFailed(
+                    f"could not {what} ({_first_line(exc)}), and could not check whether it took "
+                    f"effect ({_first_line(failed)}): look in the workspace before re-running"
+                ) from exc
             if done is not None:
                 if log:
                     log(f"[azure] {what}: the call failed ({_first_line(exc)}) but had taken effect; not repeating it")
                 return done
             raise
+
     return call(what, once, log=log, tries=tries)

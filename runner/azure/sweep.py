@@ -3,6 +3,7 @@
 Each point's train stage submits its job and detaches (runner/azure/train.py); wait_all follows every job until
 it ends; the launcher then runs each point again, which picks its finished job up.
 """
+
 import math
 
 from ..manifest import Manifest
@@ -33,40 +34,60 @@ def plan(specs) -> list[str]:
             rate = hardware.usd(c["instance_type"], 1.0)
             sku = hardware.gpu(c["instance_type"])
             cores = f" ({sku.gpus} GPU(s) per node)" if sku else ""
-            lines.append(f"{len(group)} Azure ML job(s) on serverless compute, {c['instance_type']}{cores}: all "
-                         "submitted at once, then followed together; as many run at once as the subscription's "
-                         f"quota for that VM family allows ({c['instance_count']} node(s) per job), the rest queue")
-            lines.append(f"  wall time at most {len(group)} x {c['max_hours']} h (compute.max_hours, each job's time "
-                         "limit) if the quota runs one at a time, one job's if it runs them all")
+            lines.append(
+                f"{len(group)} Azure ML job(s) on serverless compute, {c['instance_type']}{cores}: all "
+                "submitted at once, then followed together; as many run at once as the subscription's "
+                f"quota for that VM family allows ({c['instance_count']} node(s) per job), the rest queue"
+            )
+            lines.append(
+                f"  wall time at most {len(group)} x {c['max_hours']} h (compute.max_hours, each job's time "
+                "limit) if the quota runs one at a time, one job's if it runs them all"
+            )
             if rate is None:
                 known = False
-                lines.append(f"  at most {node_hours:g} node-hours of {c['instance_type']} "
-                             "(price not in runner/spec/hardware.py)")
+                lines.append(
+                    f"  at most {node_hours:g} node-hours of {c['instance_type']} "
+                    "(price not in runner/spec/hardware.py)"
+                )
             else:
                 total_usd += rate * node_hours
-                lines.append(f"  costs at most {node_hours:g} node-hours, no idle time = about ${rate * node_hours:.2f} "
-                             f"at ${rate}/h ({hardware.AS_OF}, approx.)")
+                lines.append(
+                    f"  costs at most {node_hours:g} node-hours, no idle time = about ${rate * node_hours:.2f} "
+                    f"at ${rate}/h ({hardware.AS_OF}, approx.)"
+                )
             continue
         at_once = max(1, c["max_instances"] // c["instance_count"])
         rounds = math.ceil(len(group) / at_once)
         node_hours = sum(s["compute"]["instance_count"] * s["compute"]["max_hours"] for s in group)
         rate = hardware.usd(c["instance_type"], 1.0)  # per node-hour
         idle_h = c["max_instances"] * c["idle_time_before_scale_down"] / 3600  # nodes idle before scaling down
-        lines.append(f"{len(group)} Azure ML job(s) on cluster {cluster}: all submitted at once, then followed together; "
-                     f"the cluster runs {at_once} at a time (compute.max_instances={c['max_instances']}, "
-                     f"{c['instance_count']} node(s) per job)" + (f", the other {len(group) - at_once} queue on it"
-                                                                   if len(group) > at_once else ""))
-        more = "" if at_once >= len(group) else f"; compute.max_instances={len(group) * c['instance_count']} runs all at once"
-        lines.append(f"  wall time at most {rounds} x {c['max_hours']} h (compute.max_hours, each job's time limit){more}")
+        lines.append(
+            f"{len(group)} Azure ML job(s) on cluster {cluster}: all submitted at once, then followed together; "
+            f"the cluster runs {at_once} at a time (compute.max_instances={c['max_instances']}, "
+            f"{c['instance_count']} node(s) per job)"
+            + (f", the other {len(group) - at_once} queue on it" if len(group) > at_once else "")
+        )
+        more = (
+            ""
+            if at_once >= len(group)
+            else f"; compute.max_instances={len(group) * c['instance_count']} runs all at once"
+        )
+        lines.append(
+            f"  wall time at most {rounds} x {c['max_hours']} h (compute.max_hours, each job's time limit){more}"
+        )
         if rate is None:
             known = False
-            lines.append(f"  at most {node_hours + idle_h:.1f} node-hours of {c['instance_type']} "
-                         "(price not in runner/spec/hardware.py)")
+            lines.append(
+                f"  at most {node_hours + idle_h:.1f} node-hours of {c['instance_type']} "
+                "(price not in runner/spec/hardware.py)"
+            )
         else:
             usd = rate * (node_hours + idle_h)
             total_usd += usd
-            lines.append(f"  costs at most {node_hours:g} node-hours + {idle_h:.2f} idle = about ${usd:.2f} at "
-                         f"${rate}/h ({hardware.AS_OF}, approx.)")
+            lines.append(
+                f"  costs at most {node_hours:g} node-hours + {idle_h:.2f} idle = about ${usd:.2f} at "
+                f"${rate}/h ({hardware.AS_OF}, approx.)"
+            )
     if known and len(by_cluster) > 1:
         lines.append(f"  in all at most about ${total_usd:.2f}")
     return lines
@@ -80,6 +101,7 @@ def wait_all(points, log, poll_s: float | None = None) -> dict:
     Returns {job name: final status}.
     """
     import time
+
     jobs = {}
     for spec, run_dir, name in points:
         entry = Manifest(run_dir).entry("train")
@@ -110,7 +132,12 @@ def wait_all(points, log, poll_s: float | None = None) -> dict:
     for job_name, seconds in running_s.items():
         m = Manifest(jobs[job_name][1])
         entry = m.entry("train")
-        m.record("train", entry["status"], entry.get("inputs_hash"), {**entry.get("outputs", {}), "running_s": round(seconds)})
+        m.record(
+            "train",
+            entry["status"],
+            entry.get("inputs_hash"),
+            {**entry.get("outputs", {}), "running_s": round(seconds)},
+        )
     done = sum(s == "Completed" for s in status.values())
     log(f"[sweep] {done} of {len(jobs)} job(s) completed")
     return status

@@ -1,5 +1,6 @@
 """teardown (Azure ML): delete the endpoint and its deployments, and the run's Prompt flow connection. Safe to
 repeat; the cluster scales to 0 alone."""
+
 from ..spec import hardware
 from ..stages import prompt_flow
 from . import resources
@@ -11,6 +12,7 @@ from .retry import call
 def run(spec, ctx) -> dict:
     """Delete the endpoint and its deployments if they exist; safe to repeat. The cluster scales to 0 alone."""
     from azure.core.exceptions import ResourceNotFoundError
+
     ml, name = client(spec), resources.endpoint_name(spec)
     deleted = None
     if get_or_none("look up the endpoint", ml.online_endpoints.get, name, ctx.log) is not None:
@@ -27,10 +29,13 @@ def run(spec, ctx) -> dict:
 
 def plan(spec, ctx) -> list[str]:
     d = spec["deploy"]
-    return [f"would delete endpoint {resources.endpoint_name(spec)} and its deployments if it exists, ending their bill "
-            f"({d['instance_type']} x{d['instance_count']}: {hardware.hourly(d['instance_type'], d['instance_count'])}); "
-            + ("serverless training left no cluster behind" if spec["compute"]["cluster_name"] is None else
-               "the compute cluster stays (it scales to 0 nodes when idle)")
-            + "; deletes the run's Prompt flow connection if its chat stage wrote one"]
-
-
+    return [
+        f"would delete endpoint {resources.endpoint_name(spec)} and its deployments if it exists, ending their bill "
+        f"({d['instance_type']} x{d['instance_count']}: {hardware.hourly(d['instance_type'], d['instance_count'])}); "
+        + (
+            "serverless training left no cluster behind"
+            if spec["compute"]["cluster_name"] is None
+            else "the compute cluster stays (it scales to 0 nodes when idle)"
+        )
+        + "; deletes the run's Prompt flow connection if its chat stage wrote one"
+    ]

@@ -1,16 +1,16 @@
 """train (Azure ML): the fine-tuning as a command job on an Azure ML cluster, streamed to the end."""
+
 import re
 import secrets
 from pathlib import Path
 
 from ..errors import Detached, StageFailed
+from ..spec import hardware
 from ..spec.memory_fit import memory_line, sharding_line
 from ..stages import template_audit
-from ..spec import hardware
 from . import resources
 from .client import azure_errors, client, get_or_none, load, rel, summary
 from .retry import call, call_once, scrub
-
 
 TERMINAL = ("Completed", "Failed", "Canceled", "NotResponding")
 
@@ -37,20 +37,40 @@ def run(spec, ctx) -> dict:
         final = call("read the job's status", ml.jobs.get, job.name, log=log)
     if final.status != "Completed":
         detail = f"\n{summary(streamed_error)}" if streamed_error else ""
-        raise StageFailed(f"Azure ML job {job.name} ended with status {final.status}; "
-                          f"az ml job show --name {job.name} --web opens it in Studio{detail}")
+        raise StageFailed(
+            f"Azure ML job {job.name} ended with status {final.status}; "
+            f"az ml job show --name {job.name} --web opens it in Studio{detail}"
+        )
     metrics = job_summary(ml, ctx, job.name)
     c = spec["compute"]
     seconds = ctx.previous.get("outputs", {}).get("running_s") or metrics.get("train_runtime_s")
     # node-hours at the list price: from the time the sweep saw it running, else the training time alone
     usd = hardware.usd(c["instance_type"], seconds / 3600 * c["instance_count"]) if seconds else None
-    return {"job_name": job.name, "status": final.status,
-            "model_path": resources.model_path(job.name), "environment": ctx.manifest.outputs("train").get("environment"),
-            "compute": c["cluster_name"] or f"serverless {c['instance_type']}", "experiment": spec["run"]["experiment_name"],
-            "eval_sha256": (data.get("sha256") or {}).get("test.jsonl"),  # the eval rows these losses are on (sweep summaries)
-            **{k: metrics.get(k) for k in ("eval_loss_before", "eval_loss", "train_loss", "train_runtime_s",
-                                           "tokens_per_s", "steps", "rows_cut_before_stop", "eval_dir")},
-            "cost_usd": None if usd is None else round(usd, 2)}
+    return {
+        "job_name": job.name,
+        "status": final.status,
+        "model_path": resources.model_path(job.name),
+        "environment": ctx.manifest.outputs("train").get("environment"),
+        "compute": c["cluster_name"] or f"serverless {c['instance_type']}",
+        "experiment": spec["run"]["experiment_name"],
+        "eval_sha256": (data.get("sha256") or {}).get(
+            "test.jsonl"
+        ),  # the eval rows these losses are on (sweep summaries)
+        **{
+            k: metrics.get(k)
+            for k in (
+                "eval_loss_before",
+                "eval_loss",
+                "train_loss",
+                "train_runtime_s",
+                "tokens_per_s",
+                "steps",
+                "rows_cut_before_stop",
+                "eval_dir",
+            )
+        },
+        "cost_usd": None if usd is None else round(usd, 2),
+    }
 
 
 def submit(ml, spec, ctx, data):
@@ -58,21 +78,34 @@ def submit(ml, spec, ctx, data):
     job_name = new_job_name(spec)  # chosen here so a retried submit cannot start a second job
     ctx.note({"job_name": job_name})  # before submitting (the code upload takes a while): a kill loses no job
     res = resources.prepare_train(spec, ctx, data, job_name=job_name)
-    env = call("create the environment", ml.environments.create_or_update,
-               load(ctx, "environment.yml", res["environment.yml"]), log=log)
+    env = call(
+        "create the environment",
+        ml.environments.create_or_update,
+        load(ctx, "environment.yml", res["environment.yml"]),
+        log=log,
+    )
     log(f"[train] environment {env.name}:{env.version} ({spec['compute']['image']})")
     if resources.serverless(spec):
-        log(f"[train] serverless compute: Azure starts {spec['compute']['instance_count']} x "
-            f"{spec['compute']['instance_type']} for this job alone (no cluster)")
+        log(
+            f"[train] serverless compute: Azure starts {spec['compute']['instance_count']} x "
+            f"{spec['compute']['instance_type']} for this job alone (no cluster)"
+        )
     else:
         ensure_compute(ml, ctx, load(ctx, "compute.yml", res["compute.yml"]))
     # a retried submit of the same name would be refused (409) while the first one runs: look for it first
-    job = call_once("submit the job", ml.jobs.create_or_update, load(ctx, "job.yml", res["job.yml"]),
-                    check=lambda: get_or_none("look up the job", ml.jobs.get, job_name, log), log=log)
+    job = call_once(
+        "submit the job",
+        ml.jobs.create_or_update,
+        load(ctx, "job.yml", res["job.yml"]),
+        check=lambda: get_or_none("look up the job", ml.jobs.get, job_name, log),
+        log=log,
+    )
     ctx.note({"environment": f"{env.name}:{env.version}"})
     # Studio's links carry the subscription and tenant ids: neither is printed nor kept
-    log(f"[train] job {job.name} submitted ({scrub(job.studio_url or '')}); az ml job show --name {job.name} --web "
-        "opens it in Studio")
+    log(
+        f"[train] job {job.name} submitted ({scrub(job.studio_url or '')}); az ml job show --name {job.name} --web "
+        "opens it in Studio"
+    )
     return job
 
 
@@ -86,8 +119,10 @@ def attachable(ml, spec, ctx):
         if prev.get("status") in ("running", "submitted", "failed"):
             old = get_or_none("look up the earlier job", ml.jobs.get, name, ctx.log)
             if old is not None and old.status not in TERMINAL:
-                ctx.warn(f"job {name} of an earlier attempt (other inputs) is still {old.status}; it is not followed "
-                         f"any more: az ml job cancel -n {name} stops it")
+                ctx.warn(
+                    f"job {name} of an earlier attempt (other inputs) is still {old.status}; it is not followed "
+                    f"any more: az ml job cancel -n {name} stops it"
+                )
         return None
     # submitted (a sweep's first pass), running or interrupted: the job goes on in the cloud. A stage that failed
     # for another reason is tried afresh (a failed or cancelled job is submitted again).
@@ -110,6 +145,7 @@ def job_summary(ml, ctx, job_name) -> dict:
     """
     import json
     import shutil
+
     dest = resources.folder(ctx) / "job-artifacts" / job_name
     try:
         call("download the job's summary", ml.jobs.download, job_name, download_path=str(dest), log=ctx.log)
@@ -137,18 +173,24 @@ def ensure_compute(ml, ctx, wanted):
     """Reuse the cluster when it exists (its settings are left alone), else create it."""
     existing = get_or_none("look up the compute cluster", ml.compute.get, wanted.name, ctx.log)
     if existing is None:
-        ctx.log(f"[train] creating compute cluster {wanted.name} ({wanted.size}, "
-                f"{wanted.min_instances}..{wanted.max_instances} nodes)")
+        ctx.log(
+            f"[train] creating compute cluster {wanted.name} ({wanted.size}, "
+            f"{wanted.min_instances}..{wanted.max_instances} nodes)"
+        )
         call("create the compute cluster", lambda: ml.compute.begin_create_or_update(wanted).result(), log=ctx.log)
         return
     if str(getattr(existing, "size", "")).lower() != wanted.size.lower():
-        ctx.warn(f"compute cluster {wanted.name} exists with size {existing.size}, not {wanted.size}; "
-                 "the job runs on it as it is (rename compute.cluster_name to get a new one)")
+        ctx.warn(
+            f"compute cluster {wanted.name} exists with size {existing.size}, not {wanted.size}; "
+            "the job runs on it as it is (rename compute.cluster_name to get a new one)"
+        )
     has = getattr(existing, "max_instances", None)
     if has is not None and has < wanted.max_instances:  # a sweep's jobs would queue more than its plan said
-        ctx.warn(f"compute cluster {wanted.name} exists with max_instances={has}, not {wanted.max_instances}: at most "
-                 f"{has} node(s) run at once (az ml compute update -n {wanted.name} --max-instances "
-                 f"{wanted.max_instances} raises it)")
+        ctx.warn(
+            f"compute cluster {wanted.name} exists with max_instances={has}, not {wanted.max_instances}: at most "
+            f"{has} node(s) run at once (az ml compute update -n {wanted.name} --max-instances "
+            f"{wanted.max_instances} raises it)"
+        )
 
 
 def follow(ml, job, log):
@@ -159,6 +201,7 @@ def follow(ml, job, log):
     from azure.ai.ml.exceptions import MlException
 
     from .retry import ScrubbedStream
+
     try:
         with contextlib.redirect_stdout(ScrubbedStream(sys.stdout)):  # the SDK prints Studio links with the ids
             call("stream the job's logs", ml.jobs.stream, job.name, log=log)
@@ -177,29 +220,36 @@ def is_current(outputs, spec, ctx) -> bool:
 def max_cost(spec) -> str:
     c = spec["compute"]
     usd = hardware.usd(c["instance_type"], c["max_hours"] * c["instance_count"])
-    return (f"at most {c['max_hours']} h (compute.max_hours, the job's time limit)"
-            + (f", about ${usd:.2f}" if usd is not None else ""))
+    return f"at most {c['max_hours']} h (compute.max_hours, the job's time limit)" + (
+        f", about ${usd:.2f}" if usd is not None else ""
+    )
 
 
 def plan(spec, ctx) -> list[str]:
     c = spec["compute"]
     data = ctx.manifest.outputs("data")
     if not data.get("train_file"):  # not run yet: where the data stage will write
-        data = {"train_file": Path(ctx.run_dir) / "data" / "train.jsonl",
-                "test_file": Path(ctx.run_dir) / "data" / "test.jsonl"}
+        data = {
+            "train_file": Path(ctx.run_dir) / "data" / "train.jsonl",
+            "test_file": Path(ctx.run_dir) / "data" / "test.jsonl",
+        }
     res = resources.prepare_train(spec, ctx, data)
     env, job = res["environment.yml"], res["job.yml"]
     if resources.serverless(spec):
-        where = (f"serverless compute: no cluster (no compute.yml); Azure starts {c['instance_count']} x "
-                 f"{c['instance_type']} for the job alone, {hardware.hourly(c['instance_type'])} per node while it "
-                 "runs, no idle time billed after it; bounded by the subscription's quota for that VM family")
+        where = (
+            f"serverless compute: no cluster (no compute.yml); Azure starts {c['instance_count']} x "
+            f"{c['instance_type']} for the job alone, {hardware.hourly(c['instance_type'])} per node while it "
+            "runs, no idle time billed after it; bounded by the subscription's quota for that VM family"
+        )
         after = "after creating the environment"
     else:
-        where = (f"{rel(ctx, 'compute.yml')}: cluster {c['cluster_name']}, {c['instance_type']}, "
-                 f"{c['min_instances']}..{c['max_instances']} {c['tier']} nodes in "
-                 f"{c['location'] or 'the workspace region'}: billed per node-hour while a node runs, "
-                 f"{hardware.hourly(c['instance_type'])} per node; scales to {c['min_instances']} after "
-                 f"{c['idle_time_before_scale_down']} s idle")
+        where = (
+            f"{rel(ctx, 'compute.yml')}: cluster {c['cluster_name']}, {c['instance_type']}, "
+            f"{c['min_instances']}..{c['max_instances']} {c['tier']} nodes in "
+            f"{c['location'] or 'the workspace region'}: billed per node-hour while a node runs, "
+            f"{hardware.hourly(c['instance_type'])} per node; scales to {c['min_instances']} after "
+            f"{c['idle_time_before_scale_down']} s idle"
+        )
         after = "after creating the environment and compute"
     return [
         f"{rel(ctx, 'environment.yml')}: environment {env['name']}:{env['version']} = {env['image']} "
@@ -213,5 +263,3 @@ def plan(spec, ctx) -> list[str]:
         *template_audit.plan_lines(spec, ctx),
         f"by hand: az ml job create -f {resources.folder(ctx) / 'job.yml'} ({after})",
     ]
-
-

@@ -7,6 +7,7 @@ finds, by command line, any serving.serve of this run directory that a killed co
 teardown stop them all. A pid is only ever signalled when its command line shows serving.serve for this run
 directory (pids get reused).
 """
+
 import json
 import os
 import signal
@@ -37,26 +38,62 @@ class Paths:
         self.key = Path(run_dir) / "secrets" / "endpoint.key"
 
 
-def command(model_dir: Path, key_file: Path, ready_file: Path, host: str = "127.0.0.1", port: int = 0,
-            limit: int | None = None, timeout_ms: int | None = None, model_name: str | None = None) -> list[str]:
+def command(
+    model_dir: Path,
+    key_file: Path,
+    ready_file: Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    limit: int | None = None,
+    timeout_ms: int | None = None,
+    model_name: str | None = None,
+) -> list[str]:
     """The server's command line. The key is passed as a file, never as an argument."""
-    cmd = [sys.executable, "-m", SERVER_MODULE, "--model-dir", str(model_dir), "--key-file", str(key_file),
-           "--host", host, "--port", str(port), "--ready-file", str(ready_file)]
-    return (cmd + (["--max-new-tokens-limit", str(limit)] if limit else [])
-            + (["--request-timeout-ms", str(timeout_ms)] if timeout_ms else [])
-            + (["--model-name", model_name] if model_name else []))
+    cmd = [
+        sys.executable,
+        "-m",
+        SERVER_MODULE,
+        "--model-dir",
+        str(model_dir),
+        "--key-file",
+        str(key_file),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--ready-file",
+        str(ready_file),
+    ]
+    return (
+        cmd
+        + (["--max-new-tokens-limit", str(limit)] if limit else [])
+        + (["--request-timeout-ms", str(timeout_ms)] if timeout_ms else [])
+        + (["--model-name", model_name] if model_name else [])
+    )
 
 
 def start(cmd: list[str], log_file: Path, started: Path | None = None) -> subprocess.Popen:
     """Start the server detached from this process (own session, no stdin), its output into log_file; recorded in
     started/<pid>.json before it has loaded anything."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
     with open(log_file, "wb") as log:
         log.write(f"$ {' '.join(cmd)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     if started is not None:
         started.mkdir(parents=True, exist_ok=True)
         write_atomic(started / f"{proc.pid}.json", json.dumps({"pid": proc.pid, "started": time.time()}))
@@ -156,21 +193,26 @@ def wait_ready(proc: subprocess.Popen, host: str, ready_file: Path, log_file: Pa
     while True:
         code = proc.poll()
         if code is not None:
-            raise StageFailed(f"the endpoint server exited with status {code} before it was ready; "
-                              f"last lines of {log_file}:\n{log_tail(log_file)}")
+            raise StageFailed(
+                f"the endpoint server exited with status {code} before it was ready; "
+                f"last lines of {log_file}:\n{log_tail(log_file)}"
+            )
         info = read_ready(ready_file)
         if info and info.get("pid") == proc.pid and health_ok(f"http://{host}:{info['port']}/health"):
             return info
         if time.monotonic() > deadline:
             stop(proc.pid, ready_file)
-            raise StageFailed(f"the endpoint server did not answer its health route within {timeout:g}s "
-                              f"(deploy.ready_timeout_s); last lines of {log_file}:\n{log_tail(log_file)}")
+            raise StageFailed(
+                f"the endpoint server did not answer its health route within {timeout:g}s "
+                f"(deploy.ready_timeout_s); last lines of {log_file}:\n{log_tail(log_file)}"
+            )
         time.sleep(0.25)
 
 
 def new_key(path: Path) -> None:
     """A fresh random key in a 0600 file in a 0700 folder: its only copy on disk."""
     import secrets
+
     path.parent.mkdir(parents=True, exist_ok=True)
     os.chmod(path.parent, 0o700)
     write_atomic(path, secrets.token_urlsafe(32) + "\n", mode=0o600)

@@ -1,4 +1,5 @@
 """teardown (local): stop the endpoint server that deploy started, forget the run's chat connection. Safe to repeat."""
+
 from ..stages import prompt_flow
 from . import server
 from .server import Paths
@@ -20,5 +21,7 @@ def run(spec, ctx):
 
 
 def plan(spec, ctx):
-    return ["stops every local endpoint server this run directory started (recorded, or left by a crash), and "
-            "deletes the run's Prompt flow connection if its chat stage wrote one"]
+    return [
+        "stops every local endpoint server this run directory started (recorded, or left by a crash), and "
+        "deletes the run's Prompt flow connection if its chat stage wrote one"
+    ]

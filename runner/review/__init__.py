@@ -6,6 +6,7 @@ process, validated with each side's own schema, and compared: changed keys, the 
 Azure resource and hourly-cost deltas, combinations that stopped validating, options added or removed.
 Exit status 2 when any combination of the working tree fails validation. runner/review/report.py renders it.
 """
+
 import argparse
 import io
 import itertools
@@ -26,14 +27,23 @@ from ..spec.validate import problems
 GROUPS = ("compute", "model", "data")
 # Hydra's own groups that no run spec reads (help texts, logging, launcher, sweeper, env, output): dropped from each
 # composition's defaults list, about 40 % of its time; the spec composed is the same (a test compares)
-HYDRA_UNUSED = ["~hydra/help", "~hydra/hydra_help", "~hydra/hydra_logging", "~hydra/launcher", "~hydra/sweeper",
-                "~hydra/env", "~hydra/output"]
+HYDRA_UNUSED = [
+    "~hydra/help",
+    "~hydra/hydra_help",
+    "~hydra/hydra_logging",
+    "~hydra/launcher",
+    "~hydra/sweeper",
+    "~hydra/env",
+    "~hydra/output",
+]
 ABSENT = "<absent>"
 
 
 def options(conf_dir: Path) -> dict:
     """{group: [option, ...]}: the files of each group, without the bases (a leading _)."""
-    return {g: sorted(p.stem for p in (Path(conf_dir) / g).glob("*.yaml") if not p.stem.startswith("_")) for g in GROUPS}
+    return {
+        g: sorted(p.stem for p in (Path(conf_dir) / g).glob("*.yaml") if not p.stem.startswith("_")) for g in GROUPS
+    }
 
 
 @contextmanager
@@ -58,6 +68,7 @@ def parse_each_file_once():
                 cache[key] = (OmegaConf.to_container(r.config), r.path, r.provider, r.header)
             content, path, provider, header = cache[key]
             return ConfigResult(config=OmegaConf.create(content), path=path, provider=provider, header=dict(header))
+
         return load_config
 
     for source in (FileConfigSource, ImportlibResourcesConfigSource):
@@ -74,14 +85,16 @@ def compose_all(conf_dir: Path, schema: dict, fast: bool = True) -> dict:
     """{'a100_phi35_1pct': {'spec': redacted spec or None, 'problems': [...]}} for every combination."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
     from jsonschema import Draft202012Validator
+
     validator = Draft202012Validator(schema)  # once: every combination is checked against the same schema
     opts, out = options(conf_dir), {}
     GlobalHydra.instance().clear()
     try:
-        with parse_each_file_once() if fast else nullcontext(), \
-                initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"):
+        with (
+            parse_each_file_once() if fast else nullcontext(),
+            initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base="1.3"),
+        ):
             for combo in itertools.product(*(opts[g] for g in GROUPS)):
                 name = "_".join(combo)
                 overrides = [f"{g}={o}" for g, o in zip(GROUPS, combo)] + ["plan=true"] + (HYDRA_UNUSED if fast else [])
@@ -107,8 +120,11 @@ def flat(node, prefix="") -> dict:
 
 def changes(old: dict, new: dict) -> list[dict]:
     a, b = flat(old), flat(new)
-    return [{"key": k, "old": a.get(k, ABSENT), "new": b.get(k, ABSENT)}
-            for k in sorted(set(a) | set(b)) if a.get(k, ABSENT) != b.get(k, ABSENT)]
+    return [
+        {"key": k, "old": a.get(k, ABSENT), "new": b.get(k, ABSENT)}
+        for k in sorted(set(a) | set(b))
+        if a.get(k, ABSENT) != b.get(k, ABSENT)
+    ]
 
 
 def redone(old: dict, new: dict) -> list[str]:
@@ -143,11 +159,13 @@ def azure(spec: dict) -> dict | None:
     price = hardware.APPROX_USD_PER_HOUR.get
     train = price(c["instance_type"])
     serve = price(d["instance_type"])
-    return {"cluster": f"{c['instance_type']}, {c['min_instances']}..{c['max_instances']} {c['tier']} nodes",
-            "job": f"{c['instance_count']} node(s) x {c['processes_per_instance']} process(es)",
-            "endpoint": f"{d['instance_type']} x{d['instance_count']}",
-            "train_usd_per_hour": None if train is None else round(train * c["instance_count"], 2),
-            "serve_usd_per_hour": None if serve is None else round(serve * d["instance_count"], 2)}
+    return {
+        "cluster": f"{c['instance_type']}, {c['min_instances']}..{c['max_instances']} {c['tier']} nodes",
+        "job": f"{c['instance_count']} node(s) x {c['processes_per_instance']} process(es)",
+        "endpoint": f"{d['instance_type']} x{d['instance_count']}",
+        "train_usd_per_hour": None if train is None else round(train * c["instance_count"], 2),
+        "serve_usd_per_hour": None if serve is None else round(serve * d["instance_count"], 2),
+    }
 
 
 def review(base: dict, head: dict, base_opts: dict, head_opts: dict) -> dict:
@@ -174,29 +192,39 @@ def review(base: dict, head: dict, base_opts: dict, head_opts: dict) -> dict:
     added = {g: sorted(set(head_opts[g]) - set(base_opts.get(g, []))) for g in GROUPS}
     removed = {g: sorted(set(base_opts.get(g, [])) - set(head_opts[g])) for g in GROUPS}
     statuses = [c["status"] for c in combos]
-    return {"options": {"added": {g: v for g, v in added.items() if v}, "removed": {g: v for g, v in removed.items() if v}},
-            "combinations": combos, "prices": hardware.AS_OF,
-            "summary": {s: statuses.count(s) for s in ("changed", "unchanged", "invalid", "new", "removed", "fixed")}}
+    return {
+        "options": {"added": {g: v for g, v in added.items() if v}, "removed": {g: v for g, v in removed.items() if v}},
+        "combinations": combos,
+        "prices": hardware.AS_OF,
+        "summary": {s: statuses.count(s) for s in ("changed", "unchanged", "invalid", "new", "removed", "fixed")},
+    }
 
 
 def default_base(repo: Path) -> str:
     """The merge base with the default branch (origin's HEAD, else main or master)."""
+
     def git(*args):
         r = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else ""
+
     branch = git("symbolic-ref", "--short", "refs/remotes/origin/HEAD") or next(
-        (b for b in ("origin/main", "main", "origin/master", "master") if git("rev-parse", "--verify", "-q", b)), "HEAD")
+        (b for b in ("origin/main", "main", "origin/master", "master") if git("rev-parse", "--verify", "-q", b)), "HEAD"
+    )
     return git("merge-base", "HEAD", branch) or branch
 
 
 def checkout(repo: Path, ref: str, into: Path) -> tuple[Path, dict, str]:
     """conf/ and the schema as they were at ref: (conf dir, schema, commit)."""
-    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", f"{ref}^{{commit}}"],
-                            capture_output=True, text=True)
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", f"{ref}^{{commit}}"], capture_output=True, text=True
+    )
     if commit.returncode:
         raise UserError(f"{ref!r} is not a commit in {repo}; pass --base <branch, tag or commit>")
-    tar = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", ref, "conf", "runner/spec.schema.json"],
-                         capture_output=True, check=True).stdout
+    tar = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", ref, "conf", "runner/spec.schema.json"],
+        capture_output=True,
+        check=True,
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         archive.extractall(into, filter="data")
     return into / "conf", json.loads((into / "runner" / "spec.schema.json").read_text()), commit.stdout.strip()
@@ -210,6 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--validate-only", action="store_true", help="only validate every combination of the working tree")
     args = p.parse_args(argv)
     from .report import markdown, validation
+
     repo = args.repo.resolve()
     conf = repo / "conf" if (repo / "conf").is_dir() else CONF_DIR
     head_schema = json.loads((repo / "runner" / "spec.schema.json").read_text())
@@ -227,12 +256,16 @@ def main(argv=None) -> int:
         # the two sides compose at once, one in a forked process: composing is most of the review's time
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
+
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork")) as pool:
             pending = pool.submit(compose_all, base_conf, base_schema)
             head = compose_all(conf, head_schema)
             base = pending.result()
         base_opts = options(base_conf)
-    result = {"base": {"ref": base_ref, "commit": commit}, "head": "working tree",
-              **review(base, head, base_opts, options(conf))}
+    result = {
+        "base": {"ref": base_ref, "commit": commit},
+        "head": "working tree",
+        **review(base, head, base_opts, options(conf)),
+    }
     print(json.dumps(result, indent=2, default=str) if args.format == "json" else markdown(result))
     return 2 if result["summary"]["invalid"] else 0

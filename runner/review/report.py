@@ -1,4 +1,5 @@
 """The config review as Markdown for a pull-request comment (grouped, long parts collapsed); JSON is the dict."""
+
 from collections import defaultdict
 
 MAX_KEYS_SHOWN = 40
@@ -30,11 +31,18 @@ def _azure_lines(a: dict) -> list[str]:
 def markdown(r: dict) -> str:
     s = r["summary"]
     combos = r["combinations"]
-    base = r["base"]["commit"][:10] if r["base"]["ref"] == r["base"]["commit"] else \
-        f"{r['base']['ref']}` ({r['base']['commit'][:10]})`"
-    out = [f"## Config review: `{base}` -> {r['head']}".replace("``", ""), "",
-           f"**{s['changed']} of {len(combos)} combinations change**, {s['invalid']} fail validation, "
-           f"{s['new']} new, {s['removed']} removed, {s['unchanged']} unchanged. Costs: {r['prices']} (approximate).", ""]
+    base = (
+        r["base"]["commit"][:10]
+        if r["base"]["ref"] == r["base"]["commit"]
+        else f"{r['base']['ref']}` ({r['base']['commit'][:10]})`"
+    )
+    out = [
+        f"## Config review: `{base}` -> {r['head']}".replace("``", ""),
+        "",
+        f"**{s['changed']} of {len(combos)} combinations change**, {s['invalid']} fail validation, "
+        f"{s['new']} new, {s['removed']} removed, {s['unchanged']} unchanged. Costs: {r['prices']} (approximate).",
+        "",
+    ]
     invalid = [c for c in combos if c["status"] == "invalid"]
     if invalid:
         out += ["### Fail validation (the review exits 2)", ""]
@@ -57,15 +65,25 @@ def markdown(r: dict) -> str:
         out += ["### Changed", ""]
         groups = defaultdict(list)  # combinations that change the same way are shown once
         for c in changed:
-            key = (tuple((x["key"], repr(x["old"]), repr(x["new"])) for x in c["changes"]), c["verdict"],
-                   tuple(c["redo"]), tuple(_azure_lines(c["azure"])) if c.get("azure") else ())
+            key = (
+                tuple((x["key"], repr(x["old"]), repr(x["new"])) for x in c["changes"]),
+                c["verdict"],
+                tuple(c["redo"]),
+                tuple(_azure_lines(c["azure"])) if c.get("azure") else (),
+            )
             groups[key].append(c)
         for (_, verdict, redo, azure), members in groups.items():
             names = ", ".join(f"`{m['name']}`" for m in members)
             first = members[0]
-            out += [f"<details><summary>{len(members)} combination(s) {verdict} ({', '.join(redo) or 'no stage'}): "
-                    f"{len(first['changes'])} key(s){'; Azure resources change' if azure else ''}</summary>", "",
-                    names, "", "| key | base | working tree |", "|---|---|---|"]
+            out += [
+                f"<details><summary>{len(members)} combination(s) {verdict} ({', '.join(redo) or 'no stage'}): "
+                f"{len(first['changes'])} key(s){'; Azure resources change' if azure else ''}</summary>",
+                "",
+                names,
+                "",
+                "| key | base | working tree |",
+                "|---|---|---|",
+            ]
             out += [f"| `{x['key']}` | {_v(x['old'])} | {_v(x['new'])} |" for x in first["changes"][:MAX_KEYS_SHOWN]]
             if len(first["changes"]) > MAX_KEYS_SHOWN:
                 out.append(f"| ... | {len(first['changes']) - MAX_KEYS_SHOWN} more | |")

@@ -1,6 +1,7 @@
 """The spec and its contract: the composed Hydra config resolved into a plain dict (here), its defaults settled
 (settle.py), runner/spec.schema.json and the cross-field rules (rules.py) checked together (validate.py), the
 editors' schemas (editor_schemas.py) and the machines a spec can name (hardware.py). Imports no backend."""
+
 import hashlib
 import json
 import re
@@ -46,6 +47,7 @@ def redacted(spec: dict, env_paths: dict, fill_missing: bool = False) -> dict:
     env_paths: {'azure.subscription_id': 'AZURE_SUBSCRIPTION_ID', ...}. An unset one stays null, or shows the
     placeholder too with fill_missing (resource files need a string there even when plan mode runs without it).
     """
+
     def walk(node, prefix):
         if isinstance(node, dict):
             out = {}
@@ -90,13 +92,16 @@ def digest(obj) -> str:
 def dump_yaml(obj, flow_lists: bool = True) -> str:
     """The one YAML writer: spec.yaml (short lists inline) and the Azure resource files (flow_lists=False)."""
     import yaml
-    return yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, default_flow_style=None if flow_lists else False,
-                          width=100)
+
+    return yaml.safe_dump(
+        obj, sort_keys=False, allow_unicode=True, default_flow_style=None if flow_lists else False, width=100
+    )
 
 
 def resolve_path(path: str):
     """Absolute as given; a relative path from the current directory if it is there, else from the repository."""
     from pathlib import Path
+
     p = Path(path).expanduser()
     if p.is_absolute() or p.exists():
         return p.resolve()

@@ -8,6 +8,7 @@ in conf/compute/a100.yaml before anything runs. A group file may be partial (a b
 so nothing is required, and string patterns are left to the runner (a file may hold ${...} interpolations);
 unknown keys and wrong types stay errors.
 """
+
 import copy
 import json
 import sys
@@ -16,8 +17,12 @@ from .validate import SCHEMA_PATH, schema
 
 OUT = SCHEMA_PATH.parent / "schemas"
 GROUPS = ("compute", "model", "data", "train")
-DEFAULTS = {"description": "Hydra defaults list: the base this file extends (e.g. [/_base/compute/azureml@_here_, _self_]), or overrides "
-                           "of other groups", "type": "array", "items": {"type": ["string", "object"]}}
+DEFAULTS = {
+    "description": "Hydra defaults list: the base this file extends (e.g. [/_base/compute/azureml@_here_, _self_]), or overrides "
+    "of other groups",
+    "type": "array",
+    "items": {"type": ["string", "object"]},
+}
 
 
 def _relaxed(node):
@@ -37,12 +42,17 @@ def _document(title: str, node: dict) -> dict:
 
 def schemas() -> dict:
     spec = schema()  # the runner's own copy of spec.schema.json (_document copies before changing it)
-    out = {f"{g}.schema.json": _document(f"conf/{g}/*.yaml: one option of the {g} group (conf/_base/{g}/*.yaml: its bases)", spec["properties"][g])
-           for g in GROUPS}
+    out = {
+        f"{g}.schema.json": _document(
+            f"conf/{g}/*.yaml: one option of the {g} group (conf/_base/{g}/*.yaml: its bases)", spec["properties"][g]
+        )
+        for g in GROUPS
+    }
     top = {k: v for k, v in spec["properties"].items() if k not in GROUPS}
     top["hydra"] = {"description": "Hydra's own settings (run directory, sweeps, callbacks).", "type": "object"}
-    out["config.schema.json"] = _document("conf/config.yaml: the primary config",
-                                          {"type": "object", "additionalProperties": False, "properties": top})
+    out["config.schema.json"] = _document(
+        "conf/config.yaml: the primary config", {"type": "object", "additionalProperties": False, "properties": top}
+    )
     return {name: json.dumps(doc, indent=1) + "\n" for name, doc in out.items()}
 
 

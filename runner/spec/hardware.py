@@ -6,6 +6,7 @@ reservations change them. https://azure.microsoft.com/pricing/details/machine-le
 GPU memory is each GPU's, in GiB as the GPU reports it; bf16 says whether the GPU computes in bfloat16
 (V100 and T4 do not: they train in fp16 or fp32).
 """
+
 import shutil
 import subprocess
 from functools import lru_cache
@@ -39,7 +40,7 @@ SKUS = {
     "Standard_NC16as_T4_v3": Sku(1.20, 1, "T4", 16, bf16=False),
     "Standard_NC64as_T4_v3": Sku(4.35, 4, "T4", 16, bf16=False),
     "Standard_E16s_v3": Sku(1.01),  # 16 vCPU, 128 GiB
-    "Standard_E4s_v3": Sku(0.25),   # 4 vCPU, 32 GiB: the serving VM
+    "Standard_E4s_v3": Sku(0.25),  # 4 vCPU, 32 GiB: the serving VM
 }
 APPROX_USD_PER_HOUR = {size: sku.usd_per_hour for size, sku in SKUS.items()}
 
@@ -85,6 +86,7 @@ def processes(compute: dict) -> int:
 
 # ---- this machine ---------------------------------------------------------------------------------
 
+
 class LocalGpu(NamedTuple):
     name: str
     count: int
@@ -97,8 +99,12 @@ def visible() -> LocalGpu | None:
     if not shutil.which("nvidia-smi"):
         return None
     try:
-        r = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
-                           capture_output=True, text=True, timeout=20)
+        r = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     rows = [line.rsplit(",", 1) for line in r.stdout.splitlines() if "," in line] if r.returncode == 0 else []

@@ -8,10 +8,12 @@ def _gpu(spec):
     c = spec["compute"]
     if c["kind"] == "azureml":
         from .hardware import gpu
+
         sku = gpu(c["instance_type"])
         return sku and (f" on {c['instance_type']} ({sku.gpus}x {sku.gpu})", sku.gpu_gib, sku.gpus, sku.bf16)
     if c["device"] != "cpu":
         from .hardware import visible
+
         g = visible()
         return g and (f" of this machine's {g.name}", g.gib, g.count, True)
     return None
@@ -21,7 +23,9 @@ def _sharding(spec) -> tuple[int, bool, str]:
     """(processes, sharded, why): memory.sharding with the run's processes and its GPU's memory, as the trainer
     decides it when it starts."""
     from trainer import memory
+
     from .hardware import processes
+
     n, gpu = processes(spec["compute"]), _gpu(spec)
     return (n, *memory.sharding(spec, n, gpu and gpu[1]))
 
@@ -30,6 +34,7 @@ def _memory(spec):
     """(estimate, limit in bytes, where) for a run on a GPU whose memory is known; None otherwise. Sharded (FSDP2),
     the estimate is one process's share."""
     from trainer import memory
+
     gpu = _gpu(spec)
     if not gpu:
         return None
@@ -46,6 +51,7 @@ def _per(spec) -> str:
 def sharding_line(spec) -> str:
     """The plan's line: how many processes train, and whether FSDP2 shards the model over them, and why."""
     from .hardware import processes_per_instance
+
     c, (n, _, why) = spec["compute"], _sharding(spec)
     return f"processes: {n // processes_per_instance(c)} node(s) x {processes_per_instance(c)} process(es) = {n}; {why}"
 
@@ -53,6 +59,7 @@ def sharding_line(spec) -> str:
 def memory_line(spec) -> str:
     """The plan's line: the estimated peak training memory of one GPU against what it has."""
     from trainer import memory
+
     m = _memory(spec)
     if m:
         est, limit, where = m
@@ -70,42 +77,66 @@ def fits_gpu_memory(spec):
     if not m or m[0].total <= m[1]:
         return
     from trainer import memory
+
     from .hardware import processes
+
     est, limit, where = m
     fix = memory.fitting(spec, limit, processes=processes(spec["compute"]))
-    hint = (f"e.g. {' '.join(fix[0])} (about {fix[1].total / memory.GIB:.0f} GiB)" if fix else
-            "nothing here fits: a GPU with more memory, or a smaller train.max_length")
+    hint = (
+        f"e.g. {' '.join(fix[0])} (about {fix[1].total / memory.GIB:.0f} GiB)"
+        if fix
+        else "nothing here fits: a GPU with more memory, or a smaller train.max_length"
+    )
     yield "train", f"{est.line(limit, where)} per GPU{_per(spec)}: it cannot fit; {hint}"
 
 
 def gpu_computes_in_bf16(spec):
     gpu, c = _gpu(spec), spec["compute"]
     if gpu and not gpu[3] and c["precision"] in ("bf16", "bf16-mixed"):
-        yield "compute.precision", (f"{c['precision']!r} needs bfloat16 arithmetic, which the GPU{gpu[0]} lacks: "
-                                    "use compute.precision=fp16 or compute.precision=fp32")
+        yield (
+            "compute.precision",
+            (
+                f"{c['precision']!r} needs bfloat16 arithmetic, which the GPU{gpu[0]} lacks: "
+                "use compute.precision=fp16 or compute.precision=fp32"
+            ),
+        )
 
 
 def processes_per_gpu(spec):
     from .hardware import processes_per_instance
+
     gpu, c = _gpu(spec), spec["compute"]
     n = processes_per_instance(c)
     if gpu and n > gpu[2]:
         machine = c["instance_type"] if c["kind"] == "azureml" else "this machine"
-        yield "compute.processes_per_instance", (f"{n} processes but {machine} has {gpu[2]} GPU(s): e.g. "
-                                                 f"compute.processes_per_instance={gpu[2]} (or auto)")
+        yield (
+            "compute.processes_per_instance",
+            (
+                f"{n} processes but {machine} has {gpu[2]} GPU(s): e.g. "
+                f"compute.processes_per_instance={gpu[2]} (or auto)"
+            ),
+        )
 
 
 def fsdp_needs_processes(spec):
     from .hardware import processes
+
     if spec["train"].get("fsdp") is True and processes(spec["compute"]) < 2:
-        yield "train.fsdp", ("true shards the model over several processes, but this run has one: e.g. "
-                             "compute.processes_per_instance=2 (or train.fsdp=auto)")
+        yield (
+            "train.fsdp",
+            (
+                "true shards the model over several processes, but this run has one: e.g. "
+                "compute.processes_per_instance=2 (or train.fsdp=auto)"
+            ),
+        )
 
 
 def warnings(spec) -> list[str]:
     """What is allowed but likely to go wrong: a run within 10 % of its GPU's memory."""
     m = _memory(spec)
     if m and 0.9 * m[1] < m[0].total <= m[1]:
-        return [f"train: {m[0].line(m[1], m[2])} per GPU{_per(spec)}: within 10 % of the limit, and the allocator needs some "
-                "room of its own; an out-of-memory error is likely (a smaller batch or checkpointing leaves room)"]
+        return [
+            f"train: {m[0].line(m[1], m[2])} per GPU{_per(spec)}: within 10 % of the limit, and the allocator needs some "
+            "room of its own; an out-of-memory error is likely (a smaller batch or checkpointing leaves room)"
+        ]
     return []

@@ -1,4 +1,5 @@
 """Settling a spec's defaults before it runs: what data.eval=auto and the default stages mean for this run."""
+
 import copy
 
 NOT_IN_SWEEPS = ("deploy", "chat")  # a sweep deploys once, afterwards: see the summary's deploy command
@@ -11,6 +12,7 @@ def key_of(override: str) -> str:
 def command_shown(argv) -> str:
     """The command as it may be printed and kept in a run directory: azure.* values (a subscription id) hidden."""
     import shlex
+
     args = [f"{o.split('=', 1)[0]}=<hidden>" if "=" in o and key_of(o).startswith("azure.") else o for o in argv]
     return " ".join(["python -m runner", *map(shlex.quote, args)])
 
@@ -27,6 +29,7 @@ def settle(spec: dict, overrides) -> dict:
         spec["data"]["eval"] = "fixed" if in_sweep else "split"
     if spec["model"].get("chat_template"):  # the file as found from here: the job and the trainer need no cwd
         from . import resolve_path
+
         spec["model"]["chat_template"] = str(resolve_path(spec["model"]["chat_template"]))
     if in_sweep and not any(key_of(o) == "stages" for o in overrides):
         spec["stages"] = [s for s in spec["stages"] if s not in NOT_IN_SWEEPS]

@@ -1,4 +1,5 @@
 """Validate a run spec: the JSON Schema first, then the cross-field rules; every problem at once."""
+
 import difflib
 import json
 from functools import lru_cache
@@ -9,9 +10,14 @@ from .rules import RULES
 
 SCHEMA_PATH = Path(__file__).parent.parent / "spec.schema.json"
 # keys that were renamed to the library's own argument names: an old name in an override says where it went
-RENAMED = {"train.epochs": "train.num_train_epochs", "train.lr_scheduler": "train.lr_scheduler_type",
-           "train.warmup": "train.warmup_steps", "train.gradient_checkpointing": "train.activation_checkpointing",
-           "train.lora.alpha": "train.lora.lora_alpha", "train.lora.dropout": "train.lora.lora_dropout"}
+RENAMED = {
+    "train.epochs": "train.num_train_epochs",
+    "train.lr_scheduler": "train.lr_scheduler_type",
+    "train.warmup": "train.warmup_steps",
+    "train.gradient_checkpointing": "train.activation_checkpointing",
+    "train.lora.alpha": "train.lora.lora_alpha",
+    "train.lora.dropout": "train.lora.lora_dropout",
+}
 
 
 @lru_cache(maxsize=1)
@@ -22,6 +28,7 @@ def schema():
 @lru_cache(maxsize=1)
 def _validator():
     from jsonschema import Draft202012Validator
+
     return Draft202012Validator(schema())
 
 
@@ -35,15 +42,18 @@ def _schema_problems(spec, validator=None):
         if err.validator == "additionalProperties":
             known = list(err.schema.get("properties", {}))
             for key in sorted(set(err.instance) - set(known)):
-                yield f"{_path([*err.absolute_path, key])}: unknown key (value {err.instance[key]!r}); " \
-                      + did_you_mean(_path([*err.absolute_path, key]), known)
+                yield f"{_path([*err.absolute_path, key])}: unknown key (value {err.instance[key]!r}); " + did_you_mean(
+                    _path([*err.absolute_path, key]), known
+                )
         elif err.validator == "required":
             yield f"{where}: {err.message}"
         elif err.validator in ("enum", "const"):
             options = err.validator_value if err.validator == "enum" else [err.validator_value]
             in_list = any(isinstance(p, int) for p in err.absolute_path)
-            yield (f"{where}: {err.instance!r} is not one of {', '.join(map(repr, options))}"
-                   + ("" if in_list else f", e.g. {where}={options[0]}"))
+            yield (
+                f"{where}: {err.instance!r} is not one of {', '.join(map(repr, options))}"
+                + ("" if in_list else f", e.g. {where}={options[0]}")
+            )
         elif err.validator == "if":
             continue  # the 'then' errors say what is missing
         else:
@@ -61,6 +71,7 @@ def did_you_mean(path: str, known) -> str:
 def renamed_override(override: str) -> str | None:
     """A message for a command-line override of a renamed key (Hydra itself would only say 'not in struct')."""
     from .settle import key_of
+
     key = key_of(override)
     if "=" in override and key in RENAMED:
         return f"{key} was renamed to {RENAMED[key]} (the library's own argument name): use {RENAMED[key]}=..."

@@ -2,6 +2,7 @@
 chat.ui=true, serve the chat page instead (serving/chat_page.py) until Ctrl-C. The run's Prompt flow connection,
 which this stage writes and teardown deletes: runner/stages/prompt_flow.py.
 """
+
 from pathlib import Path
 
 from common.generation import PARAMS
@@ -11,7 +12,6 @@ from ..errors import StageFailed
 from ..manifest import Manifest
 from ..registry import implementation
 from .prompt_flow import FLOW_DIR, commands, connection_name, keep_promptflow_local, quiet_logs, save_connection
-
 
 
 def generation_params(spec) -> dict:
@@ -38,8 +38,10 @@ def run(spec, ctx):
     with quiet_logs():
         pf = PFClient()
         save_connection(pf, name, url, key)
-        ctx.log(f"[chat] Prompt flow connection {name} -> {url}; from the repository root:\n"
-                + "\n".join(f"[chat]   {c}" for c in commands(name)))
+        ctx.log(
+            f"[chat] Prompt flow connection {name} -> {url}; from the repository root:\n"
+            + "\n".join(f"[chat]   {c}" for c in commands(name))
+        )
         if spec["chat"]["ui"]:
             ctx.log("[chat] chat.ui=true: the chat page is served next, instead of the configured questions")
         else:
@@ -58,7 +60,10 @@ def upstream(spec, run_dir):
     ctx = Context(Path(run_dir), Manifest(run_dir), log=lambda *_: None)
     url, key = implementation("deploy", spec).endpoint_credentials(spec, ctx)
     out, reg = ctx.upstream("deploy"), ctx.manifest.outputs("register")
-    model = out.get("model_id") or f"{reg.get('model_name', spec['register']['model_name'])}:{reg.get('model_version', '?')}"
+    model = (
+        out.get("model_id")
+        or f"{reg.get('model_name', spec['register']['model_name'])}:{reg.get('model_version', '?')}"
+    )
     limit = spec["deploy"]["max_new_tokens_limit"]
     if out.get("openai_base_url"):
         return Upstream("openai", out["openai_base_url"], key, model, limit, f"local endpoint {out['openai_base_url']}")
@@ -74,8 +79,10 @@ def serve(spec, run_dir, out=print) -> int:
     try:
         return chat_page.serve(lambda: upstream(spec, run_dir), "127.0.0.1", spec["chat"]["ui_port"], out, first)
     except OSError as exc:
-        raise StageFailed(f"cannot serve the chat page on 127.0.0.1:{spec['chat']['ui_port']} ({exc.strerror}): "
-                          "pick another chat.ui_port, or 0 for a free one") from None
+        raise StageFailed(
+            f"cannot serve the chat page on 127.0.0.1:{spec['chat']['ui_port']} ({exc.strerror}): "
+            "pick another chat.ui_port, or 0 for a free one"
+        ) from None
 
 
 def plan(spec, ctx):
@@ -83,7 +90,11 @@ def plan(spec, ctx):
     name = connection_name(spec, ctx.run_dir)
     if spec["chat"]["ui"]:
         port = spec["chat"]["ui_port"] or "a free port"
-        return [f"Prompt flow connection {name} -> {where}; then serves the chat page on 127.0.0.1 ({port}) "
-                "until Ctrl-C (chat.ui=true): the configured questions are not asked"]
-    return [f"asks {len(spec['chat']['questions'])} question(s) through flow/ (Prompt flow), connection "
-            f"{name} -> {where}, with {generation_params(spec)} (the endpoint's defaults for the rest)"]
+        return [
+            f"Prompt flow connection {name} -> {where}; then serves the chat page on 127.0.0.1 ({port}) "
+            "until Ctrl-C (chat.ui=true): the configured questions are not asked"
+        ]
+    return [
+        f"asks {len(spec['chat']['questions'])} question(s) through flow/ (Prompt flow), connection "
+        f"{name} -> {where}, with {generation_params(spec)} (the endpoint's defaults for the rest)"
+    ]

@@ -1,4 +1,5 @@
 """data: take a slice of a chat dataset, check every row, split train/test, write JSONL atomically."""
+
 import hashlib
 import json
 import math
@@ -7,7 +8,6 @@ from pathlib import Path
 from common.chats import problem_of, read_jsonl  # one reader and one definition of a chat, shared with the trainer
 from common.files import write_atomic
 
-from .. import REPO_ROOT
 from ..errors import UserError
 from ..spec import resolve_path
 
@@ -51,8 +51,10 @@ def take_slice(rows: list, d) -> list:
 
 def load_hub_rows(d, split: str) -> list:
     from trainer.hub import go_offline_unless_reachable
+
     online = go_offline_unless_reachable()
     import datasets
+
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
     try:
@@ -64,7 +66,8 @@ def load_hub_rows(d, split: str) -> list:
             f"{d['dataset']} ({d['config_name']}, {split}) is not in the local Hugging Face cache and the hub "
             "cannot be reached from this machine. Either run once on a machine with access "
             "(the cache under ~/.cache/huggingface is reused), or export the chats to JSONL and use "
-            "data.source=file data.path=/path/to/chats.jsonl") from None
+            "data.source=file data.path=/path/to/chats.jsonl"
+        ) from None
     return ds.to_list()
 
 
@@ -80,8 +83,14 @@ def check_rows(rows, source, on_bad_row):
     if bad and on_bad_row == "error":
         shown = [f"  {source}: {where}: {problem}" for where, problem in bad[:MAX_REPORTED]]
         more = [f"  ... and {len(bad) - MAX_REPORTED} more"] if len(bad) > MAX_REPORTED else []
-        raise UserError([f"{len(bad)} bad row(s) in {source}: fix them, or add data.on_bad_row=skip to train on the "
-                         f"other {len(good)}:", *shown, *more])
+        raise UserError(
+            [
+                f"{len(bad)} bad row(s) in {source}: fix them, or add data.on_bad_row=skip to train on the "
+                f"other {len(good)}:",
+                *shown,
+                *more,
+            ]
+        )
     return good, len(bad)
 
 
@@ -90,9 +99,12 @@ def split_rows(rows, test_size, seed):
     n_test = test_size if isinstance(test_size, int) else math.ceil(len(rows) * test_size)
     if n_test < 1 or len(rows) - n_test < 1:
         what = f"eval_rows={test_size}" if isinstance(test_size, int) else f"test_size={test_size}"
-        raise UserError(f"{len(rows)} usable rows with {what} leave an empty train or test set; "
-                        f"use more data (data.rows / data.percent) or change data.{what.split('=')[0]}")
+        raise UserError(
+            f"{len(rows)} usable rows with {what} leave an empty train or test set; "
+            f"use more data (data.rows / data.percent) or change data.{what.split('=')[0]}"
+        )
     import datasets
+
     parts = datasets.Dataset.from_list(rows).train_test_split(test_size=test_size, seed=seed)
     return parts["train"].to_list(), parts["test"].to_list()
 
@@ -144,8 +156,10 @@ def make_split(d, ctx):
         pool, test = split_rows(good, d["eval_rows"] or d["test_size"], d["seed"])  # pool: all a slice can take
         train = take_slice(pool, d)
         if not train:
-            raise UserError(f"data.{'rows' if d['rows'] else 'percent'} leaves no training rows of the {len(pool)} "
-                            f"not held out; raise it")
+            raise UserError(
+                f"data.{'rows' if d['rows'] else 'percent'} leaves no training rows of the {len(pool)} "
+                f"not held out; raise it"
+            )
         how = f"{len(test)} rows held out of {source} (seed {d['seed']}) before the slice"
     else:
         source, rows, source_sha = source_rows(d)
@@ -170,13 +184,21 @@ def run(spec, ctx):
     for name, text in texts.items():
         write_atomic(out_dir / name, text)
     sha = {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()}
-    ctx.log(f"[data] {source}: {len(train)} train / {len(test)} test rows"
-            + (f", {skipped} skipped" if skipped else "") + f" -> {out_dir}")
+    ctx.log(
+        f"[data] {source}: {len(train)} train / {len(test)} test rows"
+        + (f", {skipped} skipped" if skipped else "")
+        + f" -> {out_dir}"
+    )
     ctx.log(f"[data] eval set ({mode}): {how}; sha256 {sha['test.jsonl'][:12]}")
     return {
-        "train_file": str(out_dir / "train.jsonl"), "test_file": str(out_dir / "test.jsonl"),
-        "train_rows": len(train), "test_rows": len(test), "skipped_rows": skipped, "source": source,
-        "sha256": sha, "source_sha256": source_sha,
+        "train_file": str(out_dir / "train.jsonl"),
+        "test_file": str(out_dir / "test.jsonl"),
+        "train_rows": len(train),
+        "test_rows": len(test),
+        "skipped_rows": skipped,
+        "source": source,
+        "sha256": sha,
+        "source_sha256": source_sha,
         "eval": {"mode": mode, "from": how, "sha256": sha["test.jsonl"]},  # sweep summaries compare only equal ones
         **({"pool_file": str(out_dir / "pool.jsonl")} if pool is not None else {}),
     }
@@ -200,8 +222,10 @@ def is_current(outputs, spec, ctx) -> bool:
 def plan(spec, ctx):
     d = spec["data"]
     if d["eval"] == "split":
-        return [f"eval:   split: test_size={d['test_size']} of the slice (the tutorial's 80/20); "
-                "it changes with the slice, so slices of different size do not compare"]
+        return [
+            f"eval:   split: test_size={d['test_size']} of the slice (the tutorial's 80/20); "
+            "it changes with the slice, so slices of different size do not compare"
+        ]
     if d["source"] == "hub" and d["eval_split"]:
         return [f"eval:   fixed: {d['dataset']}:{eval_split_string(d)} for every slice; the slice trains whole"]
     share = f"{d['eval_rows']} rows" if d["eval_rows"] else f"test_size={d['test_size']}"

@@ -1,16 +1,28 @@
 """What the eval stage does on every backend once the figures exist (trainer/evaluate.py wrote them, here or where
 the model trained): the optional judge, the lines in the terminal, the warnings, and the stage's outputs."""
+
 import json
 from pathlib import Path
 
-KEPT = ("base_nll", "tuned_nll", "base_stop_rate", "tuned_stop_rate", "rows", "samples", "tokens",
-        "tuned_mean_tokens", "reference_mean_tokens")
+KEPT = (
+    "base_nll",
+    "tuned_nll",
+    "base_stop_rate",
+    "tuned_stop_rate",
+    "rows",
+    "samples",
+    "tokens",
+    "tuned_mean_tokens",
+    "reference_mean_tokens",
+)
 
 
 def read(folder: Path) -> tuple[dict, list]:
     metrics = json.loads((Path(folder) / "metrics.json").read_text())
     answers = Path(folder) / "answers.jsonl"
-    samples = [json.loads(line) for line in answers.read_text().splitlines() if line.strip()] if answers.is_file() else []
+    samples = (
+        [json.loads(line) for line in answers.read_text().splitlines() if line.strip()] if answers.is_file() else []
+    )
     return metrics, samples
 
 
@@ -22,6 +34,7 @@ def finish(spec, ctx, folder: Path, log_to=None) -> dict:
     verdict = None
     if spec["eval"]["judge"] and samples:
         from .judge import judge
+
         verdict = judge(spec["eval"]["judge"], samples, ctx.log)
         metrics = {**metrics, "judge": {k: v for k, v in verdict.items() if k != "verdicts"}}
         for s, pair in zip(samples, verdict["verdicts"]):
@@ -38,8 +51,12 @@ def finish(spec, ctx, folder: Path, log_to=None) -> dict:
     kept = {k: metrics.get(k) for k in KEPT}
     if verdict:
         kept.update(judge_win_rate=verdict["win_rate"], judge_ci95=verdict["win_rate_ci95"])
-    return {"dir": str(folder), "report": str(Path(folder) / "report.md"), **kept,
-            "eval_sha256": (data.get("sha256") or {}).get("test.jsonl")}  # the rows these figures are on
+    return {
+        "dir": str(folder),
+        "report": str(Path(folder) / "report.md"),
+        **kept,
+        "eval_sha256": (data.get("sha256") or {}).get("test.jsonl"),
+    }  # the rows these figures are on
 
 
 def _log(log_to, metrics: dict, folder: Path):
@@ -47,6 +64,7 @@ def _log(log_to, metrics: dict, folder: Path):
 
     def log():
         import mlflow
+
         tracking.point_at(log_to[0])
         with mlflow.start_run(run_id=log_to[1]):
             flat = {**metrics, **{f"judge_{k}": v for k, v in (metrics.get("judge") or {}).items()}}
@@ -65,8 +83,15 @@ def plan(spec, ctx) -> list[str]:
     rows = min(e["rows"], test_rows) if test_rows else e["rows"]
     at_most = "" if test_rows else "at most "
     judge = e["judge"]
-    return [f"adds:   both models (base and fine-tuned) score the assistant tokens of {at_most}{rows} held-out chats "
-            f"(up to {rows} x {t['max_length']} tokens, each model) and answer {min(e['samples'], rows)} held-out "
-            f"prompts greedily, up to {e['max_new_tokens']} tokens each ({2 * min(e['samples'], rows)} generations)",
-            "judge:  " + (f"{judge['model']} at {judge['base_url']}, {2 * min(e['samples'], rows)} requests (each "
-                         "sample in both orders)" if judge else "off (eval.judge: nothing leaves this machine)")]
+    return [
+        f"adds:   both models (base and fine-tuned) score the assistant tokens of {at_most}{rows} held-out chats "
+        f"(up to {rows} x {t['max_length']} tokens, each model) and answer {min(e['samples'], rows)} held-out "
+        f"prompts greedily, up to {e['max_new_tokens']} tokens each ({2 * min(e['samples'], rows)} generations)",
+        "judge:  "
+        + (
+            f"{judge['model']} at {judge['base_url']}, {2 * min(e['samples'], rows)} requests (each "
+            "sample in both orders)"
+            if judge
+            else "off (eval.judge: nothing leaves this machine)"
+        ),
+    ]

@@ -6,14 +6,17 @@ sample left out. The win rate counts a tie as half, with a bootstrap 95 % interv
 lengths are reported beside it: judges favour longer answers. Off by default; the key is read from the environment
 variable eval.judge.api_key_env names, and never written anywhere.
 """
+
 import os
 import random
 import re
 
 from ..errors import UserError
 
-SYSTEM = ("You compare two answers to the same request. Reply with exactly one letter: A if Answer A is better, "
-          "B if Answer B is better. No other text.")
+SYSTEM = (
+    "You compare two answers to the same request. Reply with exactly one letter: A if Answer A is better, "
+    "B if Answer B is better. No other text."
+)
 RESAMPLES = 2000
 
 
@@ -49,13 +52,21 @@ def summarize(cfg: dict, samples: list, verdicts: list) -> dict:
     scores = [outcome(a, b) for a, b in verdicts]
     judged = [s for s in scores if s is not None]
     rate = sum(judged) / len(judged) if judged else None
-    return {"model": cfg["model"], "base_url": cfg["base_url"], "samples": len(samples), "judged": len(judged),
-            "wins": judged.count(1.0), "losses": judged.count(0.0), "ties": judged.count(0.5),
-            "unparsed": sum(v is None for pair in verdicts for v in pair), "win_rate": rate,
-            "win_rate_ci95": list(interval(judged)) if judged else [None, None],
-            "tuned_mean_chars": sum(len(s["tuned"]["text"]) for s in samples) / max(len(samples), 1),
-            "base_mean_chars": sum(len(s["base"]["text"]) for s in samples) / max(len(samples), 1),
-            "verdicts": [list(v) for v in verdicts]}
+    return {
+        "model": cfg["model"],
+        "base_url": cfg["base_url"],
+        "samples": len(samples),
+        "judged": len(judged),
+        "wins": judged.count(1.0),
+        "losses": judged.count(0.0),
+        "ties": judged.count(0.5),
+        "unparsed": sum(v is None for pair in verdicts for v in pair),
+        "win_rate": rate,
+        "win_rate_ci95": list(interval(judged)) if judged else [None, None],
+        "tuned_mean_chars": sum(len(s["tuned"]["text"]) for s in samples) / max(len(samples), 1),
+        "base_mean_chars": sum(len(s["base"]["text"]) for s in samples) / max(len(samples), 1),
+        "verdicts": [list(v) for v in verdicts],
+    }
 
 
 def judge(cfg: dict, samples: list, log=print) -> dict:
@@ -65,23 +76,33 @@ def judge(cfg: dict, samples: list, log=print) -> dict:
     name = cfg.get("api_key_env")
     key = os.environ.get(name) if name else None
     if name and not key:
-        raise UserError(f"eval.judge.api_key_env: ${name} is not set; export {name}=<the judge's key>, or set "
-                        "eval.judge=null to skip the judge")
+        raise UserError(
+            f"eval.judge.api_key_env: ${name} is not set; export {name}=<the judge's key>, or set "
+            "eval.judge=null to skip the judge"
+        )
     url = cfg["base_url"].rstrip("/") + "/chat/completions"
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     log(f"[eval] judge {cfg['model']} at {cfg['base_url']}: {2 * len(samples)} verdicts (each sample in both orders)")
 
     def ask(client, text: str) -> str | None:
-        body = {"model": cfg["model"], "max_tokens": 8, "temperature": 0,
-                "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}]}
+        body = {
+            "model": cfg["model"],
+            "max_tokens": 8,
+            "temperature": 0,
+            "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": text}],
+        }
         try:
             r = client.post(url, json=body, headers=headers)
         except httpx.HTTPError as exc:
-            raise UserError(f"eval.judge: {url} did not answer ({type(exc).__name__}: {exc}); start it or fix "
-                            "eval.judge.base_url (the eval's own figures are written already)") from None
+            raise UserError(
+                f"eval.judge: {url} did not answer ({type(exc).__name__}: {exc}); start it or fix "
+                "eval.judge.base_url (the eval's own figures are written already)"
+            ) from None
         if r.status_code != 200:
-            raise UserError(f"eval.judge: {url} answered {r.status_code}: {r.text[:300]}; fix eval.judge "
-                            "(model, key) or set eval.judge=null")
+            raise UserError(
+                f"eval.judge: {url} answered {r.status_code}: {r.text[:300]}; fix eval.judge "
+                "(model, key) or set eval.judge=null"
+            )
         choices = r.json().get("choices") or [{}]
         return parse((choices[0].get("message") or {}).get("content"))
 
@@ -89,6 +110,7 @@ def judge(cfg: dict, samples: list, log=print) -> dict:
     with httpx.Client(timeout=cfg.get("timeout_s") or 120) as client:
         for s in samples:
             tuned, base = s["tuned"]["text"], s["base"]["text"]
-            verdicts.append((ask(client, prompt(s["messages"], tuned, base)),
-                             ask(client, prompt(s["messages"], base, tuned))))
+            verdicts.append(
+                (ask(client, prompt(s["messages"], tuned, base)), ask(client, prompt(s["messages"], base, tuned)))
+            )
     return summarize(cfg, samples, verdicts)

@@ -5,6 +5,7 @@ two runs deployed at once each chat with their own model, and `pf flow test --fl
 keeps the key encrypted in its home directory (~/.promptflow, or $PF_HOME_DIRECTORY); it is imported only where a
 connection is written or one was.
 """
+
 import hashlib
 import json
 import logging
@@ -74,17 +75,23 @@ def quiet_logs():
 def save_connection(pf, name: str, url: str, key: str):
     from promptflow._sdk._errors import StoreConnectionEncryptionKeyError
     from promptflow.entities import CustomConnection
+
     try:
         pf.connections.create_or_update(
-            CustomConnection(name=name, configs={"endpoint_url": url}, secrets={"api_key": key}))
+            CustomConnection(name=name, configs={"endpoint_url": url}, secrets={"api_key": key})
+        )
     except StoreConnectionEncryptionKeyError:
-        raise StageFailed("Prompt flow found no keyring to keep its connection encryption key in (usual on a "
-                          "machine without a desktop session): install keyrings.alt into this environment") from None
+        raise StageFailed(
+            "Prompt flow found no keyring to keep its connection encryption key in (usual on a "
+            "machine without a desktop session): install keyrings.alt into this environment"
+        ) from None
 
 
 def commands(name: str) -> list[str]:
-    return [f"pf flow test --flow flow --inputs connection={name} question=\"...\"",
-            f"pf flow test --flow flow --ui --environment-variables {CONNECTION_ENV}={name}"]
+    return [
+        f'pf flow test --flow flow --inputs connection={name} question="..."',
+        f"pf flow test --flow flow --ui --environment-variables {CONNECTION_ENV}={name}",
+    ]
 
 
 def delete_connection(ctx) -> None:
@@ -105,7 +112,9 @@ def delete_connection(ctx) -> None:
         try:
             pf.connections.delete(name)
         except Exception as exc:  # the endpoint is gone already; a stale connection is only a nuisance
-            log(f"[teardown] could not delete the Prompt flow connection {name} ({type(exc).__name__}: {exc}); "
-                f"pf connection delete --name {name} removes it")
+            log(
+                f"[teardown] could not delete the Prompt flow connection {name} ({type(exc).__name__}: {exc}); "
+                f"pf connection delete --name {name} removes it"
+            )
             return
     log(f"[teardown] deleted the Prompt flow connection {name}")

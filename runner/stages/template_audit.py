@@ -1,6 +1,7 @@
 """The template audit in the plan (trainer/audit.py), once the data stage has written the training rows: the same
 tokenizer, template, stop ids and collator the trainer will use, read from this machine without writing anything
 but <run dir>/template_audit.txt. A template the audit refuses refuses the plan too (exit 2), before anything runs."""
+
 from pathlib import Path
 
 from ..errors import UserError
@@ -42,7 +43,10 @@ def plan_lines(spec, ctx) -> list[str]:
         raise UserError(audit.refusal(audited))
     report = Path(ctx.run_dir) / "template_audit.txt"
     from common.files import write_atomic
+
     write_atomic(report, audited.report + "\n")
-    return [audited.summary(spec["train"]["max_length"]),
-            f"the first chat as it would be trained (loss on the tokens in \u27e6 \u27e7; the first few in {report}):",
-            *("  " + line for line in audit.terminal(audited.first).splitlines())]
+    return [
+        audited.summary(spec["train"]["max_length"]),
+        f"the first chat as it would be trained (loss on the tokens in \u27e6 \u27e7; the first few in {report}):",
+        *("  " + line for line in audit.terminal(audited.first).splitlines()),
+    ]

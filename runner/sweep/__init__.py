@@ -4,6 +4,7 @@ the summary (summary.py), and here what a sweep adds to single runs: its rules, 
 A point of a sweep is a run like any other (its own run directory, manifest and stages); runner/sweep/launcher.py
 composes and validates every point before the first one runs, runs each through app.main, then writes the summary.
 """
+
 import json
 import os
 import shlex
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from common.files import write_atomic
 
-from ..spec.settle import NOT_IN_SWEEPS, key_of
+from ..spec.settle import key_of
 
 NOT_IN_POINT_COMMANDS = ("stages", "plan", "force", "sweep.deploy")  # dropped from a point's override list
 
@@ -22,6 +23,7 @@ def shown(overrides) -> list[str]:
 
 
 # ---- the sweep's own rules ------------------------------------------------------------------------
+
 
 def varying(points) -> list[list[str]]:
     """Each point's overrides that differ between points (data.percent=25), for names and the table."""
@@ -54,11 +56,13 @@ def problems(points) -> list[str]:
             "would stay. A sweep trains, evaluates and registers every point; deploy once, afterwards: "
             f"{point_command(deploying[0]['overrides'], 'deploy,chat')} (the summary prints it for the best point), "
             "or add sweep.deploy=best to deploy the point with the lowest eval loss when the sweep ends. "
-            "Drop deploy and chat from stages (stages=[data,train,register]) to sweep.")
+            "Drop deploy and chat from stages (stages=[data,train,register]) to sweep."
+        )
     return found
 
 
 # ---- the sweep's record (sweep.json at its root) ---------------------------------------------------
+
 
 def record_of(sweep_dir: Path) -> dict:
     path = Path(sweep_dir) / "sweep.json"
@@ -82,11 +86,13 @@ def belongs_to(sweep_dir: Path, runs: list[dict]) -> dict:
 
 # ---- MLflow: one parent run per sweep -------------------------------------------------------------
 
+
 def tracking_uri(spec) -> str:
     """Where the points' training runs go, so the parent is in the same store."""
     from trainer import tracking
 
     from ..local.train import output_root, store_uri
+
     return tracking.tracking_uri(store_uri(spec), output_root(spec))
 
 
@@ -94,8 +100,9 @@ def start_parent(spec, sweep_dir: Path, prev: dict, overrides: list[str], points
     """The sweep's MLflow run, which each point's training run names as its parent; a re-run of the same sweep
     (prev: its record) reuses it while it is still in the store."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from trainer import tracking
     import mlflow
+
+    from trainer import tracking
 
     uri, experiment = tracking_uri(spec), spec["run"]["experiment_name"]
     client = mlflow.MlflowClient(uri)
@@ -106,9 +113,11 @@ def start_parent(spec, sweep_dir: Path, prev: dict, overrides: list[str], points
         except Exception:  # the store was replaced since: a new parent
             pass
     what = " ".join(shown(overrides))
-    run = client.create_run(tracking.use_experiment(uri, experiment), run_name=f"{spec['run']['name']} sweep: {what}",
-                            tags={"runner.sweep_dir": str(Path(sweep_dir).resolve()), "runner.sweep": what,
-                                  "runner.points": str(points)})
+    run = client.create_run(
+        tracking.use_experiment(uri, experiment),
+        run_name=f"{spec['run']['name']} sweep: {what}",
+        tags={"runner.sweep_dir": str(Path(sweep_dir).resolve()), "runner.sweep": what, "runner.points": str(points)},
+    )
     return {"tracking_uri": uri, "run_id": run.info.run_id}
 
 
@@ -117,14 +126,23 @@ def end_parent(parent: dict, summary: dict, sweep_dir: Path, ok: bool):
     import mlflow
 
     from trainer import tracking
+
     client = mlflow.MlflowClient(parent["tracking_uri"])
     for name in ("sweep.md", "sweep.csv", "sweep.png"):
         if (Path(sweep_dir) / name).is_file():
-            tracking.best_effort("log the sweep summary", client.log_artifact, parent["run_id"], str(Path(sweep_dir) / name))
+            tracking.best_effort(
+                "log the sweep summary", client.log_artifact, parent["run_id"], str(Path(sweep_dir) / name)
+            )
     best = summary.get("best")
     if best:
         tracking.best_effort("log the best point", client.set_tag, parent["run_id"], "runner.best_point", best["point"])
-        tracking.best_effort("log the best eval loss", client.log_metric, parent["run_id"], "best_eval_loss",
-                             float(best["eval loss after"]))
-    tracking.best_effort("close the sweep's run", client.set_terminated, parent["run_id"],
-                         status="FINISHED" if ok else "FAILED")
+        tracking.best_effort(
+            "log the best eval loss",
+            client.log_metric,
+            parent["run_id"],
+            "best_eval_loss",
+            float(best["eval loss after"]),
+        )
+    tracking.best_effort(
+        "close the sweep's run", client.set_terminated, parent["run_id"], status="FINISHED" if ok else "FAILED"
+    )

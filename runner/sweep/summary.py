@@ -1,5 +1,6 @@
 """The sweep's summary at its root: sweep.md and sweep.csv (a row per point), sweep.png (eval loss against
 training rows), printed at the end. Eval losses are compared only when measured on the same eval rows."""
+
 import csv
 import io
 import os
@@ -11,9 +12,23 @@ from ..manifest import Manifest
 from ..spec.settle import key_of
 from . import deploy_stages, point_command
 
-COLUMNS = ["point", "status", "train rows", "eval rows", "eval loss before", "eval loss after", "base NLL",
-           "tuned NLL", "base stops", "tuned stops", "train time (s)", "tokens/s", "cost (USD)", "eval set",
-           "run directory"]
+COLUMNS = [
+    "point",
+    "status",
+    "train rows",
+    "eval rows",
+    "eval loss before",
+    "eval loss after",
+    "base NLL",
+    "tuned NLL",
+    "base stops",
+    "tuned stops",
+    "train time (s)",
+    "tokens/s",
+    "cost (USD)",
+    "eval set",
+    "run directory",
+]
 
 
 def row_of(name: str, run_dir: Path) -> dict:
@@ -31,13 +46,24 @@ def row_of(name: str, run_dir: Path) -> dict:
     # the eval stage's figures (base against fine-tuned), when it ran on this training and these eval rows
     e = m.outputs("eval") if trained and m.entry("eval").get("status") == "done" else {}
     e = e if e.get("eval_sha256") == eval_set else {}
-    return {"point": name, "status": last, "train rows": data.get("train_rows"), "eval rows": data.get("test_rows"),
-            "eval loss before": figures.get("eval_loss_before"), "eval loss after": figures.get("eval_loss"),
-            "base NLL": e.get("base_nll"), "tuned NLL": e.get("tuned_nll"),
-            "base stops": _rate(e.get("base_stop_rate")), "tuned stops": _rate(e.get("tuned_stop_rate")),
-            "train time (s)": figures.get("train_runtime_s"), "tokens/s": figures.get("tokens_per_s"),
-            "cost (USD)": figures.get("cost_usd"), "eval set": eval_set,
-            "run directory": str(run_dir), "registered": m.entry("register").get("status") == "done"}
+    return {
+        "point": name,
+        "status": last,
+        "train rows": data.get("train_rows"),
+        "eval rows": data.get("test_rows"),
+        "eval loss before": figures.get("eval_loss_before"),
+        "eval loss after": figures.get("eval_loss"),
+        "base NLL": e.get("base_nll"),
+        "tuned NLL": e.get("tuned_nll"),
+        "base stops": _rate(e.get("base_stop_rate")),
+        "tuned stops": _rate(e.get("tuned_stop_rate")),
+        "train time (s)": figures.get("train_runtime_s"),
+        "tokens/s": figures.get("tokens_per_s"),
+        "cost (USD)": figures.get("cost_usd"),
+        "eval set": eval_set,
+        "run directory": str(run_dir),
+        "registered": m.entry("register").get("status") == "done",
+    }
 
 
 def _rate(value) -> str | None:
@@ -79,36 +105,66 @@ def summarize(sweep_dir: Path, points, out=print) -> dict:
     table += ["| " + " | ".join(_fmt(r[c]) for c in COLUMNS) + " |" for r in rows]
     notes = []
     if not comparable and len(eval_sets) > 1:
-        notes.append(f"Not compared: the points were evaluated on {len(eval_sets)} different eval sets (column 'eval "
-                     "set'), so their eval losses say nothing about the training data. Re-run the sweep with "
-                     "data.eval=fixed (the default in -m sweeps) to evaluate every point on the same rows.")
+        notes.append(
+            f"Not compared: the points were evaluated on {len(eval_sets)} different eval sets (column 'eval "
+            "set'), so their eval losses say nothing about the training data. Re-run the sweep with "
+            "data.eval=fixed (the default in -m sweeps) to evaluate every point on the same rows."
+        )
     if any(key_of(o).startswith("azure.") for p in points for o in p["overrides"]):
-        notes.append("azure.* values given on the command line are left out of the commands here: export them in "
-                     "your shell (AZURE_SUBSCRIPTION_ID, ...).")
+        notes.append(
+            "azure.* values given on the command line are left out of the commands here: export them in "
+            "your shell (AZURE_SUBSCRIPTION_ID, ...)."
+        )
     plot = plot_losses(rows, sweep_dir / "sweep.png") if comparable and done else None
     if plot is None:
         (sweep_dir / "sweep.png").unlink(missing_ok=True)  # a plot of an earlier sweep would mislead
     if best:
         point = next(p for p in points if p["name"] == best["point"])
-        notes.append(f"Lowest eval loss: {best['point']} ({best['eval loss after']:.4f}), every point on the same "
-                     f"{best['eval rows']} eval rows (sha256 {best['eval set']}...).")
+        notes.append(
+            f"Lowest eval loss: {best['point']} ({best['eval loss after']:.4f}), every point on the same "
+            f"{best['eval rows']} eval rows (sha256 {best['eval set']}...)."
+        )
         stages = deploy_stages(best["registered"])
         notes.append(f"Deploy it: {point_command(point['overrides'], stages)}")
         notes.append(f"Stop it later: {point_command(point['overrides'], 'teardown')}")
-    text = "\n".join(["# Sweep summary", "", *table, "", *notes,
-                      *([f"", f"![eval loss against training rows]({plot.name})"] if plot else [])]) + "\n"
+    text = (
+        "\n".join(
+            [
+                "# Sweep summary",
+                "",
+                *table,
+                "",
+                *notes,
+                *(["", f"![eval loss against training rows]({plot.name})"] if plot else []),
+            ]
+        )
+        + "\n"
+    )
     write_atomic(sweep_dir / "sweep.md", text)
-    out("\n".join(["", "sweep summary:", *table, *notes,
-                   f"wrote {sweep_dir / 'sweep.md'}, sweep.csv" + (", sweep.png" if plot else "")]))
+    out(
+        "\n".join(
+            [
+                "",
+                "sweep summary:",
+                *table,
+                *notes,
+                f"wrote {sweep_dir / 'sweep.md'}, sweep.csv" + (", sweep.png" if plot else ""),
+            ]
+        )
+    )
     return {"rows": rows, "best": best, "comparable": comparable, "plot": plot}
 
 
 def plot_losses(rows, path: Path) -> Path | None:
-    pts = sorted((r["train rows"], r["eval loss after"], r["eval loss before"], r["point"]) for r in rows
-                 if r["eval loss after"] is not None and r["train rows"])
+    pts = sorted(
+        (r["train rows"], r["eval loss after"], r["eval loss before"], r["point"])
+        for r in rows
+        if r["eval loss after"] is not None and r["train rows"]
+    )
     if not pts:
         return None
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
