@@ -1,7 +1,5 @@
 """The shape of the tree: one backend dispatcher, configs that inherit, one home for each fact, small modules."""
 
-import re
-
 import pytest
 import yaml
 
