@@ -114,11 +114,9 @@ def measure(model, tokenizer, rows, prompts, cfg: dict, stop_ids, max_length: in
     return {"nll": nll / max(tokens, 1), "tokens": tokens, "answers": said}
 
 
-def evaluate(
-    tuned, load_base, tokenizer, rows, cfg: dict, stop_ids, max_length: int, out_dir: Path, log=print, free_tuned=None
-) -> dict:
-    """Measure the tuned model, then the base (load_base() loads it only then, so one model is in memory at a
-    time when free_tuned() drops the first); write the folder; return the metrics."""
+def evaluate(tuned, load_base, tokenizer, rows, cfg: dict, stop_ids, max_length: int, out_dir: Path, log=print) -> dict:
+    """Measure the tuned model, then the base (loaded only then, by load_base()); write the folder; return the
+    metrics. Both models are in memory for the base's part: on a GPU that is 7.6 GB more in bf16 at Phi-3-mini's size."""
     t0 = time.time()
     rows = rows[: cfg["rows"]]
     prompts = prompts_of(rows, cfg["samples"])
@@ -127,8 +125,6 @@ def evaluate(
         "fine-tuned model first, then the base"
     )
     after = measure(tuned, tokenizer, rows, prompts, cfg, stop_ids, max_length)
-    if free_tuned:
-        free_tuned()
     before = measure(load_base(), tokenizer, rows, prompts, cfg, stop_ids, max_length)
     samples = [
         {
