@@ -14,10 +14,11 @@ from common.files import write_atomic
 from .context import Context
 from .errors import INTERRUPTED, Detached, StageFailed, UserError
 from .manifest import Manifest
+from .redact import command_shown, redacted
 from .registry import module_for, selected
 from .rundir import OneWriter, in_use, remove_created
-from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, memory_fit, redacted, to_spec
-from .spec.settle import command_shown, settle
+from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, memory_fit, to_spec
+from .spec.settle import settle
 from .spec.validate import validate
 
 exit_codes = []  # one per run of `python -m runner`; a -m sweep goes on past a failed point, exits with the worst

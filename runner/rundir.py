@@ -136,7 +136,7 @@ class OneWriter:
     one that is, and what to do. The lock is an flock on <run_dir>/.lock: no stale pid file survives a SIGKILL."""
 
     def __init__(self, directory: Path, command: str, what: str = "run"):
-        """command: this process's command line as it may be kept (runner.spec.settle.command_shown)."""
+        """command: this process's command line as it may be kept (runner.redact.command_shown)."""
         self.directory, self.command, self.what, self.fd = Path(directory), command, what, None
 
     def __enter__(self):

@@ -23,7 +23,7 @@ def hold(run_dir, *argv):
     run_dir.mkdir(parents=True, exist_ok=True)
     code = (
         "import sys, time; from pathlib import Path; from runner.rundir import OneWriter; "
-        "from runner.spec.settle import command_shown; "
+        "from runner.redact import command_shown; "
         f"lock = OneWriter(Path({str(run_dir)!r}), command_shown({list(argv)!r})).__enter__(); "
         "print('held', flush=True); time.sleep(300)"
     )

@@ -131,7 +131,8 @@ def test_redacted_spec_hides_environment_values(compose_spec, monkeypatch):
     from hydra import compose, initialize_config_dir
 
     from runner import CONF_DIR
-    from runner.spec import env_sourced_paths, redacted, to_spec
+    from runner.redact import redacted
+    from runner.spec import env_sourced_paths, to_spec
 
     for k, v in FAKE_AZURE.items():
         monkeypatch.setenv(k, v)

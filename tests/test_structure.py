@@ -179,7 +179,7 @@ def test_training_serving_and_what_they_share_stay_apart():
 
 # runner/ in layers: a module imports only from its own layer or those below (python -m pytest -k layers)
 LAYERS = [
-    ("runner/__init__.py", "runner/errors.py"),
+    ("runner/__init__.py", "runner/errors.py", "runner/redact.py"),
     ("runner/manifest.py", "runner/context.py", "runner/rundir.py", "runner/registry.py"),
     ("runner/spec/",),
     ("runner/stages/", "runner/local/", "runner/azure/"),

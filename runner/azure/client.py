@@ -9,9 +9,10 @@ import functools
 import io
 
 from ..errors import StageFailed, UserError
+from ..redact import scrub
 from ..spec import dump_yaml
 from . import resources
-from .retry import call, scrub
+from .retry import call
 
 LOGIN_HELP = [
     "could not get Azure credentials ({reason}). Log in first, one of:",

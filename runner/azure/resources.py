@@ -22,7 +22,8 @@ from common.files import write_atomic
 
 from .. import REPO_ROOT
 from ..errors import StageFailed
-from ..spec import azure_env_paths, digest, dump_yaml, hardware, redacted
+from ..redact import redacted
+from ..spec import azure_env_paths, digest, dump_yaml, hardware
 from . import environments
 
 JOB_CODE, DEPLOYMENT_CODE = "job-code", "deployment-code"  # beside job.yml and deployment.yml, holding:

@@ -3,8 +3,9 @@
 Everything else (401, 404, a rejected resource) fails at once: retrying would only delay the message.
 """
 
-import re
 import time
+
+from ..redact import scrub
 
 TRIES = 5
 FIRST_DELAY_S = 2.0  # then 4, 8, 16: about half a minute in all
@@ -53,35 +54,6 @@ def call(what: str, fn, *args, log=None, tries: int = TRIES, **kwargs):
 def _first_line(exc) -> str:
     text = scrub(str(exc).strip())
     return text.splitlines()[0][:200] if text else "no message"
-
-
-_IDS = re.compile(
-    r"(https://ml\.azure\.com/[^\s?'\"]*)\?[^\s'\"]*|(/subscriptions/)[^/\s'\"]+|(\btid=)[^&\s'\"]+", re.I
-)
-
-
-def scrub(text: str) -> str:
-    """Text from Azure without the subscription and tenant ids: Studio links lose their query, ARM paths their id."""
-
-    def repl(m):
-        if m.group(1):
-            return m.group(1)
-        return m.group(2) + "<subscription>" if m.group(2) else m.group(3) + "<tenant>"
-
-    return _IDS.sub(repl, str(text))
-
-
-class ScrubbedStream:
-    """A stdout that scrubs what passes through: azure-ai-ml prints the job's Studio link while streaming."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def write(self, text):
-        return self.stream.write(scrub(text))
-
-    def flush(self):
-        self.stream.flush()
 
 
 def call_once(what: str, fn, *args, check, log=None, tries: int = TRIES, **kwargs):

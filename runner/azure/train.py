@@ -5,12 +5,13 @@ import secrets
 from pathlib import Path
 
 from ..errors import Detached, StageFailed
+from ..redact import scrub
 from ..spec import hardware
 from ..spec.memory_fit import memory_line, sharding_line
 from ..stages import template_audit
 from . import resources
 from .client import azure_errors, client, get_or_none, load, rel, summary
-from .retry import call, call_once, scrub
+from .retry import call, call_once
 
 TERMINAL = ("Completed", "Failed", "Canceled", "NotResponding")
 
@@ -200,7 +201,7 @@ def follow(ml, job, log):
 
     from azure.ai.ml.exceptions import MlException
 
-    from .retry import ScrubbedStream
+    from ..redact import ScrubbedStream
 
     try:
         with contextlib.redirect_stdout(ScrubbedStream(sys.stdout)):  # the SDK prints Studio links with the ids

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from .. import CONF_DIR, REPO_ROOT
 from ..errors import UserError
+from ..redact import redacted
 from ..registry import STAGES
-from ..spec import env_sourced_paths, get_path, hardware, redacted, to_spec
+from ..spec import env_sourced_paths, get_path, hardware, to_spec
 from ..spec.validate import problems
 
 GROUPS = ("compute", "model", "data")

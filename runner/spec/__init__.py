@@ -14,7 +14,6 @@ from .. import CONF_DIR, REPO_ROOT
 from ..errors import UserError
 
 _ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)")
-_SECRET_KEY = re.compile(r"(key|secret|token|password|credential)", re.I)
 
 
 def to_spec(cfg: DictConfig) -> dict:
@@ -39,32 +38,6 @@ def env_sourced_paths(cfg: DictConfig) -> dict:
 
     walk(OmegaConf.to_container(cfg, resolve=False), "")
     return found
-
-
-def redacted(spec: dict, env_paths: dict, fill_missing: bool = False) -> dict:
-    """A copy safe to write and review: environment values become '<from $VAR>', secret-looking keys '<redacted>'.
-
-    env_paths: {'azure.subscription_id': 'AZURE_SUBSCRIPTION_ID', ...}. An unset one stays null, or shows the
-    placeholder too with fill_missing (resource files need a string there even when plan mode runs without it).
-    """
-
-    def walk(node, prefix):
-        if isinstance(node, dict):
-            out = {}
-            for k, v in node.items():
-                path = f"{prefix}{k}"
-                if path in env_paths:
-                    out[k] = None if v is None and not fill_missing else f"<from ${env_paths[path]}>"
-                elif _SECRET_KEY.search(str(k)) and isinstance(v, str) and v:
-                    out[k] = "<redacted>"
-                else:
-                    out[k] = walk(v, path + ".")
-            return out
-        if isinstance(node, list):
-            return [walk(v, prefix) for v in node]
-        return node
-
-    return walk(spec, "")
 
 
 @lru_cache(maxsize=1)

@@ -9,14 +9,6 @@ def key_of(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def command_shown(argv) -> str:
-    """The command as it may be printed and kept in a run directory: azure.* values (a subscription id) hidden."""
-    import shlex
-
-    args = [f"{o.split('=', 1)[0]}=<hidden>" if "=" in o and key_of(o).startswith("azure.") else o for o in argv]
-    return " ".join(["python -m runner", *map(shlex.quote, args)])
-
-
 def settle(spec: dict, overrides) -> dict:
     """The spec a run actually runs. overrides: the point's command-line overrides in a -m sweep, None otherwise.
 

@@ -12,14 +12,10 @@ from pathlib import Path
 
 from common.files import write_atomic
 
+from ..redact import shown
 from ..spec.settle import key_of
 
 NOT_IN_POINT_COMMANDS = ("stages", "plan", "force", "sweep.deploy")  # dropped from a point's override list
-
-
-def shown(overrides) -> list[str]:
-    """The overrides that may be printed and kept: azure.* values (a subscription id) belong in the shell only."""
-    return [o for o in overrides if not key_of(o).startswith("azure.")]
 
 
 # ---- the sweep's own rules ------------------------------------------------------------------------

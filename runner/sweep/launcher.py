@@ -21,8 +21,8 @@ from hydra.plugins.launcher import Launcher
 from omegaconf import OmegaConf, open_dict
 
 from ..errors import INTERRUPTED, UserError
+from ..redact import command_shown
 from ..rundir import OneWriter
-from ..spec.settle import command_shown
 from .points import Point, compose_point, print_plan, sweep_problems, take_back
 
 _current: dict = {}  # the point being run: read by runner.__main__ for app.main(sweep=...)
