@@ -107,9 +107,9 @@ def build(work: Path, shape: str) -> tuple[Path, Path]:
     from transformers import Phi3Config, Phi3ForCausalLM
 
     from trainer.chats import load
-    from trainer.tiny import build_tokenizer, chat_texts
+    from trainer.tiny import build_tokenizer, chat_texts, stop_ids
 
-    model_dir, data = work / f"model-{shape}", work / "chats.jsonl"
+    model_dir, data = work / f"model-{shape}-stops", work / "chats.jsonl"  # -stops: eos is <|end|> (audit)
     rows = load(ROOT / "runner" / "samples" / "chat_sample.jsonl")
     data.write_text("".join(json.dumps(r) + "\n" for r in rows * 20))
     if not (model_dir / "config.json").is_file():
@@ -120,6 +120,8 @@ def build(work: Path, shape: str) -> tuple[Path, Path]:
             **s,
             num_key_value_heads=s["num_attention_heads"],
             pad_token_id=tok.pad_token_id,
+            eos_token_id=stop_ids(tok),  # generation stops at <|end|>, as the template audit requires
+            bos_token_id=tok.eos_token_id,
             original_max_position_embeddings=s["max_position_embeddings"],
             tie_word_embeddings=False,
         )

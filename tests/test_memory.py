@@ -165,6 +165,7 @@ def test_the_estimate_is_within_15_percent_of_the_bytes_training_steps_hold(shap
 
     from trainer.fit import setup
     from trainer.tensor_bytes import TensorBytes
+    from trainer.tiny import stop_ids
 
     h, layers, heads, i, batch, length, attn, precision, ckpt, packing = shape
     work, tok = long_rows
@@ -178,6 +179,8 @@ def test_the_estimate_is_within_15_percent_of_the_bytes_training_steps_hold(shap
         vocab_size=len(tok),
         max_position_embeddings=4096,
         pad_token_id=tok.pad_token_id,
+        eos_token_id=stop_ids(tok),  # as the tiny model's: the template audit checks that generation stops at <|end|>
+        bos_token_id=tok.eos_token_id,
         tie_word_embeddings=False,
     )
     Phi3ForCausalLM(config).save_pretrained(tmp_path / "model")

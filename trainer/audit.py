@@ -300,7 +300,7 @@ def confirm(trainer, audited: Audit, max_length: int | None) -> list:
 
     problems = []
     data = trainer.train_dataset
-    if "labels" in data.column_names and "seq_lengths" not in data.column_names:  # not packed: row i is chat i
+    if not trainer.args.packing and "labels" in data.column_names:  # not packed: row i is chat i
         for i, (ids, labels) in enumerate(audited.labelled[: len(data)]):
             got = data[i]
             if list(got["input_ids"]) != ids[:max_length] or list(got["labels"]) != labels[:max_length]:
