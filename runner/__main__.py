@@ -9,27 +9,31 @@ from omegaconf import DictConfig, OmegaConf
 
 from . import CONF_DIR
 
-_task_started = False
 
+def make_task():
+    """The function Hydra runs for each composed config: app.main, which returns the run's exit status.
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
-def _hydra_main(cfg: DictConfig):
-    global _task_started
-    _task_started = True
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    Each status is kept on the function (task.codes): a -m sweep goes on past a failed point and exits with the
+    worst. Hydra hands this same function to the launcher, which calls it with the point it runs (sweep=...) and adds
+    the sweep's own refusals to task.codes; no module global carries either.
+    """
 
-    from . import app
+    def task(cfg: DictConfig, sweep: dict | None = None) -> int:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
 
-    hc = HydraConfig.get()
-    sweep = None
-    if hc.mode == RunMode.MULTIRUN:  # our launcher says which point this is; another launcher, only its overrides
-        from .sweep.launcher import current_point
+        from . import app
 
-        sweep = current_point() or {"overrides": list(hc.overrides.task), "point": {}}
-    code = app.main(cfg, hc.runtime.output_dir, sweep=sweep)
-    app.exit_codes.append(code)
-    return code
+        task.started = True
+        hc = HydraConfig.get()
+        if sweep is None and hc.mode == RunMode.MULTIRUN:  # another launcher than ours: only its overrides
+            sweep = {"overrides": list(hc.overrides.task), "point": {}}
+        code = app.main(cfg, hc.runtime.output_dir, sweep=sweep)
+        task.codes.append(code)
+        return code
+
+    task.codes, task.started = [], False
+    return task
 
 
 def options(group: str) -> str:
@@ -57,19 +61,18 @@ def main():
     if renamed:  # Hydra would say only "not in struct"
         print("\n".join(f"error: {m}" for m in renamed), file=sys.stderr)
         sys.exit(2)
+    task = make_task()
     try:
-        _hydra_main()
+        hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(task)()
     except BrokenPipeError:  # e.g. python -m runner --help | head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     except SystemExit as exc:
         # Hydra exits 1 on a bad override or unknown option before our task runs: that is bad input.
-        if exc.code == 1 and not _task_started:
+        if exc.code == 1 and not task.started:
             sys.exit(2)
         raise
-    from .app import exit_codes
-
-    sys.exit(max(exit_codes, default=0))
+    sys.exit(max(task.codes, default=0))
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_pat
 from .spec.settle import settle
 from .spec.validate import validate
 
-exit_codes = []  # one per run of `python -m runner`; a -m sweep goes on past a failed point, exits with the worst
-
 
 def inputs_hash(stage, spec, manifest) -> str:
     parts = {p: get_path(spec, p) for p in stage.depends_on}

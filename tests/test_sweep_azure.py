@@ -10,7 +10,6 @@ import sys
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 
-from runner import app
 from runner.azure import deploy as az_deploy
 from runner.azure import register as az_register
 from runner.azure import retry
@@ -90,7 +89,6 @@ def runner_main(monkeypatch, *args) -> int:
 
     monkeypatch.setattr(sys, "argv", ["runner", *args])
     GlobalHydra.instance().clear()
-    app.exit_codes.clear()
     with pytest.raises(SystemExit) as exit_:
         entry.main()
     GlobalHydra.instance().clear()

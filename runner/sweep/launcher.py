@@ -25,12 +25,6 @@ from ..redact import command_shown
 from ..rundir import OneWriter
 from .points import Point, compose_point, print_plan, sweep_problems, take_back
 
-_current: dict = {}  # the point being run: read by runner.__main__ for app.main(sweep=...)
-
-
-def current_point() -> dict:
-    return _current
-
 
 class SweepLauncher(Launcher):
     def __init__(self) -> None:
@@ -44,8 +38,8 @@ class SweepLauncher(Launcher):
         from hydra.core.utils import configure_log, setup_globals
 
         from .. import sweep
-        from ..app import exit_codes
 
+        exit_codes = self._codes()
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
@@ -84,36 +78,36 @@ class SweepLauncher(Launcher):
 
     # ---- running points -----------------------------------------------------------------------
 
+    def _codes(self) -> list:
+        """Where the sweep's own statuses go: the task's (runner.__main__.make_task), beside each point's."""
+        return getattr(self.task_function, "codes", [])
+
     def _run(self, p: Point, detach=False, parent=None, extra=()):
         from hydra.core.utils import run_job
 
-        global _current
         config = p.config
         if extra:
             config = self.hydra_context.config_loader.load_sweep_config(self.config, [*p.overrides, *extra])
             with open_dict(config):
                 config.hydra.job.id = config.hydra.job.num = p.idx
-        _current = {
+        point = {
             "overrides": [*p.overrides, *extra],
             "point": {"name": p.name, "detach": detach, "parent_run_id": (parent or {}).get("run_id")},
-            "spec": None if extra else p.spec,
-        }  # composed, settled and validated once, in launch()
-        try:
-            return run_job(
-                hydra_context=self.hydra_context,
-                task_function=self.task_function,
-                config=config,
-                job_dir_key="hydra.sweep.dir",
-                job_subdir_key="hydra.sweep.subdir",
-            )
-        finally:
-            _current = {}
+            "spec": None if extra else p.spec,  # composed, settled and validated once, in launch()
+        }
+        return run_job(
+            hydra_context=self.hydra_context,
+            task_function=lambda cfg: self.task_function(cfg, sweep=point),
+            config=config,
+            job_dir_key="hydra.sweep.dir",
+            job_subdir_key="hydra.sweep.subdir",
+        )
 
     def _execute(self, sweep_dir, points):
         from .. import sweep
-        from ..app import exit_codes
         from . import summary as sweep_summary
 
+        exit_codes = self._codes()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         local = [p for p in points if not p.detached]
         cloud = [p for p in points if p.detached]
@@ -173,7 +167,7 @@ class SweepLauncher(Launcher):
 
     def _follow(self, cloud) -> bool:
         """Follow every submitted job together; True when the sweep has to stop (Ctrl-C, Azure unreachable)."""
-        from ..app import exit_codes
+        exit_codes = self._codes()
 
         try:
             for backend in {p.detached for p in cloud}:
@@ -200,7 +194,7 @@ class SweepLauncher(Launcher):
         return True
 
     def _deploy_best(self, points, summary):
-        from ..app import exit_codes
+        exit_codes = self._codes()
 
         best = summary["best"]
         if best is None:
@@ -224,9 +218,12 @@ class SweepLauncher(Launcher):
 
 
 def _code(ret) -> int:
-    value = getattr(ret, "_return_value", None)
+    """A point's exit status from Hydra's JobReturn (its public status and return_value)."""
+    from hydra.core.utils import JobStatus
+
+    value = ret.return_value if ret.status == JobStatus.COMPLETED else None
     return value if isinstance(value, int) else 1
 
 
 def _interrupted(ret) -> bool:
-    return getattr(ret, "_return_value", None) == INTERRUPTED
+    return _code(ret) == INTERRUPTED
