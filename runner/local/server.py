@@ -10,7 +10,6 @@ directory (pids get reused).
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -102,12 +101,9 @@ def start(cmd: list[str], log_file: Path, started: Path | None = None) -> subpro
 
 def ours(p: "Paths") -> list[int]:
     """Every live serving.serve of this run directory: recorded as started, or found by its command line."""
-    pids = {int(f.stem) for f in p.started.glob("*.json") if f.stem.isdigit()}
-    if Path("/proc").is_dir():
-        pids |= {int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()}
-    else:
-        r = subprocess.run(["ps", "-A", "-o", "pid="], capture_output=True, text=True)
-        pids |= {int(x) for x in r.stdout.split()}
+    import psutil
+
+    pids = {int(f.stem) for f in p.started.glob("*.json") if f.stem.isdigit()} | set(psutil.pids())
     return sorted(pid for pid in pids if pid != os.getpid() and is_ours(pid, p.ready))
 
 
@@ -121,14 +117,13 @@ def stop_all(p: "Paths") -> list[int]:
 
 
 def command_line(pid: int) -> str:
-    """The process's command line ('' when gone or a zombie); /proc on Linux, ps elsewhere."""
-    if Path("/proc/self/cmdline").exists():
-        try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            return ""
-    r = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
-    return r.stdout.strip()
+    """The process's command line ('' when it is gone, a zombie, or not readable), as psutil reads it."""
+    import psutil
+
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return ""
 
 
 def is_ours(pid, ready_file: Path) -> bool:
@@ -139,28 +134,24 @@ def is_ours(pid, ready_file: Path) -> bool:
     return any(f"-m {m} " in cmd for m in (SERVER_MODULE, *EARLIER_MODULES)) and str(ready_file) in cmd
 
 
-def _reap(pid: int):
-    try:  # when the server is our own child (tests, one process), collect it so it is not a zombie
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-
-
 def stop(pid, ready_file: Path, timeout: float = STOP_TIMEOUT_S) -> bool:
     """SIGTERM, then SIGKILL after timeout. Returns whether there was a server of ours to stop."""
+    import psutil
+
     if not is_ours(pid, ready_file):
         return False
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return True
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            _reap(pid)
-            if not is_ours(pid, ready_file):
+    try:
+        proc = psutil.Process(pid)  # psutil checks it is still the same process (pids get reused) before signalling
+        for send, wait in ((proc.terminate, timeout), (proc.kill, 5)):
+            send()
+            try:
+                proc.wait(wait)  # our own child (tests, one process) is reaped too, so it is no zombie
                 return True
-            time.sleep(0.1)
+            except psutil.TimeoutExpired:
+                if not is_ours(pid, ready_file):  # a zombie whose parent has not collected it: stopped all the same
+                    return True
+    except psutil.NoSuchProcess:
+        return True
     raise StageFailed(f"the endpoint server (pid {pid}) did not stop, even after SIGKILL")
 
 
