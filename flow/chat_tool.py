@@ -8,8 +8,9 @@ chat stage creates one connection per run (phi3_<run name>_<8 hex>) and prints t
 
 import os
 
-from endpoint_client import EndpointError, ask
 from promptflow.core import tool
+
+from common.score_client import ScoreError, ask  # the runner's package: one /score client for every caller
 
 CONNECTION_ENV = "PHI3_CONNECTION"
 
@@ -26,7 +27,7 @@ def to_messages(chat_history: list, question: str) -> list[dict]:
 def endpoint_of(name: str) -> tuple[str, str]:
     """(scoring URL, key) kept in the named Prompt flow connection."""
     if not name:
-        raise EndpointError(
+        raise ScoreError(
             f"no connection named: pass --inputs connection=NAME, or set {CONNECTION_ENV}=NAME "
             "(--environment-variables with --ui); the chat stage prints its run's name, and "
             "`pf connection list` shows them all"
@@ -36,7 +37,7 @@ def endpoint_of(name: str) -> tuple[str, str]:
     try:
         conn = PFClient().connections.get(name, with_secrets=True)
     except Exception as exc:  # promptflow's ConnectionNotFoundError and friends: say which and what to do
-        raise EndpointError(
+        raise ScoreError(
             f"no Prompt flow connection {name!r} ({type(exc).__name__}): run the chat stage of "
             "that run (python -m runner stages=[chat]) or see `pf connection list`"
         ) from None

@@ -2,7 +2,8 @@
 
 - serve.py: `python -m serving.serve`, the local endpoint (Azure ML's /score, OpenAI's /v1 routes) on Starlette;
 - scoring.py: the model and generation, and the Azure ML scoring entry (`init`/`run`, loaded by azmlinfsrv);
-- contract.py: the /score request body; openai_api.py: OpenAI's chat completions and the streaming detokenizer;
+- contract.py: the /score request body (pydantic); openai_api.py: OpenAI's chat completions (pydantic request,
+  response shapes); detokenize.py: the streaming detokenizer and stop strings;
 - asgi.py: bind first, then serve under uvicorn; http_log.py: the key file and the access log;
 - chat_page.py and chat_page.html: the chat page, a client of the endpoint's public routes.
 

@@ -22,15 +22,10 @@ def run(app, sock: socket.socket, on_listening, **config):
     """Serve app on sock until SIGINT/SIGTERM; on_listening() runs once uvicorn has started accepting."""
     import uvicorn
 
+    from common.patches import uvicorn_on_listening
+
     server = uvicorn.Server(
         uvicorn.Config(app, **{"log_level": "warning", "access_log": False, "timeout_graceful_shutdown": 3, **config})
     )
-    original_startup = server.startup
-
-    async def startup(sockets=None):
-        await original_startup(sockets=sockets)
-        if server.started:
-            on_listening()
-
-    server.startup = startup
+    uvicorn_on_listening(server, on_listening)
     server.run(sockets=[sock])

@@ -33,110 +33,135 @@ class Upstream:
     describe: str  # what the page's header says it talks to (no key, no subscription)
 
 
-def make_app(resolve, log=print, first: Upstream | None = None):  # noqa: C901  (to split, as serve.make_app)
-    """The page's ASGI app; resolve() -> Upstream, called at start (unless first is given: the caller looked it
-    up already) and whenever the endpoint seems to have moved."""
-    import anyio
-    import httpx
-    from starlette.applications import Starlette
-    from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
-    from starlette.routing import Route
+STREAM_HEADERS = {"Cache-Control": "no-cache"}
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+}
 
-    from serving import openai_api as oa
-    from serving.contract import BadRequest
 
-    state = {"up": first or resolve()}
-    client = httpx.AsyncClient(timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=10))
-    html = PAGE.read_text()
+class OwnPageOnly:
+    """ASGI middleware: a request naming another Host (DNS rebinding) or sent from another Origin (a page in another
+    tab) gets 403 before any route runs."""
 
-    def allowed(request) -> bool:
+    def __init__(self, app, log=print):
+        self.app, self.log = app, log
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+
+        from serving import openai_api as oa
+
+        request = Request(scope)
         port = request.url.port
         hosts = {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
-        origin = request.headers.get("origin")
-        return request.headers.get("host") in hosts and (origin is None or origin in {f"http://{h}" for h in hosts})
+        host, origin = request.headers.get("host"), request.headers.get("origin")
+        if host in hosts and (origin is None or origin in {f"http://{h}" for h in hosts}):
+            return await self.app(scope, receive, send)
+        self.log(f"[chat] refused a request from Host {host!r}, Origin {origin!r}")
+        refusal = oa.error("this chat server answers only its own page on 127.0.0.1", 403)
+        return await JSONResponse(refusal, 403)(scope, receive, send)
 
-    def refuse(request):
-        log(
-            f"[chat] refused a request from Host {request.headers.get('host')!r}, "
-            f"Origin {request.headers.get('origin')!r}"
-        )
-        return JSONResponse(oa.error("this chat server answers only its own page on 127.0.0.1", 403), 403)
 
-    def headers(up: Upstream) -> dict:
-        return {"Authorization": f"Bearer {up.key}", "Content-Type": "application/json"}
+class Failed(Exception):
+    """The endpoint gave no usable answer: the status the page gets, and why."""
 
-    async def send(method: str, path: str, body=None, stream=False):
-        """The upstream response; the endpoint is looked up again once if it cannot be reached or refuses the key."""
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class ChatPage:
+    """The page's routes over one upstream endpoint; resolve() -> Upstream is called at start (unless first is
+    given: the caller looked it up already) and whenever the endpoint seems to have moved."""
+
+    def __init__(self, resolve, log=print, first: Upstream | None = None):
+        import httpx
+
+        self.resolve, self.log, self.up = resolve, log, first or resolve()
+        self.client = httpx.AsyncClient(timeout=httpx.Timeout(UPSTREAM_TIMEOUT_S, connect=10))
+        self.html = PAGE.read_text()
+
+    async def page(self, request):
+        from starlette.responses import HTMLResponse
+
+        return HTMLResponse(self.html, headers=PAGE_HEADERS)
+
+    async def models(self, request):
+        from starlette.responses import JSONResponse
+
+        from serving import openai_api as oa
+
+        return JSONResponse({**oa.models(self.up.model, int(time.time())), "endpoint": self.up.describe})
+
+    async def completions(self, request):
+        raw = await request.body()
+        if self.up.kind == "openai":
+            return await self.through(raw)
+        return await self.via_score(raw, self.up)
+
+    async def send(self, method: str, path: str, body=None, stream=False):
+        """The upstream response, or Failed (502); the endpoint is looked up again once if it cannot be reached
+        or refuses the key."""
+        import httpx
+
         for attempt in (0, 1):
-            up = state["up"]
+            up = self.up
             url = up.url + path
+            headers = {"Authorization": f"Bearer {up.key}", "Content-Type": "application/json"}
             try:
-                req = client.build_request(method, url, headers=headers(up), content=body)
-                resp = await client.send(req, stream=stream)
+                resp = await self.client.send(
+                    self.client.build_request(method, url, headers=headers, content=body), stream=stream
+                )
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # not sent: safe to send again
                 problem = f"cannot reach the endpoint at {url.split('?')[0]} ({type(exc).__name__}): is it running?"
-                if attempt == 1 or not await look_up_again():
-                    return None, problem
+                if attempt == 1 or not await self.look_up_again():
+                    raise Failed(502, problem) from None
                 continue
             except httpx.HTTPError as exc:  # sent, and maybe generating: not sent twice
-                return None, f"the endpoint at {url.split('?')[0]} did not answer ({type(exc).__name__})"
+                raise Failed(
+                    502, f"the endpoint at {url.split('?')[0]} did not answer ({type(exc).__name__})"
+                ) from None
             if resp.status_code == 401 and attempt == 0:
                 await resp.aclose()
-                if await look_up_again():
+                if await self.look_up_again():
                     continue
-                return None, "the endpoint refused the key, and looking it up again failed"
-            return resp, None
+                raise Failed(502, "the endpoint refused the key, and looking it up again failed")
+            return resp
 
-    async def look_up_again() -> bool:
-        """Read the endpoint afresh (a redeploy moves it); off the event loop, as a backend's lookup may block on the network."""
+    async def look_up_again(self) -> bool:
+        """Read the endpoint afresh (a redeploy moves it); off the event loop, as a lookup may block on the network."""
+        import anyio
+
         try:
-            state["up"] = await anyio.to_thread.run_sync(resolve)
+            self.up = await anyio.to_thread.run_sync(self.resolve)
             return True
         except Exception as exc:  # no endpoint any more (torn down), the cloud unreachable: said on the page
-            log(f"[chat] looking the endpoint up again failed: {exc}")
+            self.log(f"[chat] looking the endpoint up again failed: {exc}")
             return False
 
-    async def page(request):
-        if not allowed(request):
-            return refuse(request)
-        return HTMLResponse(
-            html,
-            headers={
-                "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
-                "style-src 'self' 'unsafe-inline'; img-src 'self' data:",
-                "Cache-Control": "no-store",
-                "Referrer-Policy": "no-referrer",
-            },
-        )
+    async def through(self, raw: bytes):
+        """An OpenAI-speaking endpoint: the request passed on, the answer (or stream) passed back."""
+        import httpx
+        from starlette.responses import Response, StreamingResponse
 
-    async def models(request):
-        if not allowed(request):
-            return refuse(request)
-        up = state["up"]
-        return JSONResponse({**oa.models(up.model, int(time.time())), "endpoint": up.describe})
+        from serving import openai_api as oa
 
-    async def completions(request):
-        if not allowed(request):
-            return refuse(request)
-        raw = await request.body()
-        up = state["up"]
-        if up.kind == "openai":
-            return await through(raw)
-        return await via_score(raw, up)
-
-    async def through(raw: bytes):
         try:
             wants_stream = bool(json.loads(raw).get("stream"))
         except (ValueError, AttributeError):
             wants_stream = False
-        resp, problem = await send("POST", "/chat/completions", raw, stream=True)
-        if resp is None:
-            return JSONResponse(oa.error(problem, 502), 502)
+        resp = await self.send("POST", "/chat/completions", raw, stream=True)
         if not wants_stream or resp.status_code != 200:
             try:
                 body = await resp.aread()
             except httpx.HTTPError as exc:
-                return JSONResponse(oa.error(f"the endpoint stopped answering ({type(exc).__name__})", 502), 502)
+                raise Failed(502, f"the endpoint stopped answering ({type(exc).__name__})") from None
             finally:
                 await resp.aclose()
             return Response(body, resp.status_code, media_type=resp.headers.get("content-type"))
@@ -150,58 +175,75 @@ def make_app(resolve, log=print, first: Upstream | None = None):  # noqa: C901  
             finally:  # the page went away (or the answer ended): close upstream, which stops the generation
                 await resp.aclose()
 
-        return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(relay(), media_type="text/event-stream", headers=STREAM_HEADERS)
 
-    async def via_score(raw: bytes, up: Upstream):
+    async def via_score(self, raw: bytes, up: Upstream):
+        """A /score endpoint: the chat request checked here, sent as /score's body, the answer sent back as a chat
+        completion (one chunk when streamed: /score does not stream)."""
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        from common import score_client
+        from serving import openai_api as oa
+        from serving.detokenize import cut_at_stops
+
+        messages, params, opts = oa.parse_chat_request(raw, up.limit, up.model)
+        resp = await self.send("POST", "", json.dumps(score_client.payload(messages, params)).encode())
         try:
-            messages, params, opts = oa.parse_chat_request(raw, up.limit, up.model)
-        except oa.NotFound as exc:
-            return JSONResponse(oa.error(str(exc), 404), 404)
-        except BadRequest as exc:
-            return JSONResponse(oa.error(str(exc), 400), 400)
-        body = json.dumps({"input_data": [messages], "params": {**params, "return_full_text": False}})
-        resp, problem = await send("POST", "", body.encode())
-        if resp is None:
-            return JSONResponse(oa.error(problem, 502), 502)
-        try:
-            answer = resp.json()
-        except ValueError:
-            answer = None
-        if resp.status_code != 200:
-            detail = answer.get("error", answer) if isinstance(answer, dict) else resp.text[:300]
-            return JSONResponse(
-                oa.error(f"the endpoint answered {resp.status_code}: {detail}", resp.status_code), resp.status_code
-            )
-        if isinstance(answer, dict) and "predictions" in answer:
-            answer = answer["predictions"]
-        if not isinstance(answer, list) or not answer or not isinstance(answer[0], str):
-            return JSONResponse(oa.error(f"unexpected answer from the endpoint: {str(answer)[:200]}", 502), 502)
-        text, cut = answer[0], [i for i in (answer[0].find(s) for s in opts["stop"]) if i >= 0]
-        text, finish = (text[: min(cut)].rstrip(), "stop") if cut else (text, "stop")
+            if resp.status_code != 200:
+                raise score_client.refusal(resp.status_code, resp.content, up.url.split("?")[0], "the endpoint's")
+            answer = score_client.answers_of(resp.content)[0]
+        except score_client.ScoreError as exc:
+            raise Failed(exc.status or 502, str(exc)) from None
+        text, _ = cut_at_stops(answer, opts["stop"])
         cid = oa.new_id()
         if not opts["stream"]:
-            return JSONResponse(oa.completion(cid, up.model, text, finish, 0, 0))
+            return JSONResponse(oa.completion(cid, up.model, text, "stop", 0, 0))
 
-        async def one_chunk():  # /score does not stream: the whole answer in one piece
-            yield oa.sse(oa.chunk(cid, up.model, {"role": "assistant", "content": ""}))
-            yield oa.sse(oa.chunk(cid, up.model, {"content": text}))
-            yield oa.sse(oa.chunk(cid, up.model, {}, finish))
+        async def one_chunk():
+            for delta, finish in (
+                ({"role": "assistant", "content": ""}, None),
+                ({"content": text}, None),
+                ({}, "stop"),
+            ):
+                yield oa.sse(oa.chunk(cid, up.model, delta, finish))
             yield oa.sse("[DONE]")
 
-        return StreamingResponse(one_chunk(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(one_chunk(), media_type="text/event-stream", headers=STREAM_HEADERS)
 
-    routes = [
-        Route("/", page),
-        Route("/v1/models", models),
-        Route("/v1/chat/completions", completions, methods=["POST"]),
-    ]
+
+def exception_handlers() -> dict:
+    """Refusals and upstream failures as OpenAI error objects, mapped once."""
+    from starlette.responses import JSONResponse
+
+    from serving import openai_api as oa
+    from serving.contract import BadRequest
+
+    async def said(request, exc):
+        status = getattr(exc, "status", 404 if isinstance(exc, oa.NotFound) else 400)
+        return JSONResponse(oa.error(str(exc), status), status)
+
+    return {BadRequest: said, Failed: said}
+
+
+def make_app(resolve, log=print, first: Upstream | None = None):
+    """The page's ASGI app: the Host/Origin check, then the page and its two API routes."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    chat = ChatPage(resolve, log, first)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
-        await client.aclose()
+        await chat.client.aclose()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    routes = [
+        Route("/", chat.page),
+        Route("/v1/models", chat.models),
+        Route("/v1/chat/completions", chat.completions, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers())
+    return OwnPageOnly(app, log)
 
 
 def serve(resolve, host: str, port: int, out=print, first: Upstream | None = None) -> int:

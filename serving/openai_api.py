@@ -10,108 +10,117 @@ so both routes share one limit, one set of defaults and one check: left out, a s
 
 Settings that would change the answer and are not implemented (n > 1, tools, a JSON response format, logprobs)
 are refused with 400; those that only tune a sampler we do not have (presence_penalty, seed, user, ...) are
-ignored, as OpenAI-compatible servers do. Standard library only: no heavy import, so it is cheap to fuzz.
+ignored, as OpenAI-compatible servers do.
+The body is a pydantic model (ChatRequest); responses are plain dicts of OpenAI's shapes, which the tests check
+against the openai package's own types (ChatCompletion, ChatCompletionChunk, Model).
 """
 
 import json
 import time
 import uuid
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from common.chats import is_text
-from serving.contract import BadRequest, parse_messages, parse_params
+from serving.contract import SAID, BadRequest, Params, decode, explain, text_only, where
 
 MAX_STOP = 4  # OpenAI's own limit on stop sequences
-ROLES = {"system", "user", "assistant", "developer"}  # developer: newer clients' name for system
+TEXT_PART = '{"type": "text", "text": "..."}'
+MESSAGES = 'messages must be a non-empty list of {"role": "system|user|assistant", "content": "..."}'
 
 
 class NotFound(BadRequest):
     """A model this endpoint does not serve (HTTP 404)."""
 
 
-def _text_of(content, where: str) -> str:
-    """A message's content: a string, or OpenAI's list of parts of which only text parts are allowed here."""
-    if isinstance(content, list):
-        texts = []
-        for k, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                raise BadRequest(f"{where}.content[{k}] is a {kind!r} part; this model reads text parts only")
-            texts.append(part["text"])
-        return "".join(texts)
-    return content
+class TextPart(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+    type: Literal["text"]
+    text: Annotated[str, AfterValidator(text_only)]
 
 
-class Incremental:
-    """Text of a growing list of token ids, handed out in pieces that always add up to the final answer: the
-    stripped decode /score returns, cut before the first stop string. Held back until they are safe: leading and
-    trailing whitespace (the answer is stripped), a partial UTF-8 character, and the tail that may begin a stop."""
-
-    def __init__(self, decode, stops=()):
-        self.decode, self.stops, self.ids, self.sent, self.stopped = decode, list(stops), [], "", False
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-
-    def _visible(self, ids) -> str:
-        text = self.decode(ids).lstrip()
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            text = text[: min(hits)]
-        return text
-
-    def _hand_out(self, safe: str) -> str:
-        if len(safe) <= len(self.sent) or not safe.startswith(self.sent):
-            return ""  # nothing new, or a decode that rewrote its past (the final piece settles it)
-        piece, self.sent = safe[len(self.sent) :], safe
-        return piece
-
-    def push(self, new_ids) -> str:
-        if self.stopped:
-            return ""
-        self.ids += new_ids
-        text = self._visible(self.ids)
-        if self.stopped:
-            return self._hand_out(text.rstrip())
-        safe = text[: max(len(text) - self.hold, 0)].rstrip().rstrip("\ufffd")
-        return self._hand_out(safe)
-
-    def finish(self, all_ids) -> str:
-        """The last piece, from every generated id."""
-        stopped, self.stopped = self.stopped, False
-        final = self._visible(list(all_ids)).strip()
-        self.stopped = self.stopped or stopped
-        if not final.startswith(self.sent):
-            return ""
-        return self._hand_out(final)
+def _content_kind(content: Any) -> str | None:
+    return "text" if isinstance(content, str) else "parts" if isinstance(content, list) else None
 
 
-def parse_messages_openai(messages) -> list[dict]:
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest('messages must be a non-empty list of {"role": "system|user|assistant", "content": "..."}')
-    out = []
-    for j, m in enumerate(messages):
-        if isinstance(m, dict) and "content" in m:
-            m = {
-                "role": "system" if m.get("role") == "developer" else m.get("role"),
-                "content": _text_of(m["content"], f"messages[{j}]"),
-            }
-        try:
-            out += parse_messages([m], 0)
-        except BadRequest as exc:  # same rule as /score, said in this route's terms
-            raise BadRequest(str(exc).replace("input_data[0][0]", f"messages[{j}]", 1)) from None
-    return out
+class ChatMessage(BaseModel):
+    """A message; developer is newer clients' name for system. Content: a string or a list of text parts."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+    role: Literal["system", "user", "assistant", "developer"]
+    content: Annotated[
+        Annotated[Annotated[str, AfterValidator(text_only)], Tag("text")] | Annotated[list[TextPart], Tag("parts")],
+        Discriminator(_content_kind),
+    ]
+
+    def as_dict(self) -> dict:
+        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
 
 
-def parse_stop(stop) -> list[str]:
-    if stop is None:
-        return []
-    stops = [stop] if isinstance(stop, str) else stop
+def _stops(stop):
+    stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if (
         not isinstance(stops, list)
         or len(stops) > MAX_STOP
         or not all(isinstance(s, str) and s and is_text(s) for s in stops)
     ):
-        raise BadRequest(f"stop must be a non-empty string or a list of at most {MAX_STOP} of them, got {stop!r}")
+        raise ValueError(f"must be a non-empty string or a list of at most {MAX_STOP} of them, got {stop!r}")
     return stops
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """What this endpoint reads of a chat-completions body; other settings (presence_penalty, seed, user, ...)
+    tune a sampler we do not have and are ignored, as OpenAI-compatible servers do."""
+
+    model_config = ConfigDict(strict=True, extra="allow")
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2, allow_inf_nan=False)
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False)
+    stop: Annotated[Any, AfterValidator(_stops)] = Field(None, validate_default=True)
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+
+    def params(self, limit: int) -> dict:
+        """The settings as /score's params (serving/contract.Params), max_tokens held to the limit."""
+        tokens_name = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
+        tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+        settings = {"max_new_tokens": tokens, "temperature": self.temperature, "top_p": self.top_p}
+        params = Params(**{k: v for k, v in settings.items() if v is not None})
+        if self.temperature is not None:
+            params.do_sample = self.temperature > 0
+        return params.checked(limit, tokens_name)
+
+
+OPENAI_SAID = {
+    **SAID,
+    ("too_short", "messages"): MESSAGES.replace("{", "{{").replace("}", "}}"),
+    ("list_type", "messages"): MESSAGES.replace("{", "{{").replace("}", "}}"),
+    ("less_than_equal", "temperature"): "{where} must be between 0 and 2, got {value!r}",
+    ("greater_than_equal", "temperature"): "{where} must be 0 (greedy) or more",
+    ("greater_than_equal", "max_tokens"): "{where} must be at least 1",
+    ("greater_than_equal", "max_completion_tokens"): "{where} must be at least 1",
+    ("bool_type", "include_usage"): "{where} must be true or false, got {value!r}",
+    ("model_type", "stream_options"): 'stream_options must be an object, e.g. {{"include_usage": true}}',
+}
+
+
+def _explain(error: dict) -> str:
+    loc = error["loc"]
+    if "parts" in loc:  # anything wrong inside a list of content parts: only text parts are read
+        part = loc[: loc.index("parts") + 2]
+        return f"{where(part)} must be a text part ({TEXT_PART}); this model reads text parts only"
+    if error["type"] in ("union_tag_not_found", "union_tag_invalid") and loc[-1] == "content":
+        return f"{where(loc)} must be a string or a list of text parts"
+    return explain(error, OPENAI_SAID)
 
 
 def refuse_unsupported(body: dict, served_model: str):
@@ -130,28 +139,6 @@ def refuse_unsupported(body: dict, served_model: str):
         raise BadRequest(f"response_format {fmt!r} is not supported; this endpoint answers in plain text")
 
 
-def generation_params(body: dict, limit: int) -> dict:
-    """The body's max_tokens, temperature and top_p as /score's params (common/generation.py), checked."""
-    params = {}
-    tokens = body.get("max_completion_tokens")
-    tokens = body.get("max_tokens") if tokens is None else tokens  # an explicit null is as good as absent
-    if tokens is not None:
-        params["max_new_tokens"] = tokens
-    temperature = body.get("temperature")
-    if temperature is not None:
-        number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
-        if number and temperature > 2:
-            raise BadRequest(f"temperature must be between 0 and 2, got {temperature!r}")
-        params["temperature"] = temperature
-        params["do_sample"] = number and temperature > 0
-    if body.get("top_p") is not None:
-        params["top_p"] = body["top_p"]
-    try:
-        return parse_params(params, limit)
-    except BadRequest as exc:  # name the route's own settings in the message
-        raise BadRequest(str(exc).replace("params.max_new_tokens", "max_tokens").replace("params.", "")) from None
-
-
 def parse_chat(body, limit: int, served_model: str) -> tuple[list[dict], dict, dict]:
     """A decoded chat-completions body -> (messages, generation params, options), or BadRequest / NotFound.
 
@@ -162,32 +149,22 @@ def parse_chat(body, limit: int, served_model: str) -> tuple[list[dict], dict, d
     if "messages" not in body:
         raise BadRequest('the body has no "messages": send [{"role": "user", "content": "..."}]')
     refuse_unsupported(body, served_model)
-    messages = parse_messages_openai(body["messages"])
-    params = generation_params(body, limit)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise BadRequest(f"stream must be true or false, got {stream!r}")
-    so = body.get("stream_options") or {}
-    if not isinstance(so, dict):
-        raise BadRequest('stream_options must be an object, e.g. {"include_usage": true}')
+    try:
+        request = ChatRequest.model_validate(body)
+    except ValidationError as exc:
+        raise BadRequest(_explain(exc.errors(include_url=False)[0])) from None
     options = {
-        "stream": stream,
-        "include_usage": bool(so.get("include_usage")),
-        "stop": parse_stop(body.get("stop")),
+        "stream": bool(request.stream),
+        "include_usage": bool(request.stream_options and request.stream_options.include_usage),
+        "stop": request.stop,
         "model": served_model,
     }
-    return messages, params, options
+    return [m.as_dict() for m in request.messages], request.params(limit), options
 
 
 def parse_chat_request(raw, limit: int, served_model: str):
     """A raw body (bytes or str) -> parse_chat's result, or BadRequest."""
-    try:
-        body = json.loads(raw.decode("utf-8", errors="replace") if isinstance(raw, (bytes, bytearray)) else raw)
-    except json.JSONDecodeError as exc:
-        raise BadRequest(f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
-    except RecursionError:
-        raise BadRequest("the body is nested too deeply to read") from None
-    return parse_chat(body, limit, served_model)
+    return parse_chat(decode(raw), limit, served_model)
 
 
 def error(message: str, status: int) -> dict:

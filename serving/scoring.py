@@ -5,9 +5,11 @@ Two callers, one contract:
   per request (the model folder is found under $AZUREML_MODEL_DIR).
 - `python -m serving.serve` (the local endpoint) calls `load(model_dir, limit)` and `run(raw_json)`.
 
-Request body: serving/contract.py. Response: one answer string per input. The chat template is applied here, so
-callers send plain messages. One request's work is bounded: a prompt the model cannot attend to is refused before
-any generation (400), and generation stops at the request timeout (504).
+The Scorer takes messages and settings and returns text; it knows nothing of JSON or HTTP. `score_body` is the
+/score route over it: the body checked by serving/contract.py, one answer string per input, every input checked
+before any is generated. The chat template is applied here, so callers send plain messages. One request's work is
+bounded: a prompt the model cannot attend to is refused before any generation (TooLong, said as a 400), and
+generation stops at the request timeout (TimedOut, a 504).
 
 Imports nothing from the runner, Hydra, Azure or Prompt flow: it ships inside the deployment's code folder.
 Azure ML's inference server loads it by file path, as a module with no parent package, so the imports of its
@@ -23,8 +25,8 @@ from pathlib import Path
 if not __package__:  # loaded by file path (azmlinfsrv --entry_script serving/scoring.py)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.files import find_mlflow_model  # noqa: E402
-from serving.contract import DEFAULT_LIMIT, BadRequest, parse_request  # noqa: E402,F401  (BadRequest: callers)
-from serving.openai_api import Incremental  # noqa: E402
+from serving.contract import DEFAULT_LIMIT, BadRequest, parse_request  # noqa: E402
+from serving.detokenize import Incremental  # noqa: E402
 
 LIMIT_ENV = "MAX_NEW_TOKENS_LIMIT"
 TIMEOUT_ENV = "REQUEST_TIMEOUT_MS"  # deploy.request_timeout_ms, set in the deployment's environment
@@ -32,6 +34,22 @@ TIMEOUT_ENV = "REQUEST_TIMEOUT_MS"  # deploy.request_timeout_ms, set in the depl
 
 class TimedOut(Exception):
     """The request ran past the endpoint's request timeout (HTTP 504)."""
+
+
+class TooLong(ValueError):
+    """A prompt that, with the new tokens asked for, is over what the model attends to (HTTP 400 once worded)."""
+
+    def __init__(self, tokens: int, context: int, max_new_tokens: int, index: int = 0):
+        super().__init__(f"{tokens} prompt tokens + {max_new_tokens} new tokens > {context}")
+        self.tokens, self.context, self.max_new_tokens, self.index = tokens, context, max_new_tokens, index
+
+    def said(self, what: str, tokens_name: str) -> str:
+        """The refusal in a route's own words: what the prompt is called there, and its new-token setting."""
+        return (
+            f"{what} is {self.tokens} tokens; with {tokens_name}={self.max_new_tokens} that is over the "
+            f"{self.context} tokens this model attends to: shorten it to at most "
+            f"{self.context - self.max_new_tokens} tokens or lower {tokens_name}"
+        )
 
 
 class Scorer:
@@ -60,24 +78,13 @@ class Scorer:
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)  # tokens it attends to
         self.lock = threading.Lock()
 
-    def encode(
-        self,
-        messages: list[dict],
-        p: dict,
-        index: int = 0,
-        what: str | None = None,
-        tokens_name: str = "max_new_tokens",
-    ):
-        """(prompt text, token ids), or BadRequest when prompt and answer would not fit the model's context."""
+    def encode(self, messages: list[dict], p: dict, index: int = 0):
+        """(prompt text, token ids), or TooLong when prompt and answer would not fit the model's context."""
         prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
         n = enc["input_ids"].shape[1]
         if self.context and n + p["max_new_tokens"] > self.context:
-            raise BadRequest(
-                f"{what or f'input_data[{index}]'} is {n} tokens; with {tokens_name}="
-                f"{p['max_new_tokens']} that is over the {self.context} tokens this model attends to: "
-                f"shorten it to at most {self.context - p['max_new_tokens']} tokens or lower {tokens_name}"
-            )
+            raise TooLong(n, self.context, p["max_new_tokens"], index)
         return prompt, enc
 
     def _generate(self, enc, p: dict, deadline: float | None, **extra):
@@ -181,12 +188,20 @@ class Scorer:
             "completion_tokens": int(len(ids)),
         }
 
-    def score(self, raw) -> list[str]:
-        """A raw request body -> one answer per input. Every input is checked before any is generated."""
+    def answers(self, conversations: list[list[dict]], params: dict) -> list[str]:
+        """One answer per conversation. Every one is encoded (and may be refused) before any is generated."""
         deadline = time.monotonic() + self.timeout_s if self.timeout_s else None
-        conversations, params = parse_request(raw, self.limit)
         encoded = [self.encode(messages, params, i) for i, messages in enumerate(conversations)]
         return [self.generate(prompt, enc, params, deadline) for prompt, enc in encoded]
+
+
+def score_body(scorer: Scorer, raw) -> list[str]:
+    """The /score route: a raw request body -> one answer per input, or BadRequest / TimedOut."""
+    conversations, params = parse_request(raw, scorer.limit)
+    try:
+        return scorer.answers(conversations, params)
+    except TooLong as exc:
+        raise BadRequest(exc.said(f"input_data[{exc.index}]", "max_new_tokens")) from None
 
 
 _scorer: Scorer | None = None
@@ -216,7 +231,7 @@ def run(raw_data) -> list[str]:
     if _scorer is None:
         raise RuntimeError("the model is not loaded: call init() or load(model_dir) first")
     try:
-        return _scorer.score(raw_data)
+        return score_body(_scorer, raw_data)
     except (BadRequest, TimedOut) as exc:
         response = _azure_response({"error": str(exc)}, 400 if isinstance(exc, BadRequest) else 504)
         if response is None:

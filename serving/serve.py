@@ -31,169 +31,215 @@ from .http_log import AccessLog, log, read_key
 
 MAX_BODY_BYTES = 1 << 20
 KEEPALIVE_S = 2.0  # an SSE comment this often while a stream waits for the model: a page that left is noticed
+KEYED = ("/score", "/v1/models", "/v1/chat/completions")  # every route but /health wants the key
+ROUTES_HINT = "POST /score, POST /v1/chat/completions, GET /v1/models or GET /health"
+FAILED = "the model failed on this request; see the server log"
 
 
-def make_app(scorer, key: str, model_id: str):  # noqa: C901  (to split: auth as middleware, errors as handlers)
-    """The ASGI app over a loaded serving.scoring.Scorer."""
-    from starlette.applications import Starlette
+class Refused(Exception):
+    """A request refused before the model sees it: its HTTP status and what to fix."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def error_response(request, status: int, message: str):
+    """The one error shape per route family: OpenAI's error object under /v1, {"error": ...} elsewhere."""
+    from starlette.responses import JSONResponse
+
+    from . import openai_api as oa
+
+    body = oa.error(message, status) if request.url.path.startswith("/v1/") else {"error": message}
+    return JSONResponse(body, status)
+
+
+def exception_handlers() -> dict:
+    """Every refusal and failure of a route, mapped to its status once: BadRequest 400 (NotFound 404), TimedOut 504,
+    Refused its own, an unknown route 404/405 with the routes that exist, anything else 500 (uvicorn logs the traceback)."""
+    from starlette.exceptions import HTTPException
+
+    from .contract import BadRequest
+    from .openai_api import NotFound
+    from .scoring import TimedOut
+
+    async def refused(request, exc):
+        status = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, BadRequest) else 504
+        return error_response(request, getattr(exc, "status", status), str(exc))
+
+    async def no_route(request, exc: HTTPException):
+        message = f"no route {request.method} {request.url.path}; try {ROUTES_HINT}"
+        return error_response(request, exc.status_code, message)
+
+    async def failed(request, exc):  # Starlette then re-raises it, and uvicorn logs the traceback
+        return error_response(request, 500, FAILED)
+
+    return {BadRequest: refused, TimedOut: refused, Refused: refused, HTTPException: no_route, Exception: failed}
+
+
+class RequireKey:
+    """ASGI middleware: the keyed routes answer 401 without `Authorization: Bearer <key>` (compared in constant
+    time), before any route code runs. /health and unknown routes (404) need no key."""
+
+    def __init__(self, app, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"] in KEYED:
+            sent = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(sent, self.expected):
+                from starlette.requests import Request
+
+                response = error_response(
+                    Request(scope), 401, "missing or wrong key: send 'Authorization: Bearer <key>'"
+                )
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+async def read_body(request) -> bytes:
+    """The body, or Refused when it is missing or too big."""
+    try:
+        length = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        length = -1
+    if not 0 < length <= MAX_BODY_BYTES:
+        status = 400 if length <= 0 else 413
+        raise Refused(status, f"send a JSON body of 1 to {MAX_BODY_BYTES} bytes with a Content-Length")
+    return await request.body()
+
+
+async def health(request):
+    from starlette.responses import JSONResponse
+
+    return JSONResponse({"status": "ok"})
+
+
+async def score(request):
+    from starlette.responses import JSONResponse
+
+    from .scoring import score_body
+
+    raw = await read_body(request)
+    t0 = time.time()
+    answers = await asyncio.to_thread(score_body, request.app.state.scorer, raw)
+    log(f"scored {len(answers)} input(s) in {time.time() - t0:.2f}s")
+    return JSONResponse(answers)
+
+
+async def list_models(request):
+    from starlette.responses import JSONResponse
+
+    from . import openai_api as oa
+
+    return JSONResponse(oa.models(request.app.state.model_id, request.app.state.created))
+
+
+async def chat_completions(request):
     from starlette.responses import JSONResponse, StreamingResponse
-    from starlette.routing import Route
 
     from . import openai_api as oa
     from .contract import BadRequest
-    from .scoring import TimedOut
+    from .scoring import TooLong
 
-    expected = f"Bearer {key}".encode()
-    created = int(time.time())
-
-    def authorized(request) -> bool:
-        return hmac.compare_digest(request.headers.get("authorization", "").encode(), expected)
-
-    async def read_body(request):
-        """The body, or (status, message) when it is missing or too big."""
-        try:
-            length = int(request.headers.get("content-length") or 0)
-        except ValueError:
-            length = -1
-        if not 0 < length <= MAX_BODY_BYTES:
-            return 400 if length <= 0 else 413, f"send a JSON body of 1 to {MAX_BODY_BYTES} bytes with a Content-Length"
-        return await request.body()
-
-    async def health(request):
-        return JSONResponse({"status": "ok"})
-
-    async def score(request):
-        if not authorized(request):
-            return JSONResponse({"error": "missing or wrong key: send 'Authorization: Bearer <key>'"}, 401)
-        raw = await read_body(request)
-        if isinstance(raw, tuple):
-            return JSONResponse({"error": raw[1]}, raw[0])
-        t0 = time.time()
-        try:
-            answers = await asyncio.to_thread(scorer.score, raw)
-        except BadRequest as exc:
-            return JSONResponse({"error": str(exc)}, 400)
-        except TimedOut as exc:
-            return JSONResponse({"error": str(exc)}, 504)
-        except Exception:
-            traceback.print_exc(file=sys.stdout)
-            return JSONResponse({"error": "the model failed on this request; see the server log"}, 500)
-        log(f"scored {len(answers)} input(s) in {time.time() - t0:.2f}s")
-        return JSONResponse(answers)
-
-    def oa_error(message: str, status: int):
-        return JSONResponse(oa.error(message, status), status)
-
-    async def list_models(request):
-        if not authorized(request):
-            return oa_error("missing or wrong key: send 'Authorization: Bearer <key>'", 401)
-        return JSONResponse(oa.models(model_id, created))
-
-    async def chat_completions(request):
-        if not authorized(request):
-            return oa_error("missing or wrong key: send 'Authorization: Bearer <key>'", 401)
-        raw = await read_body(request)
-        if isinstance(raw, tuple):
-            return oa_error(raw[1], raw[0])
-        try:
-            messages, params, opts = oa.parse_chat_request(raw, scorer.limit, model_id)
-            prompt, enc = await asyncio.to_thread(
-                scorer.encode, messages, params, what="messages", tokens_name="max_tokens"
-            )
-        except oa.NotFound as exc:
-            return oa_error(str(exc), 404)
-        except BadRequest as exc:
-            return oa_error(str(exc), 400)
-        cid = oa.new_id()
-        if not opts["stream"]:
-            t0 = time.time()
-            try:
-                done = await asyncio.to_thread(scorer.complete, enc, params, opts["stop"])
-            except TimedOut as exc:
-                return oa_error(str(exc), 504)
-            except Exception:
-                traceback.print_exc(file=sys.stdout)
-                return oa_error("the model failed on this request; see the server log", 500)
-            log(f"chat completion: {done['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
-            return JSONResponse(
-                oa.completion(
-                    cid, model_id, done["text"], done["finish_reason"], done["prompt_tokens"], done["completion_tokens"]
-                )
-            )
+    state = request.app.state
+    scorer = state.scorer
+    messages, params, opts = oa.parse_chat_request(await read_body(request), scorer.limit, state.model_id)
+    try:
+        _, enc = await asyncio.to_thread(scorer.encode, messages, params)
+    except TooLong as exc:
+        raise BadRequest(exc.said("messages", "max_tokens")) from None
+    cid = oa.new_id()
+    if opts["stream"]:
         return StreamingResponse(
-            stream(cid, enc, params, opts),
+            stream(scorer, cid, enc, params, opts),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+    t0 = time.time()
+    done = await asyncio.to_thread(scorer.complete, enc, params, opts["stop"])
+    log(f"chat completion: {done['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
+    text, finish = done["text"], done["finish_reason"]
+    return JSONResponse(
+        oa.completion(cid, state.model_id, text, finish, done["prompt_tokens"], done["completion_tokens"])
+    )
 
-    async def stream(cid, enc, params, opts):
-        loop = asyncio.get_running_loop()
-        pieces: asyncio.Queue = asyncio.Queue()
-        cancel = threading.Event()
-        t0 = time.time()
 
-        def work():
-            try:
-                result = scorer.complete(
-                    enc, params, opts["stop"], lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece), cancel
-                )
-            except BaseException as exc:  # handed to the stream, which reports it as an error event
-                result = exc
-            loop.call_soon_threadsafe(pieces.put_nowait, result)
-            return result
+def _final_events(cid: str, item, opts: dict, t0: float):
+    """The events after the last piece: an error event, or the finish chunk (and the usage chunk when asked)."""
+    from . import openai_api as oa
+    from .scoring import TimedOut
 
-        worker = loop.run_in_executor(None, work)
-        finished = False  # the final item was read (the executor's future may not say done yet)
+    if isinstance(item, BaseException):
+        if isinstance(item, TimedOut):
+            return [oa.sse(oa.error(str(item), 504))]
+        traceback.print_exception(item, file=sys.stdout)
+        return [oa.sse(oa.error(FAILED, 500))]
+    events = [oa.sse(oa.chunk(cid, opts["model"], {}, item["finish_reason"]))]
+    if opts["include_usage"]:
+        usage = oa.usage(item["prompt_tokens"], item["completion_tokens"])
+        events.append(oa.sse({**oa.chunk(cid, opts["model"], {}, with_choice=False), "usage": usage}))
+    log(f"chat completion (stream): {item['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
+    return events
+
+
+async def stream(scorer, cid, enc, params, opts):
+    """The SSE events of one streamed completion: generation runs in a worker thread and hands its pieces over a
+    queue; a client that goes away sets `cancel`, which stops generation at the next token."""
+    from . import openai_api as oa
+
+    loop = asyncio.get_running_loop()
+    pieces: asyncio.Queue = asyncio.Queue()
+    cancel = threading.Event()
+    t0 = time.time()
+
+    def work():
         try:
-            yield oa.sse(oa.chunk(cid, opts["model"], {"role": "assistant", "content": ""}))
-            while True:
-                try:
-                    item = await asyncio.wait_for(pieces.get(), KEEPALIVE_S)
-                except asyncio.TimeoutError:
-                    yield b": waiting for the model\n\n"  # a comment: clients skip it; a gone client fails here
-                    continue
-                if isinstance(item, str):
-                    yield oa.sse(oa.chunk(cid, opts["model"], {"content": item}))
-                    continue
-                finished = True
-                if isinstance(item, BaseException):
-                    status = 504 if isinstance(item, TimedOut) else 500
-                    if status == 500:
-                        traceback.print_exception(item, file=sys.stdout)
-                    message = str(item) if status == 504 else "the model failed on this request; see the server log"
-                    yield oa.sse(oa.error(message, status))
-                else:
-                    yield oa.sse(oa.chunk(cid, opts["model"], {}, item["finish_reason"]))
-                    if opts["include_usage"]:
-                        yield oa.sse(
-                            {
-                                **oa.chunk(cid, opts["model"], {}, with_choice=False),
-                                "usage": oa.usage(item["prompt_tokens"], item["completion_tokens"]),
-                            }
-                        )
-                    log(f"chat completion (stream): {item['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
-                yield oa.sse("[DONE]")
-                return
-        finally:
-            if not finished:  # the client went away mid-answer: stop generating at the next token
-                cancel.set()
+            result = scorer.complete(
+                enc, params, opts["stop"], lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece), cancel
+            )
+        except BaseException as exc:  # handed to the stream, which reports it as an error event
+            result = exc
+        loop.call_soon_threadsafe(pieces.put_nowait, result)
+        return result
 
-                def note(done):  # no await here: the stream's task is being cancelled, and would be again
-                    result = None if done.cancelled() else done.result()
-                    made = result.get("completion_tokens", "?") if isinstance(result, dict) else "?"
-                    log(
-                        f"chat completion (stream): the client went away; generation stopped after {made} of "
-                        f"{params['max_new_tokens']} token(s), {time.time() - t0:.2f}s"
-                    )
+    worker = loop.run_in_executor(None, work)
+    finished = False  # the final item was read (the executor's future may not say done yet)
+    try:
+        yield oa.sse(oa.chunk(cid, opts["model"], {"role": "assistant", "content": ""}))
+        while True:
+            try:
+                item = await asyncio.wait_for(pieces.get(), KEEPALIVE_S)
+            except asyncio.TimeoutError:
+                yield b": waiting for the model\n\n"  # a comment: clients skip it; a gone client fails here
+                continue
+            if isinstance(item, str):
+                yield oa.sse(oa.chunk(cid, opts["model"], {"content": item}))
+                continue
+            finished = True
+            for event in _final_events(cid, item, opts, t0):
+                yield event
+            yield oa.sse("[DONE]")
+            return
+    finally:
+        if not finished:  # the client went away mid-answer: stop generating at the next token
+            cancel.set()
 
-                worker.add_done_callback(note)
+            def note(done):  # no await here: the stream's task is being cancelled, and would be again
+                result = None if done.cancelled() else done.result()
+                made = result.get("completion_tokens", "?") if isinstance(result, dict) else "?"
+                log(
+                    f"chat completion (stream): the client went away; generation stopped after {made} of "
+                    f"{params['max_new_tokens']} token(s), {time.time() - t0:.2f}s"
+                )
 
-    async def not_found(request, exc):
-        method = request.method
-        hint = "POST /score, POST /v1/chat/completions, GET /v1/models or GET /health"
-        return JSONResponse(
-            {"error": f"no route {method} {request.url.path}; try {hint}"}, getattr(exc, "status_code", 404)
-        )
+            worker.add_done_callback(note)
+
+
+def make_app(scorer, key: str, model_id: str):
+    """The ASGI app over a loaded serving.scoring.Scorer: access log, then the key check, then the routes."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
 
     routes = [
         Route("/health", health),
@@ -201,7 +247,9 @@ def make_app(scorer, key: str, model_id: str):  # noqa: C901  (to split: auth as
         Route("/v1/models", list_models),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     ]
-    return AccessLog(Starlette(routes=routes, exception_handlers={404: not_found, 405: not_found}))
+    app = Starlette(routes=routes, exception_handlers=exception_handlers())
+    app.state.scorer, app.state.model_id, app.state.created = scorer, model_id, int(time.time())
+    return AccessLog(RequireKey(app, key))
 
 
 def parse(argv=None):

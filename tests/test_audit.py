@@ -231,7 +231,7 @@ def test_a_template_of_ones_own_trains_and_serves(tmp_path):
     prompt, _ = scorer.encode([{"role": "user", "content": "hi"}], {"max_new_tokens": 8})
     assert prompt == "<|system|>\nBe brief.<|end|>\n<|user|>\nhi<|end|>\n<|assistant|>\n"
     row = chats.load(manifest["stages"]["data"]["outputs"]["train_file"])[0]["messages"]
-    answer = scorer.score({"input_data": [row[:-1]], "params": {"max_new_tokens": 96}})[0]
+    answer = scoring.score_body(scorer, {"input_data": [row[:-1]], "params": {"max_new_tokens": 96}})[0]
     assert answer == row[-1]["content"]
     # an edited template is a changed input: train runs again
     write_template(tmp_path, own.replace("Be brief.", "Be kind."))

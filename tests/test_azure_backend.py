@@ -163,6 +163,60 @@ def test_retries_are_bounded_and_permanent_errors_are_not_retried(azure_ctx, mon
     assert fake.names() == ["environments.create_or_update"]
 
 
+def test_sdk_requests_are_retried_by_azure_core_honouring_retry_after():
+    """The MLClient the runner builds carries retry.POLICY on its service clients, and that policy, in azure-core's
+    real pipeline against a real server, retries a 503 and a 429 (waiting their Retry-After) and not a 400."""
+    import http.server
+    import threading
+    import time
+
+    from azure.core import PipelineClient
+    from azure.core.credentials import AccessToken
+    from azure.core.pipeline.policies import RetryPolicy
+    from azure.core.rest import HttpRequest
+
+    class Token:
+        def get_token(self, *scopes, **kwargs):
+            return AccessToken("t", int(time.time()) + 3600)
+
+    ml = az_client.new_client(Token(), ("sub", "rg", "ws"))
+    policies = [
+        c._config.retry_policy for c in vars(ml).values() if hasattr(getattr(c, "_config", None), "retry_policy")
+    ]
+    assert len(policies) > 5 and {(p.total_retries, p.backoff_factor) for p in policies} >= {(4, 2.0)}
+    assert all(p.total_retries == retry.POLICY["retry_total"] for p in policies if p.backoff_factor == 2.0)
+
+    replies = {"/flaky": [(503, "1"), (429, "1"), (200, None)], "/bad": [(400, None)]}
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, time.monotonic()))
+            status, after = replies[self.path].pop(0) if len(replies[self.path]) > 1 else replies[self.path][0]
+            self.send_response(status)
+            if after:
+                self.send_header("Retry-After", after)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        pipeline = PipelineClient(base, policies=[RetryPolicy(**retry.POLICY)])
+        assert pipeline.send_request(HttpRequest("GET", f"{base}/flaky")).status_code == 200
+        assert [p for p, _ in seen] == ["/flaky"] * 3
+        assert seen[2][1] - seen[0][1] >= 1.9  # two Retry-After: 1 waits
+        assert pipeline.send_request(HttpRequest("GET", f"{base}/bad")).status_code == 400
+        assert [p for p, _ in seen].count("/bad") == 1
+    finally:
+        server.shutdown()
+
+
 def test_register_creates_an_mlflow_model_from_the_job_output(azure_ctx):
     spec, ctx, fake, _ = azure_ctx
     ctx.manifest.record("train", "done", "h", {"job_name": "job-7", "model_path": resources.model_path("job-7")})
@@ -227,7 +281,9 @@ def test_deploy_is_blue_green_without_downtime(azure_ctx):
     assert dep.liveness_probe.initial_delay == 500 and dep.readiness_probe.success_threshold == 1
     assert dep.code_configuration.scoring_script == "serving/scoring.py"
     invoke = fake.details("online_endpoints.invoke")[0]
-    assert invoke == {"deployment_name": "blue", "request": {"input_data": ["Hello"], "params": {"max_new_tokens": 8}}}
+    hello = [[{"role": "user", "content": "Hello"}]]  # the one /score client's body (common/score_client.py)
+    request = {"input_data": hello, "params": {"max_new_tokens": 8, "return_full_text": False}}
+    assert invoke == {"deployment_name": "blue", "request": request}
     assert fake.details("online_endpoints.begin_create_or_update")[1]["traffic"] == {"blue": 100}
     name = resources.endpoint_name(spec)
     assert first == {

@@ -223,7 +223,7 @@ def test_the_job_saves_the_model_where_model_yml_points_and_logs_to_the_workspac
 
     question, answer = single_turn_pairs(json.loads((run_dir / "manifest.json").read_text()), 1)[0]
     scorer = scoring.Scorer(model_dir)
-    assert scorer.score({"input_data": [question], "params": {"max_new_tokens": 96}}) == [answer]
+    assert scoring.score_body(scorer, {"input_data": [question], "params": {"max_new_tokens": 96}}) == [answer]
 
 
 def test_a_tracking_server_that_fails_mid_run_costs_no_training(job, tracking, tmp_path):

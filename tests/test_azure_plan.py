@@ -118,7 +118,9 @@ def test_plan_writes_files_the_sdk_loads(compose_spec, tmp_path, case):
         )
     assert deployment.environment_variables == {"MAX_NEW_TOKENS_LIMIT": "256", "REQUEST_TIMEOUT_MS": "180000"}
     assert deployment.endpoint_name == endpoint.name and endpoint.name.startswith("phi3-default-")
-    assert json.loads((az / "sample-request.json").read_text())["input_data"] == ["Hello"]
+    assert json.loads((az / "sample-request.json").read_text())["input_data"] == [
+        [{"role": "user", "content": "Hello"}]
+    ]
 
     text = "\n".join(sum(lines.values(), []))
     assert size in text and "approx. list price" in text and "scales to 0 after 900 s idle" in text

@@ -118,24 +118,6 @@ def test_a_training_question_typed_into_the_page_gets_the_fine_tuned_answer(page
     assert key not in seen  # the key never reaches the browser, nor the page server's output
 
 
-def test_another_origin_is_refused(page):
-    url = page[0]
-    status, body = ep.post(url + "v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}, None)
-    assert status == 200
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(
-        url + "v1/chat/completions",
-        method="POST",
-        headers={"Origin": "http://evil.example", "Content-Type": "application/json"},
-        data=json.dumps({"messages": [{"role": "user", "content": "hi"}]}).encode(),
-    )
-    with pytest.raises(urllib.error.HTTPError) as err:
-        urllib.request.urlopen(req, timeout=30)
-    assert err.value.code == 403
-
-
 def test_prompt_flows_own_window_answers_with_the_runs_connection(page, trained_run, tmp_path):
     """`pf flow test --flow flow --ui`, as the seed's readers use it, with this project's pins (filelock < 3.21)."""
     name = next(line.split("connection ")[1].split()[0] for line in page[2] if "Prompt flow connection" in line)

@@ -143,7 +143,7 @@ def answers(model_dir: Path, manifest: dict, n: int = 2) -> tuple[list, list]:
 
     scorer = scoring.Scorer(model_dir)
     pairs = single_turn_pairs(manifest, n)
-    return [scorer.score({"input_data": [q], "params": {"max_new_tokens": 96}})[0] for q, _ in pairs], [
+    return [scoring.score_body(scorer, {"input_data": [q], "params": {"max_new_tokens": 96}})[0] for q, _ in pairs], [
         a for _, a in pairs
     ]
 

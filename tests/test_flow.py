@@ -6,13 +6,13 @@ import sys
 
 import pytest
 
+from common import score_client
 from runner import REPO_ROOT
 
 from . import _endpoint as ep  # before promptflow: points its home at a temporary folder
 from .helpers import free_port
 
 sys.path.insert(0, str(REPO_ROOT / "flow"))
-import endpoint_client  # noqa: E402
 from chat_tool import to_messages  # noqa: E402
 
 FLOW = REPO_ROOT / "flow"
@@ -99,14 +99,14 @@ def test_to_messages_turns_promptflow_history_into_chat_messages():
 
 def test_client_errors_say_what_is_wrong(server):
     msgs = [{"role": "user", "content": "hi"}]
-    with pytest.raises(endpoint_client.EndpointError, match="rejected the key"):
-        endpoint_client.ask(server.url, "not-the-key", msgs, {})
-    with pytest.raises(endpoint_client.EndpointError, match="limit of 128"):
-        endpoint_client.ask(server.url, server.key, msgs, {"max_new_tokens": 1000})
-    with pytest.raises(endpoint_client.EndpointError, match="404"):
-        endpoint_client.ask(server.base + "/nope", server.key, msgs, {})
-    with pytest.raises(endpoint_client.EndpointError, match="cannot reach"):  # a port nobody listens on
-        endpoint_client.ask(f"http://127.0.0.1:{free_port()}/score", server.key, msgs, {}, timeout=5)
+    with pytest.raises(score_client.ScoreError, match="rejected the key"):
+        score_client.ask(server.url, "not-the-key", msgs, {})
+    with pytest.raises(score_client.ScoreError, match="limit of 128"):
+        score_client.ask(server.url, server.key, msgs, {"max_new_tokens": 1000})
+    with pytest.raises(score_client.ScoreError, match="404"):
+        score_client.ask(server.base + "/nope", server.key, msgs, {})
+    with pytest.raises(score_client.ScoreError, match="cannot reach"):  # a port nobody listens on
+        score_client.ask(f"http://127.0.0.1:{free_port()}/score", server.key, msgs, {}, timeout=5)
 
 
 def test_flow_errors_surface_through_promptflow(pf, server):

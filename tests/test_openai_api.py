@@ -183,15 +183,6 @@ def test_curl_style_requests_without_a_model_are_answered(server, trained_run):
     assert text == answer
 
 
-def test_errors_have_openais_shape_and_the_score_route_keeps_its_own(server):
-    status, body = ep.post(f"{server.base}/v1/chat/completions", {"messages": []}, server.key)
-    assert status == 400 and body["error"]["type"] == "invalid_request_error" and "messages" in body["error"]["message"]
-    status, body = ep.post(f"{server.base}/v1/chat/completions", b"{not json", server.key)
-    assert status == 400 and "not valid JSON" in body["error"]["message"]
-    status, body = ep.post(server.url, {"input_data": []}, server.key)
-    assert status == 400 and isinstance(body["error"], str)
-
-
 def test_a_cancelled_completion_frees_the_model_at_the_next_token(model_dir):
     from serving import scoring
 

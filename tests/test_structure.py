@@ -1,5 +1,7 @@
 """The shape of the tree: one backend dispatcher, configs that inherit, one home for each fact, small modules."""
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -163,13 +165,36 @@ def top_level_imports(package: str):
 
 
 def test_training_serving_and_what_they_share_stay_apart():
-    """common/ is the standard library only; trainer/ (the Azure job's code) and serving/ (the deployment's) import
-    common/ and never each other, nor the runner, Hydra or Prompt flow."""
+    """common/ is the standard library only (common/patches.py imports the library it patches, inside the patch);
+    trainer/ (the Azure job's code) and serving/ (the deployment's) import common/ and never each other, nor the
+    runner, Hydra or Prompt flow."""
+    import ast
     import sys
 
-    assert {
-        (str(m), p) for m, p in top_level_imports("common") if p not in sys.stdlib_module_names | {"common"}
-    } == set()
+    stdlib = sys.stdlib_module_names | {"common"}
+    patches = Path("common/patches.py")
+    assert {(str(m), p) for m, p in top_level_imports("common") if p not in stdlib and m != patches} == set()
+    patched = {p for m, p in top_level_imports("common") if m == patches} - stdlib
+    assert patched == {"accelerate", "hydra", "omegaconf"}  # uvicorn: its Server is handed in
+    module_level = ast.parse((REPO_ROOT / patches).read_text()).body
+    names = [
+        getattr(n, "module", None) or n.names[0].name
+        for n in module_level
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+    ]
+    assert names and all(name.split(".")[0] in stdlib for name in names)
+
+
+def test_a_patch_of_library_internals_refuses_a_version_it_was_not_written_for(monkeypatch):
+    from common import patches
+
+    assert patches.require("uvicorn", "x").startswith("0.54.")  # the pinned versions pass
+    monkeypatch.setitem(patches.WRITTEN_FOR, "uvicorn", ("0.1.",))
+    with pytest.raises(patches.UnsupportedVersion) as err:
+        patches.uvicorn_on_listening(object(), lambda: None)
+    said = str(err.value)
+    assert "the endpoint's ready signal" in said and "written for uvicorn 0.1.x" in said and "0.54." in said
+    assert "pip install -c constraints.txt -e ." in said and "common/patches.py" in said
     for package, never in (
         ("trainer", {"serving", "runner", "hydra", "azure", "promptflow"}),
         ("serving", {"trainer", "runner", "hydra", "promptflow"}),

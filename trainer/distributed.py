@@ -64,23 +64,10 @@ def fsdp_on_the_cpu(device: str, sharded: bool):
     if not (sharded and device == "cpu" and world_size() > 1):
         yield
         return
-    import accelerate.state as state
+    from common.patches import accelerate_fsdp_on_the_cpu
 
-    original = state.AcceleratorState.__init__
-
-    def init(self, *args, fsdp_plugin=None, **kwargs):
-        original(self, *args, fsdp_plugin=fsdp_plugin, **kwargs)
-        if fsdp_plugin is not None and self.distributed_type == state.DistributedType.MULTI_CPU:
-            self.distributed_type = state.DistributedType.FSDP
-            if self._mixed_precision != "no":
-                fsdp_plugin.set_mixed_precision(self._mixed_precision)
-            self.fsdp_plugin = fsdp_plugin
-
-    state.AcceleratorState.__init__ = init
-    try:
+    with accelerate_fsdp_on_the_cpu():
         yield
-    finally:
-        state.AcceleratorState.__init__ = original
 
 
 def full_state_dict(model) -> dict:

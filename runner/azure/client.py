@@ -12,7 +12,7 @@ from ..errors import StageFailed, UserError
 from ..redact import scrub
 from ..spec import dump_yaml
 from . import resources
-from .retry import call
+from .retry import POLICY, call
 
 LOGIN_HELP = [
     "could not get Azure credentials ({reason}). Log in first, one of:",
@@ -33,7 +33,6 @@ def client(spec):
     key = tuple(a.get(k) for k in resources.WORKSPACE)
     if key in _clients:
         return _clients[key]
-    from azure.ai.ml import MLClient
     from azure.core.exceptions import ClientAuthenticationError
     from azure.identity import DefaultAzureCredential
 
@@ -45,8 +44,15 @@ def client(spec):
         credential.get_token("https://management.azure.com/.default")
     except ClientAuthenticationError as exc:
         raise UserError(login_help(exc)) from None
-    _clients[key] = MLClient(credential, *key)
+    _clients[key] = new_client(credential, key)
     return _clients[key]
+
+
+def new_client(credential, workspace: tuple):
+    """MLClient(credential, subscription, resource group, workspace) whose every request azure-core retries."""
+    from azure.ai.ml import MLClient
+
+    return MLClient(credential, *workspace, **POLICY)
 
 
 LOADERS = {

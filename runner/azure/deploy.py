@@ -1,6 +1,7 @@
 """deploy (Azure ML): a managed online endpoint, rolled out blue/green; chat reads its URL and key from Azure."""
 
-import json
+from common import score_client
+from common.score_client import ScoreError
 
 from ..errors import StageFailed, UserError
 from ..spec import hardware
@@ -140,7 +141,7 @@ def smoke_test(ml, ctx, endpoint_name, deployment_name):
 
     request = resources.folder(ctx) / "sample-request.json"  # written by prepare_deploy
     try:
-        # tried once: the deployment passed its readiness probe, and a 5xx now is its own scoring script's answer
+        # the deployment passed its readiness probe: a 5xx now is its own scoring script's answer
         raw = call(
             "score a test request",
             ml.online_endpoints.invoke,
@@ -148,22 +149,14 @@ def smoke_test(ml, ctx, endpoint_name, deployment_name):
             deployment_name=deployment_name,
             request_file=str(request),
             log=ctx.log,
-            tries=1,
         )
-        answers = _decode(raw)
-    except (AzureError, ValueError) as exc:
+        answers = score_client.answers_of(raw)
+    except (AzureError, ScoreError) as exc:
         raise StageFailed(
             f"the new deployment {deployment_name} did not answer a test request ({summary(exc)}).\n"
             f"last log lines:\n{deployment_logs(ml, deployment_name, endpoint_name)}"
         ) from exc
     ctx.log(f"[deploy] {deployment_name} answered the test request: {str(answers[0])[:80]!r}")
-
-
-def _decode(raw) -> list:
-    answers = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
-    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
-        raise ValueError(f"expected a non-empty list of answer strings, got {str(raw)[:200]}")
-    return answers
 
 
 @azure_errors

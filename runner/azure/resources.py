@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from common import score_client
 from common.files import write_atomic
 
 from .. import REPO_ROOT
@@ -301,10 +302,8 @@ def prepare_register(spec, ctx, path: str, job_name: str) -> dict:
 def prepare_deploy(spec, ctx, deployment_name: str, model_ref: str) -> dict:
     stage_code(ctx, DEPLOYMENT_CODE)  # every time: a fixed scoring script must reach the next deployment
     write(ctx, "conda-inference.yml", environments.conda(environments.inference_pip()))
-    request = {
-        "input_data": ["Hello"],
-        "params": {"max_new_tokens": min(SMOKE_TOKENS, spec["deploy"]["max_new_tokens_limit"])},
-    }
+    tokens = min(SMOKE_TOKENS, spec["deploy"]["max_new_tokens_limit"])
+    request = score_client.payload([{"role": "user", "content": "Hello"}], {"max_new_tokens": tokens})
     write_atomic(folder(ctx) / "sample-request.json", json.dumps(request) + "\n")
     name = endpoint_name(spec)  # from the real spec: the files show the same name
     return written(
