@@ -343,7 +343,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print(
             "(CPU: every recipe runs in fp32 to be quick; peak GiB is the process's resident memory, est. GiB "
-            "the estimate of tensors alone (bench/precision.py and tests/test_memory.py check it on the CPU); "
+            "the estimate of tensors alone (bench/precision.py and tests/unit/test_memory.py check it on the CPU); "
             "MFU needs a GPU's peak)"
         )
     check = serving = None

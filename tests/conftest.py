@@ -33,7 +33,15 @@ NEEDS_A_MODEL = {"trained_run", "model_dir", "tiny"}  # fixtures that train or b
 
 
 def pytest_collection_modifyitems(config, items):
-    """A test that needs a trained model is slow, whatever its module says: ./dev check runs the rest."""
+    """A test that needs a trained model is slow, whatever its module says: ./dev check runs the rest. A gpu test
+    is skipped where torch sees no CUDA device (it would fail for the machine, not for the code)."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_tests:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in gpu_tests:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU: run ./dev test -m gpu on a GPU machine"))
     for item in items:
         if NEEDS_A_MODEL & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)

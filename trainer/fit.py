@@ -134,7 +134,7 @@ def setup(
         base, dtype=dtype, attn_implementation=spec["model"]["attn_implementation"]
     )
     # training never reuses a KV cache, and with one transformers does not look for the boundaries of packed rows:
-    # packed chats would attend to each other (tests/test_packing.py); record() turns it back on for serving
+    # packed chats would attend to each other (tests/unit/test_packing.py); record() turns it back on for serving
     model.config.use_cache = False
 
     lengths = chats.token_lengths(train_rows, tokenizer)

@@ -12,7 +12,7 @@ import pytest
 
 from runner import REPO_ROOT
 
-from .helpers import runner_cli
+from ..support.helpers import runner_cli
 
 RUN = "outputs/default/local_tiny_sample"
 SECRET = "00000000-feed-beef-0000-000000000000"

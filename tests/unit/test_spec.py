@@ -172,7 +172,7 @@ def test_a_hub_split_takes_whole_percents(compose_spec):
 
 
 def test_azure_values_given_on_the_command_line_are_redacted_too(tmp_path):
-    from .helpers import runner_cli
+    from ..support.helpers import runner_cli
 
     r = runner_cli("compute=a100", "plan=true", "azure.subscription_id=1234-not-for-files", cwd=tmp_path)
     assert r.returncode == 0, r.stderr

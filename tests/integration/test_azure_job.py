@@ -26,10 +26,10 @@ from runner.manifest import Manifest
 from runner.registry import implementation
 from runner.spec import azure_env_paths
 
-from . import azure_envs
-from ._endpoint import single_turn_pairs
-from .conftest import compose_once
-from .helpers import free_port
+from ..conftest import compose_once
+from ..support import azure_envs
+from ..support._endpoint import single_turn_pairs
+from ..support.helpers import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -263,7 +263,7 @@ def test_the_job_evaluates_after_training_and_the_eval_stage_takes_its_figures(j
     from runner.azure import retry
     from runner.azure import train as az_train
 
-    from .azure_standin import FakeML
+    from ..support.azure_standin import FakeML
 
     spec, run_dir, azure, _ = job
     r, _, run_id, client = run_job(job, tracking, tmp_path)

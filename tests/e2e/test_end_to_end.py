@@ -7,9 +7,9 @@ import pytest
 
 from runner.stages.data import resolve_path
 
-from . import _endpoint  # noqa: F401  (a private Prompt flow home for this session)
-from ._endpoint import post
-from .helpers import runner_cli
+from ..support import _endpoint  # noqa: F401  (a private Prompt flow home for this session)
+from ..support._endpoint import post
+from ..support.helpers import runner_cli
 
 pytestmark = pytest.mark.slow  # every stage, a real server and Prompt flow
 

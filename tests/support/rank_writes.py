@@ -1,4 +1,4 @@
-"""python tests/rank_writes.py <trainer args>: `python -m trainer <trainer args>`, recording what this process wrote.
+"""python tests/support/rank_writes.py <trainer args>: `python -m trainer <trainer args>`, recording what this process wrote.
 
 A Python audit hook notes every path the process opens for writing, renames onto, creates as a new folder or opens as
 an SQLite database (MLflow's store), and at exit writes them to $RANK_WRITES_DIR/rank-<RANK>.json, so a test can say

@@ -12,7 +12,7 @@ import pytest
 
 from runner import REPO_ROOT
 
-from .helpers import runner_cli
+from ..support.helpers import runner_cli
 
 pytestmark = pytest.mark.slow
 POINTS = ("25", "50", "100")

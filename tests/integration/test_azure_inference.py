@@ -19,10 +19,10 @@ from runner.manifest import Manifest
 from runner.registry import implementation
 from runner.spec import azure_env_paths
 
-from . import azure_envs
-from ._endpoint import post, single_turn_pairs, training_rows
-from .conftest import compose_once
-from .helpers import first_turn, free_port
+from ..conftest import compose_once
+from ..support import azure_envs
+from ..support._endpoint import post, single_turn_pairs, training_rows
+from ..support.helpers import first_turn, free_port
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 
 from runner.spec.validate import problems
 
-from .helpers import SAMPLE, read_jsonl, run_data, runner_cli
+from ..support.helpers import SAMPLE, read_jsonl, run_data, runner_cli
 
 N_TRAIN_SFT = 80  # of the sample's 96 chats; the other 16 are test_sft
 

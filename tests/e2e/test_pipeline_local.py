@@ -16,8 +16,8 @@ from runner.errors import StageFailed
 from runner.local.server import command_line
 from runner.manifest import Manifest
 
-from . import _endpoint as ep  # before promptflow: points its home at a temporary folder
-from .helpers import HEAVY, imported_by
+from ..support import _endpoint as ep  # before promptflow: points its home at a temporary folder
+from ..support.helpers import HEAVY, imported_by
 
 
 @pytest.fixture(scope="module")

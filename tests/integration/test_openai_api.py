@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from serving import openai_api as oa
 from serving.contract import BadRequest
 
-from . import _endpoint as ep
+from ..support import _endpoint as ep
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from trainer import audit, chats, tiny
 
-from .helpers import SAMPLE, first_turn, runner_cli
+from ..support.helpers import SAMPLE, first_turn, runner_cli
 
 # Phi-3's turns, with generation markers placed wrongly in each broken variant (each a real Jinja file in the tests)
 TURN = "{{- '<|' + message['role'] + '|>\\n' + message['content'] + '<|end|>\\n' }}"

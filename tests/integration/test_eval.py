@@ -13,7 +13,7 @@ from runner.app import execute
 from runner.stages import judge as judging
 from trainer import eval_report
 
-from ._endpoint import Server
+from ..support._endpoint import Server
 
 KEYS = {
     "base_nll",

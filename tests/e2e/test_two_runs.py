@@ -14,8 +14,8 @@ import pytest
 
 from runner import REPO_ROOT
 
-from . import _endpoint as ep  # before promptflow: points its home at a temporary folder
-from .helpers import runner_cli
+from ..support import _endpoint as ep  # before promptflow: points its home at a temporary folder
+from ..support.helpers import runner_cli
 from .test_chat_page import first_url
 
 pytestmark = pytest.mark.slow

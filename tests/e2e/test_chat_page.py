@@ -13,8 +13,8 @@ import pytest
 
 from runner import REPO_ROOT
 
-from . import _endpoint as ep  # before promptflow: points its home at a temporary folder
-from .browser import Browser, chromium_path, run
+from ..support import _endpoint as ep  # before promptflow: points its home at a temporary folder
+from ..support.browser import Browser, chromium_path, run
 
 
 def first_url(proc, lines: list, marker: str, timeout: float, pick):
@@ -195,7 +195,7 @@ def test_the_page_chats_with_an_azure_endpoint_and_the_browser_never_sees_its_ke
     from runner.stages import chat
     from serving import chat_page
 
-    from .azure_standin import AZURE, KEY, FakeML
+    from ..support.azure_standin import AZURE, KEY, FakeML
 
     chromium_path()
     spec = compose_spec("compute=a100", "model=phi35", "data=1pct")

@@ -16,8 +16,8 @@ import yaml
 from runner import REPO_ROOT
 from trainer.errors import TrainerInputError
 
-from ._endpoint import single_turn_pairs, training_rows
-from .helpers import NOT_IN_TRAINER, first_turn, free_port, imported_by, read_jsonl, runner_cli
+from ..support._endpoint import single_turn_pairs, training_rows
+from ..support.helpers import NOT_IN_TRAINER, first_turn, free_port, imported_by, read_jsonl, runner_cli
 
 SHAPE = dict(
     hidden_size=32,

@@ -15,7 +15,7 @@ import pytest
 from runner import REPO_ROOT
 from runner.local.server import Paths, command_line, ours
 
-from .helpers import runner_cli
+from ..support.helpers import runner_cli
 
 pytestmark = pytest.mark.slow
 RUN = "outputs/default/local_tiny_sample"

@@ -9,7 +9,7 @@ from runner import CONF_DIR, REPO_ROOT
 from runner.registry import STAGES
 from runner.spec.validate import schema
 
-from .helpers import runner_cli
+from ..support.helpers import runner_cli
 
 
 def test_every_stage_has_a_module_for_every_compute_kind():

@@ -17,7 +17,7 @@ from runner.azure import sweep as az_sweep
 from runner.azure import train as az_train
 from runner.spec import azure_env
 
-from .azure_standin import AZURE, FakeML
+from ..support.azure_standin import AZURE, FakeML
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from . import _endpoint as ep
-from .helpers import NOT_IN_TRAINER, first_turn, imported_by
+from ..support import _endpoint as ep
+from ..support.helpers import NOT_IN_TRAINER, first_turn, imported_by
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The Azure backend's orchestration, against the recording MLClient stand-in (tests/azure_standin.py)."""
+"""The Azure backend's orchestration, against the recording MLClient stand-in (tests/support/azure_standin.py)."""
 
 import re
 import warnings
@@ -23,8 +23,8 @@ from runner.errors import StageFailed, UserError
 from runner.manifest import Manifest
 from runner.spec import azure_env_paths
 
-from . import _endpoint  # noqa: F401  before promptflow: its home in a temporary folder
-from .azure_standin import AZURE, CLIENT_ID, KEY, SUBSCRIPTION, TENANT, FakeML, Killed, http_error
+from ..support import _endpoint  # noqa: F401  before promptflow: its home in a temporary folder
+from ..support.azure_standin import AZURE, CLIENT_ID, KEY, SUBSCRIPTION, TENANT, FakeML, Killed, http_error
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 

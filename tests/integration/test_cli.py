@@ -7,7 +7,7 @@ import yaml
 
 from runner import CONF_DIR
 
-from .helpers import HEAVY, imported_by, runner_cli
+from ..support.helpers import HEAVY, imported_by, runner_cli
 
 
 def files_under(path):

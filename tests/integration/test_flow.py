@@ -9,8 +9,8 @@ import pytest
 from common import score_client
 from runner import REPO_ROOT
 
-from . import _endpoint as ep  # before promptflow: points its home at a temporary folder
-from .helpers import free_port
+from ..support import _endpoint as ep  # before promptflow: points its home at a temporary folder
+from ..support.helpers import free_port
 
 sys.path.insert(0, str(REPO_ROOT / "flow"))
 from chat_tool import to_messages  # noqa: E402

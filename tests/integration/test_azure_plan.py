@@ -31,7 +31,7 @@ from runner.manifest import Manifest
 from runner.registry import implementation
 from runner.spec import azure_env, azure_env_paths
 
-from .helpers import HEAVY, imported_by, runner_cli
+from ..support.helpers import HEAVY, imported_by, runner_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore")  # the same marshmallow warnings, while loading
 

@@ -10,7 +10,7 @@ from common.chats import ROLES
 from runner.app import execute
 from runner.errors import UserError
 
-from .helpers import SAMPLE, read_jsonl, run_data
+from ..support.helpers import SAMPLE, read_jsonl, run_data
 
 
 def write_rows(path, rows):
@@ -177,7 +177,7 @@ def test_bad_rows_are_named_by_the_line_an_editor_shows(compose_spec, tmp_path):
 
 
 def test_the_cli_refuses_a_non_utf8_file_with_exit_2_and_no_traceback(tmp_path):
-    from .helpers import runner_cli
+    from ..support.helpers import runner_cli
 
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b"\n".join([json.dumps(good_row(i)).encode() for i in range(5)] + [b"\xff\xfe{}"]) + b"\n")

@@ -1,6 +1,6 @@
 """The HTTP contracts in process (httpx's ASGITransport): the endpoint's routes, auth and error shapes over a real
 Scorer, its OpenAI responses checked against the openai package's own types, and the chat page's Host/Origin
-rule. A real server process is tested where it is the point (tests/test_serve.py, tests/test_openai_api.py)."""
+rule. A real server process is tested where it is the point (tests/integration/test_serve.py, tests/integration/test_openai_api.py)."""
 
 import asyncio
 import json
@@ -11,8 +11,8 @@ import pytest
 from serving import chat_page, serve
 from serving.chat_page import Upstream
 
-from . import _endpoint as ep
-from .helpers import free_port
+from ..support import _endpoint as ep
+from ..support.helpers import free_port
 
 KEY = "k" * 32
 

@@ -3,7 +3,7 @@
 DDP against one process with the same global batch; FSDP2 (accelerate's own path, trainer/distributed.py lets it
 run on the CPU) saving one gathered model that the scorer loads and that answers; a SIGKILLed sharded run resumed
 to the end; `compute=local compute.processes_per_instance=2` launching torchrun itself. Every run records which
-files each rank wrote (tests/rank_writes.py): rank 1 writes only its checkpoint shards and the tiny model's cache.
+files each rank wrote (tests/support/rank_writes.py): rank 1 writes only its checkpoint shards and the tiny model's cache.
 """
 
 import json
@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 
@@ -24,12 +25,12 @@ from runner.manifest import Manifest
 from runner.registry import implementation
 from runner.spec import azure_env_paths
 
-from ._endpoint import single_turn_pairs
-from .conftest import compose_once
-from .helpers import runner_cli
+from ..conftest import compose_once
+from ..support._endpoint import single_turn_pairs
+from ..support.helpers import runner_cli
 
 pytestmark = pytest.mark.slow
-WRAPPER = Path(__file__).with_name("rank_writes.py")
+WRAPPER = Path(__file__).parent.parent / "support" / "rank_writes.py"
 
 
 def planned(root: Path, *overrides):
@@ -205,11 +206,8 @@ def test_a_sigkilled_two_process_run_resumes_from_its_sharded_checkpoint(tmp_pat
     r, outputs = run_job(run_dir, tmp_path, 2, kill_when=second_checkpoint, kill_ranks=False)
     assert r.returncode == -signal.SIGKILL and second_checkpoint(outputs), r.stdout[-3000:]
     time.sleep(2)  # the ranks end with torchrun (trainer.distributed.die_with_launcher), not at their last step
-    assert not any(
-        "trainer" in " ".join(p.cmdline()) and str(outputs) in " ".join(p.cmdline())
-        for p in __import__("psutil").process_iter()
-        if p.pid != os.getpid()
-    ), "ranks left training"
+    lines = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"]) if p.pid != os.getpid()]
+    assert not any("trainer" in line and str(outputs) in line for line in lines), "ranks left training"
     assert not (outputs / "model_output" / "mlflow_model").exists()
     r, outputs = run_job(run_dir, tmp_path, 2)
     assert r.returncode == 0, r.stdout[-3000:]
