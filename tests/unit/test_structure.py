@@ -117,13 +117,15 @@ def test_generation_defaults_have_one_home(trained_run):
 
     from common.generation import DEFAULTS
     from serving import contract
+    from serving.contract import Params
     from trainer import tracking
 
-    assert {k: contract.PARAMS[k][1] for k in DEFAULTS} == DEFAULTS
+    assert {k: contract.Params.model_fields[k].default for k in DEFAULTS} == DEFAULTS
+    assert Params().model_dump() == {**DEFAULTS, "return_full_text": False}
     out = trained_run[2]["stages"]["train"]["outputs"]
     tracking.point_at(out["tracking_uri"])
     sig = mlflow.models.get_model_info(out["model_uri"]).signature
-    assert {p.name: p.default for p in sig.params.params} == {**DEFAULTS, "return_full_text": False}
+    assert {p.name: p.default for p in sig.params.params} == Params().model_dump()
     flow = yaml.safe_load((REPO_ROOT / "flow" / "flow.dag.yaml").read_text())
     assert not set(flow["inputs"]) & set(DEFAULTS) and flow["inputs"]["params"]["default"] == {}
     chat = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["chat"]
