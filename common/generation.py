@@ -13,3 +13,8 @@ PARAMS = {
     "top_p": ((int, float), "double", 1.0),
 }
 DEFAULTS = {name: default for name, (_, _, default) in PARAMS.items()}
+
+
+def eos_ids(eos) -> list[int]:
+    """A generation config's eos_token_id (one id, a list or tuple of them, or None) as a list of ids."""
+    return [e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]

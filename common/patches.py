@@ -33,7 +33,8 @@ def require(dist: str, what: str) -> str:
     if not have.startswith(known):
         raise UnsupportedVersion(
             f"{what} reaches into {dist}'s internals and was written for {dist} {', '.join(v + 'x' for v in known)}, "
-            f"but {have} is installed: install the pinned version (pip install -c constraints.txt -e .), or check "
+            f"but {have} is installed: install the pinned versions from the repository root "
+            f"(.venv/bin/python -m pip install -c constraints.txt -e .), or check "
             f"the patch in common/patches.py against {have} and add it to WRITTEN_FOR"
         )
     return have

@@ -2,8 +2,8 @@
 
 Which endpoint: the Prompt flow connection named by the flow input `connection`, else by $PHI3_CONNECTION. The
 chat stage creates one connection per run (phi3_<run name>_<8 hex>) and prints the commands that use it:
-    pf flow test --flow flow --inputs connection=phi3_default_1a2b3c4d question="..."
-    pf flow test --flow flow --ui --environment-variables PHI3_CONNECTION=phi3_default_1a2b3c4d
+    .venv/bin/pf flow test --flow flow --inputs connection=phi3_default_1a2b3c4d question="..."
+    .venv/bin/pf flow test --flow flow --ui --environment-variables PHI3_CONNECTION=phi3_default_1a2b3c4d
 """
 
 import os
@@ -30,7 +30,7 @@ def endpoint_of(name: str) -> tuple[str, str]:
         raise ScoreError(
             f"no connection named: pass --inputs connection=NAME, or set {CONNECTION_ENV}=NAME "
             "(--environment-variables with --ui); the chat stage prints its run's name, and "
-            "`pf connection list` shows them all"
+            "`.venv/bin/pf connection list` shows them all"
         )
     from promptflow.client import PFClient
 
@@ -39,7 +39,7 @@ def endpoint_of(name: str) -> tuple[str, str]:
     except Exception as exc:  # promptflow's ConnectionNotFoundError and friends: say which and what to do
         raise ScoreError(
             f"no Prompt flow connection {name!r} ({type(exc).__name__}): run the chat stage of "
-            "that run (python -m runner stages=[chat]) or see `pf connection list`"
+            "that run (python -m runner stages=[chat]) or see `.venv/bin/pf connection list`"
         ) from None
     return conn.configs.get("endpoint_url", ""), conn.secrets.get("api_key", "")
 

@@ -19,8 +19,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.score_client import DEFAULT_TIMEOUT_S
+from serving.contract import BadRequest, Refused
+
 PAGE = Path(__file__).with_name("chat_page.html")
-UPSTREAM_TIMEOUT_S = 200  # above the endpoint's own request timeout (180 s), so its 504 reaches the page
+UPSTREAM_TIMEOUT_S = DEFAULT_TIMEOUT_S  # above the endpoint's own request timeout, so its 504 reaches the page
 
 
 @dataclass
@@ -33,7 +36,6 @@ class Upstream:
     describe: str  # what the page's header says it talks to (no key, no subscription)
 
 
-STREAM_HEADERS = {"Cache-Control": "no-cache"}
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
     "style-src 'self' 'unsafe-inline'; img-src 'self' data:",
@@ -68,14 +70,6 @@ class OwnPageOnly:
         return await JSONResponse(refusal, 403)(scope, receive, send)
 
 
-class Failed(Exception):
-    """The endpoint gave no usable answer: the status the page gets, and why."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 class ChatPage:
     """The page's routes over one upstream endpoint; resolve() -> Upstream is called at start (unless first is
     given: the caller looked it up already) and whenever the endpoint seems to have moved."""
@@ -106,7 +100,7 @@ class ChatPage:
         return await self.via_score(raw, self.up)
 
     async def send(self, method: str, path: str, body=None, stream=False):
-        """The upstream response, or Failed (502); the endpoint is looked up again once if it cannot be reached
+        """The upstream response, or Refused (502); the endpoint is looked up again once if it cannot be reached
         or refuses the key."""
         import httpx
 
@@ -121,17 +115,17 @@ class ChatPage:
             except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # not sent: safe to send again
                 problem = f"cannot reach the endpoint at {url.split('?')[0]} ({type(exc).__name__}): is it running?"
                 if attempt == 1 or not await self.look_up_again():
-                    raise Failed(502, problem) from None
+                    raise Refused(502, problem) from None
                 continue
             except httpx.HTTPError as exc:  # sent, and maybe generating: not sent twice
-                raise Failed(
+                raise Refused(
                     502, f"the endpoint at {url.split('?')[0]} did not answer ({type(exc).__name__})"
                 ) from None
             if resp.status_code == 401 and attempt == 0:
                 await resp.aclose()
                 if await self.look_up_again():
                     continue
-                raise Failed(502, "the endpoint refused the key, and looking it up again failed")
+                raise Refused(502, "the endpoint refused the key, and looking it up again failed")
             return resp
 
     async def look_up_again(self) -> bool:
@@ -161,7 +155,7 @@ class ChatPage:
             try:
                 body = await resp.aread()
             except httpx.HTTPError as exc:
-                raise Failed(502, f"the endpoint stopped answering ({type(exc).__name__})") from None
+                raise Refused(502, f"the endpoint stopped answering ({type(exc).__name__})") from None
             finally:
                 await resp.aclose()
             return Response(body, resp.status_code, media_type=resp.headers.get("content-type"))
@@ -175,7 +169,7 @@ class ChatPage:
             finally:  # the page went away (or the answer ended): close upstream, which stops the generation
                 await resp.aclose()
 
-        return StreamingResponse(relay(), media_type="text/event-stream", headers=STREAM_HEADERS)
+        return StreamingResponse(relay(), media_type="text/event-stream", headers=oa.SSE_HEADERS)
 
     async def via_score(self, raw: bytes, up: Upstream):
         """A /score endpoint: the chat request checked here, sent as /score's body, the answer sent back as a chat
@@ -193,7 +187,7 @@ class ChatPage:
                 raise score_client.refusal(resp.status_code, resp.content, up.url.split("?")[0], "the endpoint's")
             answer = score_client.answers_of(resp.content)[0]
         except score_client.ScoreError as exc:
-            raise Failed(exc.status or 502, str(exc)) from None
+            raise Refused(exc.status or 502, str(exc)) from None
         text, _ = cut_at_stops(answer, opts["stop"])
         cid = oa.new_id()
         if not opts["stream"]:
@@ -208,7 +202,7 @@ class ChatPage:
                 yield oa.sse(oa.chunk(cid, up.model, delta, finish))
             yield oa.sse("[DONE]")
 
-        return StreamingResponse(one_chunk(), media_type="text/event-stream", headers=STREAM_HEADERS)
+        return StreamingResponse(one_chunk(), media_type="text/event-stream", headers=oa.SSE_HEADERS)
 
 
 def exception_handlers() -> dict:
@@ -216,13 +210,11 @@ def exception_handlers() -> dict:
     from starlette.responses import JSONResponse
 
     from serving import openai_api as oa
-    from serving.contract import BadRequest
 
     async def said(request, exc):
-        status = getattr(exc, "status", 404 if isinstance(exc, oa.NotFound) else 400)
-        return JSONResponse(oa.error(str(exc), status), status)
+        return JSONResponse(oa.error(str(exc), exc.status), exc.status)
 
-    return {BadRequest: said, Failed: said}
+    return {BadRequest: said, Refused: said}
 
 
 def make_app(resolve, log=print, first: Upstream | None = None):

@@ -25,6 +25,17 @@ MESSAGE_SHAPE = '{"role": "system|user|assistant", "content": "..."}'
 class BadRequest(ValueError):
     """The request body is not something we can answer; the message says what to fix (HTTP 400)."""
 
+    status = 400
+
+
+class Refused(Exception):
+    """A request answered with an error before or instead of the model: its HTTP status, and why (a body that is
+    missing or too big; an upstream endpoint that gave no usable answer)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
 
 def text_only(s: str) -> str:
     """s, or ValueError when it holds a lone surrogate."""

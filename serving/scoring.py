@@ -25,6 +25,7 @@ from pathlib import Path
 if not __package__:  # loaded by file path (azmlinfsrv --entry_script serving/scoring.py)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.files import find_mlflow_model  # noqa: E402
+from common.generation import eos_ids  # noqa: E402
 from serving.contract import DEFAULT_LIMIT, BadRequest, parse_request  # noqa: E402
 from serving.detokenize import Incremental  # noqa: E402
 
@@ -34,6 +35,8 @@ TIMEOUT_ENV = "REQUEST_TIMEOUT_MS"  # deploy.request_timeout_ms, set in the depl
 
 class TimedOut(Exception):
     """The request ran past the endpoint's request timeout (HTTP 504)."""
+
+    status = 504
 
 
 class TooLong(ValueError):
@@ -172,8 +175,7 @@ class Scorer:
         rest = text.finish(ids.tolist())
         if rest and on_text:
             on_text(rest)
-        eos = self.model.generation_config.eos_token_id
-        eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+        eos = set(eos_ids(self.model.generation_config.eos_token_id))
         finish = (
             "cancelled"
             if cancel.is_set()

@@ -36,14 +36,6 @@ ROUTES_HINT = "POST /score, POST /v1/chat/completions, GET /v1/models or GET /he
 FAILED = "the model failed on this request; see the server log"
 
 
-class Refused(Exception):
-    """A request refused before the model sees it: its HTTP status and what to fix."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
 def error_response(request, status: int, message: str):
     """The one error shape per route family: OpenAI's error object under /v1, {"error": ...} elsewhere."""
     from starlette.responses import JSONResponse
@@ -56,16 +48,15 @@ def error_response(request, status: int, message: str):
 
 def exception_handlers() -> dict:
     """Every refusal and failure of a route, mapped to its status once: BadRequest 400 (NotFound 404), TimedOut 504,
-    Refused its own, an unknown route 404/405 with the routes that exist, anything else 500 (uvicorn logs the traceback)."""
+    Refused its own (each carries its status), an unknown route 404/405 with the routes that exist, anything else 500
+    (uvicorn logs the traceback)."""
     from starlette.exceptions import HTTPException
 
-    from .contract import BadRequest
-    from .openai_api import NotFound
+    from .contract import BadRequest, Refused
     from .scoring import TimedOut
 
     async def refused(request, exc):
-        status = 404 if isinstance(exc, NotFound) else 400 if isinstance(exc, BadRequest) else 504
-        return error_response(request, getattr(exc, "status", status), str(exc))
+        return error_response(request, exc.status, str(exc))
 
     async def no_route(request, exc: HTTPException):
         message = f"no route {request.method} {request.url.path}; try {ROUTES_HINT}"
@@ -99,6 +90,8 @@ class RequireKey:
 
 async def read_body(request) -> bytes:
     """The body, or Refused when it is missing or too big."""
+    from .contract import Refused
+
     try:
         length = int(request.headers.get("content-length") or 0)
     except ValueError:
@@ -154,7 +147,7 @@ async def chat_completions(request):
         return StreamingResponse(
             stream(scorer, cid, enc, params, opts),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers=oa.SSE_HEADERS,
         )
     t0 = time.time()
     done = await asyncio.to_thread(scorer.complete, enc, params, opts["stop"])

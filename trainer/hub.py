@@ -9,6 +9,8 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 
+from common.generation import eos_ids
+
 from .errors import TrainerInputError
 
 
@@ -86,11 +88,15 @@ def chat_template_file(spec: dict, spec_path: Path | None = None) -> Path | None
 
 
 def load_tokenizer(base: str, spec: dict, spec_path: Path | None = None):
-    """The base model's tokenizer, with model.chat_template in place of its own template when one is given (it is
-    saved with the fine-tuned model, so the endpoint prompts with it too), and a pad token."""
+    """The base model's tokenizer, prepared for training (prepare_tokenizer)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(base), spec, spec_path)
+
+
+def prepare_tokenizer(tokenizer, spec: dict, spec_path: Path | None = None):
+    """tokenizer with model.chat_template in place of its own template when one is given (it is saved with the
+    fine-tuned model, so the endpoint prompts with it too), and a pad token: what training and the audit use."""
     template = chat_template_file(spec, spec_path)
     if template is not None:
         tokenizer.chat_template = template.read_text(encoding="utf-8")
@@ -109,4 +115,4 @@ def stop_ids(base: str) -> list:
         from transformers import AutoConfig
 
         eos = AutoConfig.from_pretrained(base).eos_token_id
-    return [e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+    return eos_ids(eos)

@@ -10,6 +10,7 @@ from ..stages.evaluation import is_current  # noqa: F401  (the registry's contra
 
 def run(spec, ctx) -> dict:
     data, train = ctx.upstream("data"), ctx.upstream("train")
+    from common.generation import eos_ids
     from trainer import chats, evaluate
     from trainer.hub import go_offline_unless_reachable
 
@@ -17,14 +18,13 @@ def run(spec, ctx) -> dict:
     base = train.get("base_model") or base_of(spec, data)  # a train record older than the eval stage names none
     folder = ctx.run_dir / "eval"
     tuned, tokenizer = evaluate.load_tuned(train["mlflow_model_dir"])
-    stops = tuned.generation_config.eos_token_id
     evaluate.evaluate(
         tuned,
         lambda: evaluate.load_model(base),
         tokenizer,
         chats.load(data["test_file"]),
         spec["eval"],
-        stops if isinstance(stops, list) else [stops],
+        eos_ids(tuned.generation_config.eos_token_id),
         spec["train"]["max_length"],
         folder,
         ctx.log,

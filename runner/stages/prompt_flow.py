@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import re
+import shlex
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -87,10 +89,24 @@ def save_connection(pf, name: str, url: str, key: str):
         ) from None
 
 
+def pf_program() -> str:
+    """Prompt flow's CLI as a person pastes it from the repository root: the one installed next to this Python
+    (.venv/bin/pf under ./dev), so the command works with no virtualenv activated."""
+    pf = Path(sys.executable).parent / "pf"
+    if not pf.exists():
+        return "pf"
+    try:
+        return str(pf.relative_to(REPO_ROOT))  # not resolved: .venv/bin/python is a link to the system's Python
+    except ValueError:
+        return shlex.quote(str(pf))
+
+
 def commands(name: str) -> list[str]:
+    """The commands that chat through this run's connection, from the repository root."""
+    pf = pf_program()
     return [
-        f'pf flow test --flow flow --inputs connection={name} question="..."',
-        f"pf flow test --flow flow --ui --environment-variables {CONNECTION_ENV}={name}",
+        f'{pf} flow test --flow flow --inputs connection={name} question="..."',
+        f"{pf} flow test --flow flow --ui --environment-variables {CONNECTION_ENV}={name}",
     ]
 
 
@@ -114,7 +130,7 @@ def delete_connection(ctx) -> None:
         except Exception as exc:  # the endpoint is gone already; a stale connection is only a nuisance
             log(
                 f"[teardown] could not delete the Prompt flow connection {name} ({type(exc).__name__}: {exc}); "
-                f"pf connection delete --name {name} removes it"
+                f"{pf_program()} connection delete --name {name} removes it"
             )
             return
     log(f"[teardown] deleted the Prompt flow connection {name}")

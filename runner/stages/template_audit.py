@@ -11,17 +11,14 @@ def tokenizer_and_stops(spec, data: dict):
     """(tokenizer, stop ids), or (None, why) when the base model's tokenizer is not on this machine."""
     from trainer import chats, tiny
     from trainer.errors import TrainerInputError
-    from trainer.hub import base_model_dir, go_offline_unless_reachable, load_tokenizer, stop_ids
+    from trainer.hub import base_model_dir, go_offline_unless_reachable, load_tokenizer, prepare_tokenizer, stop_ids
 
     go_offline_unless_reachable()
     model = spec["model"]
     if model["source"] == "tiny":
         corpus = chats.load(data.get("pool_file") or data["train_file"])
         tokenizer = tiny.tokenizer_for(corpus, model["tiny"], Path(spec["run"]["output_root"]).resolve() / "cache")
-        template = model.get("chat_template")
-        if template:
-            tokenizer.chat_template = Path(template).read_text(encoding="utf-8")
-        return tokenizer, tiny.stop_ids(tokenizer)
+        return prepare_tokenizer(tokenizer, spec), tiny.stop_ids(tokenizer)
     try:
         base = base_model_dir(spec, [], Path("."))
     except TrainerInputError:

@@ -3,6 +3,7 @@ with its connection, and its chat page reach that run's model and never the othe
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -78,19 +79,23 @@ def test_each_runs_chat_stage_used_its_own_endpoint(two):
 
 
 def test_pf_flow_test_with_each_connection_reaches_its_own_endpoint(two, trained_run):
+    """The command each run's chat stage printed, pasted as printed (the question filled in) into a shell at the
+    repository root with no virtualenv activated, reaches that run's endpoint and no other."""
     root, out = two
     question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
-    pf_cli = os.path.join(os.path.dirname(sys.executable), "pf")
+    venv_bin = os.path.dirname(sys.executable)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"} | {"PATH": path}
     for name in RUNS:
         run_dir, stdout = out[name]
         other = out[RUNS[1 - RUNS.index(name)]][0]
-        connection = next(
-            line.split("connection ")[1].split()[0] for line in stdout.splitlines() if "Prompt flow connection" in line
-        )
+        printed = next(line.split("[chat]   ", 1)[1] for line in stdout.splitlines() if "--inputs connection=" in line)
+        assert printed.split()[0].endswith("/pf"), printed  # a path to Prompt flow's CLI: no venv to activate
         before, other_before = scored(run_dir), scored(other)
         r = subprocess.run(
-            [pf_cli, "flow", "test", "--flow", "flow", "--inputs", f"connection={connection}", f"question={question}"],
+            ["bash", "-c", printed.replace('question="..."', f"question={shlex.quote(question)}")],
             cwd=REPO_ROOT,
+            env=env,
             capture_output=True,
             text=True,
             timeout=300,

@@ -196,7 +196,7 @@ def test_a_patch_of_library_internals_refuses_a_version_it_was_not_written_for(m
         patches.uvicorn_on_listening(object(), lambda: None)
     said = str(err.value)
     assert "the endpoint's ready signal" in said and "written for uvicorn 0.1.x" in said and "0.54." in said
-    assert "pip install -c constraints.txt -e ." in said and "common/patches.py" in said
+    assert "(.venv/bin/python -m pip install -c constraints.txt -e .)" in said and "common/patches.py" in said
     for package, never in (
         ("trainer", {"serving", "runner", "hydra", "azure", "promptflow"}),
         ("serving", {"trainer", "runner", "hydra", "promptflow"}),
