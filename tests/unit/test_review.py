@@ -167,3 +167,27 @@ def test_parsing_each_file_once_composes_exactly_what_hydra_composes():
     from runner.spec.validate import schema
 
     assert compose_all(CONF_DIR, schema(), fast=True) == compose_all(CONF_DIR, schema(), fast=False)
+
+
+def test_the_base_unpacks_on_a_python_without_tar_filters(repo, tmp_path, monkeypatch):
+    """Debian 12's Python 3.11.2 has no tarfile filters: the base's conf/ still unpacks, and a member that would
+    land outside the folder, or a link, is refused instead of written."""
+    import io
+    import tarfile
+
+    from runner import review
+    from runner.errors import UserError
+
+    monkeypatch.delattr(tarfile, "data_filter")
+    conf, schema, commit = review.checkout(repo, "main", tmp_path / "base")
+    assert (conf / "config.yaml").is_file() and schema["type"] == "object" and len(commit) == 40
+    for name, kind in (("../outside.yaml", tarfile.REGTYPE), ("conf/link.yaml", tarfile.SYMTYPE)):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as archive:
+            member = tarfile.TarInfo(name)
+            member.type = kind
+            archive.addfile(member, io.BytesIO(b""))
+        buf.seek(0)
+        with tarfile.open(fileobj=buf) as archive, pytest.raises(UserError, match="does not unpack"):
+            review.extract(archive, tmp_path / "bad")
+    assert not (tmp_path / "outside.yaml").exists() and not (tmp_path / "bad").exists()
