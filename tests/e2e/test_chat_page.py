@@ -168,7 +168,7 @@ def test_prompt_flows_own_window_answers_with_the_runs_connection(page, trained_
         shown = run(chat())
         assert answer in shown.split(question, 1)[1], shown[-2000:]  # the fine-tuned answer
         # it came from this run's endpoint, found through the run's connection
-        assert server_log.read_text().count('"POST /score" 200') == scored + 1
+        assert ep.count_lines(server_log, '"POST /score" 200', scored + 1) == scored + 1
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
@@ -252,7 +252,7 @@ def test_the_page_chats_with_an_azure_endpoint_and_the_browser_never_sees_its_ke
     posts = [json.loads(r["postData"]) for r in requests if r["method"] == "POST"]
     assert [m["content"] for m in posts[-1]["messages"]] == [q1, a1, q2]  # the conversation carried
     assert all(r["url"].startswith(url.rstrip("/")) for r in requests)  # the browser talks to its own server only
-    assert local.log.read_text().count('"POST /score" 200') == 2  # both turns reached the endpoint with its key
+    assert ep.count_lines(local.log, '"POST /score" 200', 2) == 2  # both turns reached the endpoint with its key
     seen = html + json.dumps(requests) + "\n".join(console) + "\n".join(map(str, printed))
     assert KEY not in seen and KEY[::-1] not in seen
 

@@ -23,18 +23,18 @@ pytestmark = pytest.mark.slow
 RUNS = ("alpha", "beta")
 
 
-def served(run_dir: Path, route: str = "POST /score") -> int:
-    """Requests on route that the run's endpoint answered so far, from its access log."""
+def served(run_dir: Path, route: str = "POST /score", at_least: int = 0) -> int:
+    """Requests on route that the run's endpoint answered so far (waiting for at least at_least), from its log."""
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    return Path(manifest["stages"]["deploy"]["outputs"]["log_file"]).read_text().count(f'"{route}" 200')
+    return ep.count_lines(manifest["stages"]["deploy"]["outputs"]["log_file"], f'"{route}" 200', at_least)
 
 
-def scored(run_dir: Path) -> int:
-    return served(run_dir)
+def scored(run_dir: Path, at_least: int = 0) -> int:
+    return served(run_dir, at_least=at_least)
 
 
-def completions(run_dir: Path) -> int:
-    return served(run_dir, "POST /v1/chat/completions")
+def completions(run_dir: Path, at_least: int = 0) -> int:
+    return served(run_dir, "POST /v1/chat/completions", at_least)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_each_runs_chat_stage_used_its_own_endpoint(two):
     questions = a_out.count("[chat] Q: ")
     assert questions and b_out.count("[chat] Q: ") == questions
     # alpha chatted before beta was deployed; beta's chat stage added nothing to alpha's endpoint
-    assert scored(a_dir) == scored(b_dir) == questions
+    assert scored(a_dir, questions) == scored(b_dir, questions) == questions
     names = [
         line.split("connection ")[1].split()[0]
         for o in (a_out, b_out)
@@ -102,7 +102,7 @@ def test_pf_flow_test_with_each_connection_reaches_its_own_endpoint(two, trained
         )
         assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
         assert answer in r.stdout
-        assert scored(run_dir) == before + 1 and scored(other) == other_before
+        assert scored(run_dir, before + 1) == before + 1 and scored(other) == other_before
 
 
 def test_each_runs_chat_page_talks_to_its_own_model(two, trained_run):
@@ -146,7 +146,7 @@ def test_each_runs_chat_page_talks_to_its_own_model(two, trained_run):
             )
             assert status == 200 and body["choices"][0]["message"]["content"] == answer
             assert body["model"] == f"phi3-chat-{name}:1"
-            assert completions(run_dir) == before + 1 and completions(other) == other_before
+            assert completions(run_dir, before + 1) == before + 1 and completions(other) == other_before
     finally:
         for proc, _ in pages.values():
             proc.send_signal(signal.SIGINT)

@@ -114,6 +114,17 @@ def wait_for_line(path: Path, marker: str, skip: int = 0, timeout: float = 30) -
     return None
 
 
+def count_lines(path: Path, marker: str, at_least: int = 0, timeout: float = 10) -> int:
+    """Occurrences of marker in an access log. The server writes a request's line just after its client has the
+    last byte, so a count expected to reach at_least is waited for (up to timeout) before it is returned."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while (n := Path(path).read_text().count(marker)) < at_least and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return n
+
+
 WENT_AWAY = "the client went away; generation stopped after "
 
 
