@@ -84,17 +84,26 @@ def accelerate_fsdp_on_the_cpu():
 @contextmanager
 def hydra_parse_each_file_once():
     """While this is open, Hydra's config sources parse each YAML file once; every load gets a fresh config made
-    from the parsed content, so no composition can change another's."""
+    from the parsed content, so no composition can change another's. Yields a set that collects the config paths
+    (`model/phi3.yaml`) read from the config directory (not Hydra's own packaged configs): the caller clears it
+    before a composition and reads it after, to know the files that composition depends on."""
     require("hydra-core", "the review's config cache")
+    from hydra.core.plugins import Plugins
+
+    # Hydra's first plugin scan executes its core plugin modules again, defining new config source classes: scan
+    # first, then patch the classes Hydra instantiates (patching the ones imported before the scan does nothing)
+    Plugins.instance()
     from hydra._internal.core_plugins.file_config_source import FileConfigSource
     from hydra._internal.core_plugins.importlib_resources_config_source import ImportlibResourcesConfigSource
     from hydra.plugins.config_source import ConfigResult
     from omegaconf import OmegaConf
 
-    cache, originals = {}, {}
+    cache, originals, read = {}, {}, set()
 
     def cached(original):
         def load_config(self, config_path):
+            if isinstance(self, FileConfigSource):
+                read.add(config_path if config_path.endswith(".yaml") else f"{config_path}.yaml")
             key = (type(self).__name__, self.path, config_path)
             if key not in cache:
                 r = original(self, config_path)
@@ -108,7 +117,7 @@ def hydra_parse_each_file_once():
         originals[source] = source.load_config
         source.load_config = cached(source.load_config)
     try:
-        yield
+        yield read
     finally:
         for source, original in originals.items():
             source.load_config = original

@@ -5,6 +5,7 @@ PyTorch's index lines are left out: this machine cannot reach it, and its pip fi
 (torch==X+cpu) on disk. Nothing here touches .venv: Azure-only packages never go there.
 """
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -30,6 +31,16 @@ def build(name: str, pip: list[str], timeout: float = 1500) -> Path:
     python = target / "bin" / "python"
     if (target / ".complete").is_file():
         return python
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}-{key}.lock", "w") as lock:  # xdist workers: one builds, the others wait for it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / ".complete").is_file():
+            _build(name, pins, target, timeout)
+    return python
+
+
+def _build(name: str, pins: list[str], target: Path, timeout: float):
+    key = target.name.rsplit("-", 1)[1]
     tmp = CACHE / f".{name}-{key}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -43,11 +54,10 @@ def build(name: str, pip: list[str], timeout: float = 1500) -> Path:
     if r.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"pip could not build the {name} environment:\n{r.stderr[-3000:]}")
-    (tmp / ".complete").write_text("\n".join(pins) + "\n")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)  # venv scripts name their folder: fix the shebangs below
     _relocate(tmp, target)
-    return python
+    (target / ".complete").write_text("\n".join(pins) + "\n")  # last: a folder without it is rebuilt
 
 
 def _relocate(old: Path, new: Path):

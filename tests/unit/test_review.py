@@ -162,11 +162,24 @@ def test_editor_schemas_are_current_and_catch_a_misspelt_key(tmp_path):
     ]
 
 
-def test_parsing_each_file_once_composes_exactly_what_hydra_composes():
-    from runner.review import compose_all
+def test_parsing_each_file_once_composes_exactly_what_hydra_composes_and_records_what_each_read():
+    """On combinations that use every option of every group (so each file's one parse is reused by later
+    compositions): the same specs and problems as Hydra alone, and each composition's record of the files it read,
+    which decides what the base side composes again."""
+    from runner.review import GROUPS, compose_all, options
     from runner.spec.validate import schema
 
-    assert compose_all(CONF_DIR, schema(), fast=True) == compose_all(CONF_DIR, schema(), fast=False)
+    opts = options(CONF_DIR)
+    covering = {
+        "_".join(opts[g][i % len(opts[g])] for g in GROUPS): i for i in range(max(len(v) for v in opts.values()))
+    }
+    reads = {}
+    fast = compose_all(CONF_DIR, schema(), only=set(covering), reads=reads)
+    assert len(fast) == len(covering) and fast == compose_all(CONF_DIR, schema(), fast=False, only=set(covering))
+    for name in covering:
+        compute, model, data = (opts[g][covering[name] % len(opts[g])] for g in GROUPS)
+        assert {"config.yaml", f"compute/{compute}.yaml", f"model/{model}.yaml", f"data/{data}.yaml"} <= reads[name]
+        assert all((CONF_DIR / path).is_file() for path in reads[name])
 
 
 def test_the_base_unpacks_on_a_python_without_tar_filters(repo, tmp_path, monkeypatch):
