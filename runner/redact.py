@@ -10,6 +10,7 @@
 import re
 
 SECRET_KEY = re.compile(r"(key|secret|token|password|credential)", re.I)
+NOT_SECRET = {"model.pad_token"}  # spec keys that match SECRET_KEY but name a vocabulary token
 
 
 def _azure(override: str) -> bool:
@@ -31,7 +32,7 @@ def redacted(spec: dict, env_paths: dict, fill_missing: bool = False) -> dict:
                 path = f"{prefix}{k}"
                 if path in env_paths:
                     out[k] = None if v is None and not fill_missing else f"<from ${env_paths[path]}>"
-                elif SECRET_KEY.search(str(k)) and isinstance(v, str) and v:
+                elif SECRET_KEY.search(str(k)) and isinstance(v, str) and v and path not in NOT_SECRET:
                     out[k] = "<redacted>"
                 else:
                     out[k] = walk(v, path + ".")

@@ -29,7 +29,12 @@ from runner import CONF_DIR  # noqa: E402
 from runner.spec import to_spec  # noqa: E402
 from runner.spec.settle import settle  # noqa: E402
 
-NEEDS_A_MODEL = {"trained_run", "model_dir", "tiny"}  # fixtures that train or build a model (the server ones use them)
+NEEDS_A_MODEL = {
+    "trained_run",
+    "trained_phi4mini",
+    "model_dir",
+    "tiny",
+}  # fixtures that train or build a model (the server ones use them)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -83,6 +88,23 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     spec = compose_once(root / "outputs", "stages=[data,train]")
     run_dir = root / "outputs" / "default" / "local_tiny_sample"
+    run_dir.mkdir(parents=True)
+    write_spec(spec, run_dir)
+    manifest = execute(spec, run_dir, out=lambda *_: None)
+    return spec, run_dir, manifest
+
+
+@pytest.fixture(scope="session")
+def trained_phi4mini(tmp_path_factory):
+    """trained_run's fine-tune on model=tiny_phi4mini: Phi-4-mini's shape, template, special tokens and pad.
+
+    Returns (spec, run_dir, manifest dict). About 25 s on 2 cores.
+    """
+    from runner.app import execute, write_spec
+
+    root = tmp_path_factory.mktemp("trained-phi4mini")
+    spec = compose_once(root / "outputs", "model=tiny_phi4mini", "stages=[data,train]")
+    run_dir = root / "outputs" / "default" / "local_tiny_phi4mini_sample"
     run_dir.mkdir(parents=True)
     write_spec(spec, run_dir)
     manifest = execute(spec, run_dir, out=lambda *_: None)

@@ -11,7 +11,7 @@ from common.files import write_atomic
 from . import audit, chats, distributed, memory, tracking
 from .errors import TrainerInputError
 from .files import last_complete_checkpoint
-from .hub import base_model_dir, go_offline_unless_reachable, load_tokenizer, stop_ids
+from .hub import base_model_dir, fit_embeddings, go_offline_unless_reachable, load_tokenizer, stop_ids
 
 
 def resolve_device(compute: dict) -> str:
@@ -130,8 +130,11 @@ def setup(
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "bf16-mixed": torch.float32}[
         precision
     ]
-    model = AutoModelForCausalLM.from_pretrained(
-        base, dtype=dtype, attn_implementation=spec["model"]["attn_implementation"]
+    model = fit_embeddings(
+        AutoModelForCausalLM.from_pretrained(
+            base, dtype=dtype, attn_implementation=spec["model"]["attn_implementation"]
+        ),
+        tokenizer,
     )
     # training never reuses a KV cache, and with one transformers does not look for the boundaries of packed rows:
     # packed chats would attend to each other (tests/unit/test_packing.py); record() turns it back on for serving

@@ -100,9 +100,28 @@ def prepare_tokenizer(tokenizer, spec: dict, spec_path: Path | None = None):
     template = chat_template_file(spec, spec_path)
     if template is not None:
         tokenizer.chat_template = template.read_text(encoding="utf-8")
-    if tokenizer.pad_token is None:
+    pad = spec["model"].get("pad_token")
+    if pad:  # e.g. Phi-4-mini, whose pad is its eos: a token of its own, added when the vocabulary lacks it
+        if pad in tokenizer.get_vocab():
+            tokenizer.pad_token = pad
+        else:
+            tokenizer.add_special_tokens({"pad_token": pad})
+    elif tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
+
+
+def fit_embeddings(model, tokenizer):
+    """The model with an embedding row for every token of tokenizer (a pad token added by prepare_tokenizer lands in
+    the spare rows Phi-4-mini and Phi-3 have, so usually nothing changes), and the tokenizer's pad id in its configs,
+    so generation pads with it too."""
+    rows = model.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > rows:
+        model.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
 
 
 def stop_ids(base: str) -> list:

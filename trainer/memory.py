@@ -42,10 +42,13 @@ class Shape:
 
 
 PHI3_MINI = Shape(3072, 32, 32, 32, 8192, 32064)
+# Phi-4-mini-instruct's config.json: 24 heads of 128 with 8 KV heads, 200,064 vocabulary rows, tied embeddings
+PHI4_MINI = Shape(3072, 32, 24, 8, 8192, 200064, tie_word_embeddings=True)
 KNOWN = {  # hub ids whose config.json cannot be read here (no download before a run is planned)
     "microsoft/Phi-3-mini-4k-instruct": PHI3_MINI,
     "microsoft/Phi-3-mini-128k-instruct": PHI3_MINI,
     "microsoft/Phi-3.5-mini-instruct": PHI3_MINI,
+    "microsoft/Phi-4-mini-instruct": PHI4_MINI,
 }
 
 
@@ -57,9 +60,10 @@ def shape_of(model: dict) -> Shape | None:
             t["hidden_size"],
             t["num_hidden_layers"],
             t["num_attention_heads"],
-            t["num_attention_heads"],
+            t.get("num_key_value_heads") or t["num_attention_heads"],
             t["intermediate_size"],
             t["vocab_size"],
+            bool(t.get("tie_word_embeddings")),
         )
     ident = model.get("id") or ""
     if ident in KNOWN:
@@ -258,10 +262,11 @@ def estimate(
     c_h, c_i, c_s = SAVED[("bf16" if precision == "fp16" else precision, kind)]
     layer = tokens * (c_h * h + c_i * i) + seqs * heads * span * span * c_s
     # TRL's SFTTrainer scores the vocabulary in tiles (trl.trainer.utils, fused_lm_head): a tile of up to 4096
-    # tokens x 32768 logits (on a CPU, without Triton, with float32 temporaries of its filled part), then float32
-    # gradients of the hidden states and of the head's weight
+    # tokens x 32768 logits (on a CPU, without Triton, with float32 temporaries of its filled part: 7 of them,
+    # measured where the vocabulary weighs, at Phi-4-mini's shape, tests/unit/test_memory.py), then float32
+    # gradients of the hidden states and of the head's weight (one head with tied embeddings: Shape.parameters)
     tile = min(tokens, 4096)
-    temporaries = 5 * tile * min(v, 32768) * 4 if device == "cpu" else 0
+    temporaries = 7 * tile * min(v, 32768) * 4 if device == "cpu" else 0
     head = tile * 32768 * act + temporaries + tokens * h * 4 + v * h * (4 + weight_bytes)
     if train.get("activation_checkpointing"):
         kept = layers * tokens * act * h  # each layer's input; one layer at a time is recomputed in backward

@@ -195,7 +195,8 @@ def is_current(outputs, spec, ctx) -> bool:
 
 def plan(spec, ctx):
     m, t = spec["model"], spec["train"]
-    base = "a tiny Phi-3 built locally (no download)" if m["source"] == "tiny" else m["id"]
+    shaped = "Phi-4-mini" if (m.get("tiny") or {}).get("arch") == "phi4mini" else "Phi-3"
+    base = f"a tiny {shaped} built locally (no download)" if m["source"] == "tiny" else m["id"]
     return [
         f"model:  {base}; {t['num_train_epochs']} epochs, lr {t['learning_rate']}, "
         f"{spec['compute']['precision']} on {spec['compute']['device']}",

@@ -138,6 +138,13 @@ def source_fields(spec):
                 "model.tiny.num_attention_heads",
                 (f"{heads} does not divide hidden_size {h}, e.g. model.tiny.num_attention_heads={_divisor(h, heads)}"),
             )
+        kv = m["tiny"].get("num_key_value_heads")
+        if kv and heads % kv:
+            yield (
+                "model.tiny.num_key_value_heads",
+                f"{kv} does not divide num_attention_heads {heads}, e.g. model.tiny.num_key_value_heads="
+                f"{_divisor(heads, kv)}",
+            )
 
 
 def _divisor(n: int, near: int) -> int:

@@ -39,14 +39,20 @@ def staged(tmp_path_factory):
     return run_dir / "azure"
 
 
+@pytest.fixture(scope="module", params=["tiny", "tiny_phi4mini"])
+def trained(request):
+    """The session's fine-tune of model=tiny, then of model=tiny_phi4mini: each runs the tests below."""
+    return request.getfixturevalue("trained_run" if request.param == "tiny" else "trained_phi4mini")
+
+
 @pytest.fixture(scope="module")
-def server(staged, trained_run, tmp_path_factory):
+def server(staged, trained, tmp_path_factory):
     conda = yaml.safe_load((staged / "conda-inference.yml").read_text())
     python = azure_envs.build("inference", conda["dependencies"][-1]["pip"])
     deployment = yaml.safe_load((staged / "deployment.yml").read_text())
     # Azure mounts the registered version as <models>/<name>/<version>/<the registered folder>
-    version_dir = tmp_path_factory.mktemp("azureml-models") / "phi3-chat-tiny" / "1"
-    shutil.copytree(trained_run[2]["stages"]["train"]["outputs"]["mlflow_model_dir"], version_dir / "mlflow_model")
+    version_dir = tmp_path_factory.mktemp("azureml-models") / trained[0]["register"]["model_name"] / "1"
+    shutil.copytree(trained[2]["stages"]["train"]["outputs"]["mlflow_model_dir"], version_dir / "mlflow_model")
     port = free_port()
     env = {
         **os.environ,
@@ -94,16 +100,16 @@ def test_the_liveness_route_answers(server):
         assert resp.status == 200 and resp.read().decode().strip() == "Healthy"
 
 
-def test_the_tutorials_payload_gets_the_training_answers(server, trained_run):
-    pairs = single_turn_pairs(trained_run[2], 3)
+def test_the_tutorials_payload_gets_the_training_answers(server, trained):
+    pairs = single_turn_pairs(trained[2], 3)
     status, answers = post(
         server + "/score", {"input_data": [q for q, _ in pairs], "params": {"max_new_tokens": 96}}, key=None
     )
     assert status == 200 and answers == [a for _, a in pairs]
 
 
-def test_message_lists_get_the_chat_template(server, trained_run):
-    row = next(r for r in training_rows(trained_run[2]) if r["messages"][0]["role"] == "system")
+def test_message_lists_get_the_chat_template(server, trained):
+    row = next(r for r in training_rows(trained[2]) if r["messages"][0]["role"] == "system")
     messages, answer = first_turn(row)
     assert post(server + "/score", {"input_data": [messages], "params": {"max_new_tokens": 96}}, key=None) == (
         200,

@@ -54,7 +54,11 @@ def _spec(*overrides):
 
 GRID = list(
     itertools.product(
-        ["a100", "cpu_e16s"], ["phi3", "phi35", "tiny"], [4, 16, 64], [True, False], ["bf16_8bit_sr", "seed_recipe"]
+        ["a100", "cpu_e16s"],
+        ["phi3", "phi35", "phi4mini", "tiny"],
+        [4, 16, 64],
+        [True, False],
+        ["bf16_8bit_sr", "seed_recipe"],
     )
 )
 
@@ -143,7 +147,8 @@ def long_rows(tmp_path_factory):
         for k in range(24)
     ]
     (work / "chats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return work, build_tokenizer([m["content"] for r in rows for m in r["messages"]], 600)
+    texts = [m["content"] for r in rows for m in r["messages"]]
+    return work, {kind: build_tokenizer(texts, 600, kind) for kind in ("phi3", "phi4mini")}
 
 
 # (hidden, layers, heads, intermediate, batch, max_length, attention, precision, checkpointing, packing)
@@ -154,10 +159,18 @@ SHAPES = [
     (256, 4, 4, 512, 4, 256, "sdpa", "fp32", False, False),  # fp32, SDPA
     (256, 2, 4, 512, 4, 256, "eager", "bf16-mixed", False, True),  # fp32 master weights, padding-free packing
 ]
+# Phi-4-mini's shape at small sizes (model=phi4mini: its template, its pad): GQA with 3 query heads per KV head,
+# partial rotary, tied embeddings, and a vocabulary far wider than the model (200,064 rows against 3,072 there),
+# so the head and the logits weigh as they do there: (..., KV heads, vocabulary rows)
+PHI4_SHAPES = [
+    (192, 2, 6, 512, 4, 256, "eager", "bf16", False, False, 2, 12544),  # the logits and the tied head dominate
+    (192, 4, 6, 512, 4, 256, "sdpa", "bf16", True, False, 2, 12544),  # SDPA, activation checkpointing
+    (192, 2, 6, 512, 4, 256, "eager", "bf16-mixed", False, True, 2, 12544),  # fp32 master weights, packing
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "-".join(map(str, s)))
+@pytest.mark.parametrize("shape", SHAPES + PHI4_SHAPES, ids=lambda s: "-".join(map(str, s)))
 def test_the_estimate_is_within_15_percent_of_the_bytes_training_steps_hold(shape, long_rows, tmp_path):
     """Two optimizer steps through trainer.fit's own setup() (SFTTrainer), every tensor's storage counted."""
     est, peak = estimate_and_peak(shape, long_rows, tmp_path, "cpu")
@@ -183,25 +196,28 @@ def estimate_and_peak(shape, long_rows, tmp_path, device: str):
     from trainer.tensor_bytes import TensorBytes
     from trainer.tiny import stop_ids
 
-    h, layers, heads, i, batch, length, attn, precision, ckpt, packing = shape
-    work, tok = long_rows
+    h, layers, heads, i, batch, length, attn, precision, ckpt, packing, *phi4 = shape
+    work, tokenizers = long_rows
+    tok = tokenizers["phi4mini" if phi4 else "phi3"]
+    kv, rows = phi4 or (heads, len(tok))
     torch.manual_seed(0)
     config = Phi3Config(
         hidden_size=h,
         num_hidden_layers=layers,
         num_attention_heads=heads,
-        num_key_value_heads=heads,
+        num_key_value_heads=kv,
         intermediate_size=i,
-        vocab_size=len(tok),
+        vocab_size=rows,
         max_position_embeddings=4096,
         pad_token_id=tok.pad_token_id,
         eos_token_id=stop_ids(tok),  # as the tiny model's: the template audit checks that generation stops at <|end|>
         bos_token_id=tok.eos_token_id,
-        tie_word_embeddings=False,
+        tie_word_embeddings=bool(phi4),
+        partial_rotary_factor=0.75 if phi4 else 1.0,
     )
     Phi3ForCausalLM(config).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
-    spec = _spec("model=phi3", "train=seed_recipe")
+    spec = _spec("model=phi4mini" if phi4 else "model=phi3", "train=seed_recipe")
     spec["model"].update(id=str(tmp_path / "model"), attn_implementation=attn)
     spec["compute"].update(device=device, precision=precision)
     spec["train"].update(
