@@ -30,7 +30,8 @@ def repo(tmp_path):
 SECRET = "00000000-feed-beef-0000-000000000000"
 OPTIONS = {g: len(list((CONF_DIR / g).glob("*.yaml"))) for g in ("compute", "model", "data")}
 ALL = OPTIONS["compute"] * OPTIONS["model"] * OPTIONS["data"]  # every combination the review composes
-PHI = OPTIONS["compute"] * 2 * OPTIONS["data"]  # those of model=phi3 and model=phi35
+HUB = ("phi3", "phi35", "phi4mini")  # the hub models: they extend conf/_base/model/phi3.yaml, which picks the recipe
+PHI = OPTIONS["compute"] * len(HUB) * OPTIONS["data"]  # the combinations of those
 PER_COMPUTE = OPTIONS["model"] * OPTIONS["data"]  # those of one compute option
 
 
@@ -85,7 +86,7 @@ def test_a_learning_rate_in_a_recipe_retrains_the_combinations_that_use_it(repo)
     code, text, result, changed = review_after_edit(
         repo, "train/seed_recipe.yaml", "learning_rate: 5.0e-6", "learning_rate: 1.0e-5", "changed"
     )
-    assert code == 0 and len(changed) == PHI and {c["name"].split("_")[-2] for c in changed} == {"phi3", "phi35"}
+    assert code == 0 and len(changed) == PHI and {c["name"].split("_")[-2] for c in changed} == set(HUB)
     for c in changed:
         assert c["changes"] == [{"key": "train.learning_rate", "old": 5e-06, "new": 1e-05}]
         assert c["verdict"] == "retrains" and c["redo"] == ["train", "eval", "register", "deploy"] and "azure" not in c
