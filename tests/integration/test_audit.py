@@ -252,3 +252,106 @@ def test_a_template_without_generation_markers_that_trl_does_not_know_is_refused
     assert "has no {% generation %} markers and TRL ships no training variant" in found.problems[0][1]
     assert "Fix: wrap exactly each assistant message" in found.problems[0][1]
     assert run_audit(tokenizer, rows, unknown, assistant_only_loss=False).problems == []  # every token trained
+
+
+# ---- Phi-4-mini: its own template (no training variant in TRL), the one this project ships, its pad ----------------
+
+PHI4_TEMPLATE = Path(__file__).resolve().parents[2] / "conf" / "templates" / "phi4mini.jinja"
+TOOLS = '[{"name": "get_weather", "description": "The weather in a city", "parameters": {"city": {"type": "str"}}}]'
+CHATS = [
+    [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello!"}],
+    [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi\nthere"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "And now?"},
+        {"role": "assistant", "content": "Still here."},
+    ],
+    [
+        {"role": "system", "content": "You may call tools.", "tools": TOOLS},
+        {"role": "user", "content": "Weather in Kyoto?"},
+        {"role": "assistant", "content": '[{"name": "get_weather", "arguments": {"city": "Kyoto"}}]'},
+    ],
+]
+
+
+@pytest.fixture(scope="module")
+def phi4_tokenizer(rows):
+    """The tiny_phi4mini tokenizer (Phi-4-mini's special tokens and own template), learnt from the shipped sample."""
+    return tiny.build_tokenizer(tiny.chat_texts(rows), 600, "phi4mini")
+
+
+@pytest.mark.parametrize("chat", range(len(CHATS)))
+@pytest.mark.parametrize("generation_prompt", [False, True])
+def test_the_shipped_phi4mini_template_renders_exactly_what_phi4minis_own_renders(
+    phi4_tokenizer, chat, generation_prompt
+):
+    """No newlines, tools as a string on the system message, eos after the chat: byte for byte, token for token."""
+    messages = CHATS[chat][:-1] if generation_prompt else CHATS[chat]
+    own = phi4_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    ours = phi4_tokenizer.apply_chat_template(
+        messages, chat_template=PHI4_TEMPLATE.read_text(), tokenize=False, add_generation_prompt=generation_prompt
+    )
+    assert ours == own and "\n" not in own.replace("Hi\nthere", "")
+    assert own.endswith("<|assistant|>" if generation_prompt else "<|end|><|endoftext|>")
+    if chat == 2:
+        assert own.startswith(f"<|system|>You may call tools.<|tool|>{TOOLS}<|/tool|><|end|><|user|>")
+
+
+def test_phi4minis_own_template_cannot_train_assistant_only_and_the_shipped_one_passes(phi4_tokenizer, rows):
+    """TRL has no training variant of Phi-4-mini's template: refused. The shipped one, with its generation markers,
+    passes with Phi-4-mini's stop ids (<|end|>, <|endoftext|>): the answer and its <|end|> carry loss, nothing else."""
+    from trainer.hub import prepare_tokenizer
+
+    found = run_audit(phi4_tokenizer, rows, tiny.PHI4_MINI_TEMPLATE)
+    assert [k for k, _ in found.problems] == ["b"] and "TRL ships no training variant" in found.problems[0][1]
+    spec = {"model": {"chat_template": str(PHI4_TEMPLATE), "pad_token": "<|pad|>"}}
+    tok = prepare_tokenizer(tiny.build_tokenizer(tiny.chat_texts(rows), 600, "phi4mini"), spec)
+    assert tok.pad_token == "<|pad|>" and tok.pad_token_id not in stops(tok)
+    found = run_audit(tok, rows)
+    assert found.problems == [] and found.stop_tokens == ["<|end|>"] and found.rows == len(rows)
+    assert "<|end|><|assistant|>\u27e6" in found.first and "<|end|>\u27e7<|endoftext|>" in found.first
+    assert run_audit(tok, rows, assistant_only_loss=False).problems == []
+
+
+def test_with_phi4minis_pad_the_stop_token_keeps_its_loss_even_under_a_collator_that_masks_pad(rows):
+    """Phi-4-mini's config pads with <|endoftext|>, its eos and a stop id: a collator that masks pad ids would take
+    the loss of every eos the chat ends with. model.pad_token=<|pad|> gives padding an id of its own."""
+    from transformers import DataCollatorForLanguageModeling
+
+    from trainer.hub import prepare_tokenizer
+
+    spec = {"model": {"chat_template": str(PHI4_TEMPLATE), "pad_token": "<|pad|>"}}
+    tok = prepare_tokenizer(tiny.build_tokenizer(tiny.chat_texts(rows), 600, "phi4mini"), spec)
+    masks_pad = DataCollatorForLanguageModeling(tok, mlm=False)
+    collate = lambda exs: masks_pad([{"input_ids": e["input_ids"]} for e in exs])  # noqa: E731
+    assert run_audit(tok, rows, collate=collate, assistant_only_loss=False).problems == []
+    batch = collate([{"input_ids": tok.apply_chat_template(CHATS[0], tokenize=True, return_dict=True)["input_ids"]}])
+    assert batch["labels"][0][-1] == tok.convert_tokens_to_ids("<|endoftext|>")  # the eos keeps its loss
+
+
+def test_a_pad_token_the_vocabulary_lacks_is_added_into_the_spare_rows_or_the_embeddings_grow(rows):
+    """Phi-4-mini's tokenizer has no <|pad|>: it is added, and lands in the embedding's spare rows (200,064 rows for
+    200,029 tokens there); a model without spare rows grows to the next multiple of 64. The configs pad with it."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    from trainer.hub import fit_embeddings, prepare_tokenizer
+
+    tok = tiny.build_tokenizer(tiny.chat_texts(rows), 600, "phi3")
+    before = len(tok)
+    tok = prepare_tokenizer(tok, {"model": {"pad_token": "<|pad|>"}})
+    assert len(tok) == before + 1 and tok.pad_token_id == before and tok.pad_token_id != tok.eos_token_id
+    for rows_, grown in ((before + 30, before + 30), (before, -(-(before + 1) // 64) * 64)):
+        config = Phi3Config(
+            vocab_size=rows_,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            pad_token_id=tok.eos_token_id,  # as the base model's config has it, before fit_embeddings
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=tok.eos_token_id,
+        )
+        model = fit_embeddings(Phi3ForCausalLM(config), tok)
+        assert model.get_input_embeddings().weight.shape[0] == grown
+        assert model.config.pad_token_id == model.generation_config.pad_token_id == tok.pad_token_id
