@@ -2,6 +2,9 @@
 
   python bench/precision.py            every recipe at lr 5e-6 and 2e-5 (about 6 minutes on 2 CPU cores)
   python bench/precision.py --smoke    five recipes, a smaller model, one lr (about a minute; the tests run it)
+  python bench/precision.py --phi4mini the reference, the tutorial's recipe and the default at lr 5e-6 on a small
+                                       Phi-4-mini-shaped model: GQA, partial rotary, tied embeddings, its template
+                                       and pad, composed as model=phi4mini (about 3 minutes)
 
 A small Phi-3 (4 layers, width 256, a 4096-token BPE vocabulary) stands in for a pretrained base: it is trained
 first in fp32 at lr 1e-3 on chats whose answers follow one rule (each word of the question -> the next word of a
@@ -70,6 +73,31 @@ SIZES = {  # model shape, pretraining and fine-tuning sizes
         lrs=[5e-6, 2e-5],
         recipes=list(RECIPES),
     ),
+    "phi4mini": dict(
+        model="phi4mini",
+        shape=dict(
+            arch="phi4mini",
+            hidden_size=192,
+            num_hidden_layers=4,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            partial_rotary_factor=0.75,
+            tie_word_embeddings=True,
+            intermediate_size=768,
+            vocab_size=4096,
+            max_position_embeddings=128,
+            seed=0,
+        ),
+        words=1500,
+        targets=32,
+        pretrain_rows=4800,
+        pretrain_steps=300,
+        steps=40,
+        batch=8,
+        eval_rows=64,
+        lrs=[5e-6],
+        recipes=["fp32", "bf16", "8bit-sr"],
+    ),
     "smoke": dict(
         shape=dict(
             hidden_size=128,
@@ -128,9 +156,12 @@ def spec_for(overrides: list[str], model_dir: Path, size: dict, lr: float, steps
 
     from runner.spec import to_spec
 
+    base = [o if not o.startswith("model=") else f"model={size.get('model', 'phi3')}" for o in BASE]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        spec = to_spec(compose("config", overrides=BASE + overrides))
+        spec = to_spec(compose("config", overrides=base + overrides))
     spec["model"].update(source="hub", id=str(model_dir))
+    if spec["model"].get("chat_template"):  # conf/templates/..., from the repository wherever this runs
+        spec["model"]["chat_template"] = str(ROOT / spec["model"]["chat_template"])
     spec["compute"]["device"] = "cpu"
     spec["train"].update(
         learning_rate=lr,
@@ -152,7 +183,7 @@ def recipe_key(spec: dict) -> tuple:
     return spec["compute"]["precision"], t.get("optim"), t.get("optim_args") or None
 
 
-def defaults_of(models=("phi3", "phi35")) -> dict:
+def defaults_of(models=("phi3", "phi35", "phi4mini")) -> dict:
     """model option -> the (precision, optim, optim_args) it trains with by default on a GPU (compute=a100)."""
     from hydra import compose, initialize_config_dir
 
@@ -213,11 +244,12 @@ def pretrain(work: Path, size: dict, log) -> tuple[Path, list[str], list[int]]:
     rng = random.Random(0)
     rule_a = [(i + 1) % n for i in range(n)]
     rows = chats(words, rule_a, size["pretrain_rows"], rng)
-    base = work / f"base-{size['shape']['hidden_size']}x{size['shape']['num_hidden_layers']}-{n}"
+    kind = size["shape"].get("arch", "phi3")
+    base = work / f"base-{kind}-{size['shape']['hidden_size']}x{size['shape']['num_hidden_layers']}-{n}"
     if not (base / "config.json").is_file():
         t0 = time.time()
         init = work / "init"
-        tok = build_tokenizer([m["content"] for r in rows for m in r["messages"]], size["shape"]["vocab_size"])
+        tok = build_tokenizer([m["content"] for r in rows for m in r["messages"]], size["shape"]["vocab_size"], kind)
         model = build_model(tok, size["shape"])
         model.save_pretrained(init)
         tok.save_pretrained(init)
@@ -338,13 +370,15 @@ def plot(results: list[dict], path: Path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="five recipes on a smaller model, one lr (about a minute)")
+    p.add_argument("--phi4mini", action="store_true", help="three recipes on a Phi-4-mini-shaped model, lr 5e-6")
     p.add_argument("--recipes", help="comma-separated recipe names (default: all of the size)")
     p.add_argument("--work", default=str(OUT / "work"), help="where the base model and data are kept")
     p.add_argument("--out", default=str(OUT), help="where precision.json and precision.png go")
     args = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    size = SIZES["smoke" if args.smoke else "full"]
+    which = "smoke" if args.smoke else "phi4mini" if args.phi4mini else "full"
+    size = SIZES[which]
     if args.smoke:  # torchao's 8-bit step compiles per parameter shape (~40 s on 2 cores, most of the smoke's time);
         os.environ["TORCHDYNAMO_DISABLE"] = "1"  # eager runs the same optimizer code (its rounding draws differ)
     names = args.recipes.split(",") if args.recipes else size["recipes"]
@@ -354,7 +388,7 @@ def main(argv=None) -> int:
         return 2
     if REFERENCE not in names:
         names = [REFERENCE, *names]  # every share is of its drop
-    work = Path(args.work) / ("smoke" if args.smoke else "full")
+    work = Path(args.work) / which
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     base, words, perm = pretrain(work, size, print)
@@ -386,7 +420,7 @@ def main(argv=None) -> int:
         print(f"(the default recipe of {', '.join(missing)} is not among those run)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / ("precision-smoke" if args.smoke else "precision")
+    stem = out / ("precision" if which == "full" else f"precision-{which}")
     stem.with_suffix(".json").write_text(json.dumps(results, indent=2))
     plot(results, stem.with_suffix(".png"))
     print(f"wrote {stem}.json and {stem}.png in {time.time() - t0:.0f}s")

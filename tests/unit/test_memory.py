@@ -29,6 +29,17 @@ def test_the_tutorials_command_prints_its_memory_against_the_a100s(tmp_path):
     assert all(part in line for part in ("weights 7.1", "grads 7.1", "optimizer 7.2", "activations ~"))
 
 
+def test_phi4mini_plans_its_own_memory_against_the_a100s_and_fits(tmp_path):
+    """Tied embeddings (3.84B parameters, not 4.45B) and GQA, the vocabulary scored in TRL's tiles."""
+    r = runner_cli("compute=a100", "model=phi4mini", "data=1pct", "plan=true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if "memory:" in x)
+    assert "GiB of the 80 GiB on Standard_NC24ads_A100_v4 (1x A100 80GB)" in line and line.endswith("per GPU: fits")
+    assert "weights 7.1" in line and "a new version of mlflow_model phi4-chat-phi4mini from" in r.stdout
+    shape = memory.PHI4_MINI
+    assert round(shape.parameters() / 1e9, 2) == 3.84 and shape.kv_dim == 1024
+
+
 def test_a_run_that_cannot_fit_is_refused_with_an_override_that_fits(tmp_path):
     r = runner_cli(*PLAN, "train.per_device_train_batch_size=64", "train.activation_checkpointing=false", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
