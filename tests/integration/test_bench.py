@@ -88,8 +88,8 @@ def test_the_precision_benchmark_shows_which_updates_land_and_reruns_to_the_same
         assert got[name]["state_bytes_per_param"] == pytest.approx(
             2 * weight + memory.optimizer_bytes(optim, args, weight)[0], rel=0.02
         )
-    # the phi3/phi35 default: 8-bit AdamW state, stochastic rounding onto bf16 weights; 6 bytes a parameter
-    assert got["8bit-sr"]["default_for"] == ["phi3", "phi35"] and not got["bf16"]["default_for"]
+    # the phi3/phi35/phi4mini default: 8-bit AdamW state, stochastic rounding onto bf16 weights; 6 bytes a parameter
+    assert got["8bit-sr"]["default_for"] == ["phi3", "phi35", "phi4mini"] and not got["bf16"]["default_for"]
     assert got["8bit-sr"]["state_bytes_per_param"] == pytest.approx(
         2 + 2 + memory.optimizer_bytes("adamw_torch_8bit", "bf16_stochastic_round=True", 2)[0], rel=0.05
     )
