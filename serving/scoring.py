@@ -77,6 +77,8 @@ class Scorer:
             # a GPU run saves bf16 weights; CPUs without bf16 units generate several times slower in it
             # (on Standard_E4s_v3 past the 180 s request timeout), so serve float32 there
             model = model.float()
+        elif self.device == "cuda":  # half precision: bf16 where the GPU computes in it, fp16 on a T4 or V100
+            model = model.to(torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
         self.model = model.to(self.device).eval()
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 0)  # tokens it attends to
         self.lock = threading.Lock()

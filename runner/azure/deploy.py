@@ -4,7 +4,7 @@ from common import score_client
 from common.score_client import ScoreError
 
 from ..errors import StageFailed, UserError
-from ..spec import hardware
+from ..spec import estimates, hardware
 from . import resources
 from .client import LOG_LINES_ON_FAILURE, azure_errors, client, get_or_none, load, rel, summary
 from .retry import call
@@ -209,6 +209,7 @@ def plan(spec, ctx) -> list[str]:
         "never deleted here",
         f"{rel(ctx, 'deployment.yml')}: deployment {new} of {model_ref}, {d['instance_type']} x{d['instance_count']}: "
         f"{hardware.hourly(d['instance_type'], d['instance_count'])}, billed every hour it exists until stages=[teardown]",
+        *estimates.serving_lines(spec)[0],
         f"rollout: {new} at 0% traffic -> one test request ({rel(ctx, 'sample-request.json')}) -> 100% traffic "
         "-> the previous deployment is deleted (both bill during the switch); a new deployment that fails is deleted",
     ]

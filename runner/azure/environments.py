@@ -63,14 +63,15 @@ def train_pip(device: str) -> list[str]:
     return _replace(pinned_requirements(), torch_lines(device) + JOB_MLFLOW)
 
 
-def inference_pip() -> list[str]:
-    """The deployment's pip list: a CPU VM (Standard_E4s_v3) serving through Azure ML's inference server."""
+def inference_pip(device: str = "cpu") -> list[str]:
+    """The deployment's pip list: a CPU VM (Standard_E4s_v3), or a GPU one (device cuda: PyTorch's CUDA build),
+    serving through Azure ML's inference server."""
     pins = pinned_requirements()
     needed = [p for p in pins if name_of(p) in INFERENCE_PACKAGES]
     # mlflow-skinny loads the model as mlflow does, without mlflow's server, UI and SQL dependencies; its
     # transformers flavor imports pandas, which skinny does not bring: the version .venv runs (constraints.txt)
     skinny = "mlflow-skinny==" + version_of(next(p for p in pins if name_of(p) == "mlflow"))
-    return _replace(needed, torch_lines("cpu") + [skinny, locked("pandas"), INFERENCE_SERVER])
+    return _replace(needed, torch_lines(device) + [skinny, locked("pandas"), INFERENCE_SERVER])
 
 
 def locked(name: str) -> str:

@@ -33,6 +33,15 @@ PACKAGES = {JOB_CODE: ("trainer", "common"), DEPLOYMENT_CODE: ("serving", "commo
 # adds Python 3.11 and the pins. "minimal-ubuntu22.04-py311-cpu-inference" was only ever a folder name in
 # azureml-assets, never a published image: deployments on it fail with ImageBuildFailure.
 INFERENCE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cpu-inference:latest"
+# its GPU sibling in the same table, for a deploy.instance_type with GPUs (e.g. Standard_NC4as_T4_v3): the conda
+# file brings PyTorch's CUDA build with its own CUDA libraries, so only the node's driver matters
+GPU_INFERENCE_IMAGE = "mcr.microsoft.com/azureml/minimal-ubuntu22.04-py39-cuda11.8-gpu-inference:latest"
+
+
+def serves_on_gpu(spec) -> bool:
+    return hardware.gpu(spec["deploy"]["instance_type"]) is not None
+
+
 TEMPLATE_FILE = "chat_template.jinja"  # model.chat_template's copy in the staged code folder
 SCORING_SCRIPT = "serving/scoring.py"  # relative to the staged code folder
 DEPLOYMENT_NAMES = ("blue", "green")  # alternate, so the live one is never replaced in place
@@ -204,7 +213,10 @@ def deployment(spec, name: str, model_ref: str, endpoint_name: str) -> dict:
         "instance_type": d["instance_type"],
         "instance_count": d["instance_count"],
         "code_configuration": {"code": DEPLOYMENT_CODE, "scoring_script": SCORING_SCRIPT},
-        "environment": {"image": INFERENCE_IMAGE, "conda_file": "conda-inference.yml"},
+        "environment": {
+            "image": GPU_INFERENCE_IMAGE if serves_on_gpu(spec) else INFERENCE_IMAGE,
+            "conda_file": "conda-inference.yml",
+        },
         # read by serving/scoring.py, which stops generating at the request timeout instead of holding the model
         "environment_variables": {
             "MAX_NEW_TOKENS_LIMIT": str(d["max_new_tokens_limit"]),
@@ -301,7 +313,8 @@ def prepare_register(spec, ctx, path: str, job_name: str) -> dict:
 
 def prepare_deploy(spec, ctx, deployment_name: str, model_ref: str) -> dict:
     stage_code(ctx, DEPLOYMENT_CODE)  # every time: a fixed scoring script must reach the next deployment
-    write(ctx, "conda-inference.yml", environments.conda(environments.inference_pip()))
+    device = "cuda" if serves_on_gpu(spec) else "cpu"
+    write(ctx, "conda-inference.yml", environments.conda(environments.inference_pip(device)))
     tokens = min(SMOKE_TOKENS, spec["deploy"]["max_new_tokens_limit"])
     request = score_client.payload([{"role": "user", "content": "Hello"}], {"max_new_tokens": tokens})
     write_atomic(folder(ctx) / "sample-request.json", json.dumps(request) + "\n")

@@ -7,7 +7,7 @@ it ends; the launcher then runs each point again, which picks its finished job u
 import math
 
 from ..manifest import Manifest
-from ..spec import hardware
+from ..spec import estimates, hardware
 from . import retry
 from .client import azure_errors, client
 from .retry import call
@@ -90,6 +90,15 @@ def plan(specs) -> list[str]:
             )
     if known and len(by_cluster) > 1:
         lines.append(f"  in all at most about ${total_usd:.2f}")
+    jobs = [estimates.job(s) for s in azure]
+    if jobs and all(j and j.get("hours") for j in jobs):
+        usd = [j["usd"] for j in jobs]
+        lines.append(
+            f"  expected: about {sum(j['hours'] for j in jobs):.1f} job-hours"
+            + (f", about ${sum(usd):.2f}" if None not in usd else "")
+            + f" in all (each point's expected time summed, assuming {estimates.ASSUMED_MFU:.0%} MFU; its plan "
+            "says how)"
+        )
     return lines
 
 

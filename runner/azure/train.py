@@ -218,6 +218,14 @@ def is_current(outputs, spec, ctx) -> bool:
     return bool(outputs.get("job_name"))
 
 
+def expected(spec, ctx) -> list[str]:
+    """The job's expected time and cost (runner/spec/estimates.py), beside max_cost's bound."""
+    from ..spec import estimates
+
+    line = estimates.job_line(spec, ctx.manifest.outputs("data"))
+    return [line] if line else []
+
+
 def max_cost(spec) -> str:
     c = spec["compute"]
     usd = hardware.usd(c["instance_type"], c["max_hours"] * c["instance_count"])
@@ -259,6 +267,7 @@ def plan(spec, ctx) -> list[str]:
         f"{rel(ctx, 'job.yml')}: command job in experiment {spec['run']['experiment_name']}, "
         f"{c['instance_count']} node(s) x {hardware.processes_per_instance(c)} process(es), code {rel(ctx, resources.JOB_CODE)} (trainer/, common/), "
         f"inputs {job['inputs']['train_file']['path']}, {job['inputs']['eval_file']['path']}; {max_cost(spec)}",
+        *expected(spec, ctx),
         sharding_line(spec),
         memory_line(spec),
         *template_audit.plan_lines(spec, ctx),

@@ -21,26 +21,45 @@ class Sku(NamedTuple):
     gpu: str = ""
     gpu_gib: float = 0
     bf16: bool = True
+    tflops_half: float = 0  # each GPU's dense bf16 (fp16 where it has no bf16) tensor peak
+    tflops_fp32: float = 0  # each GPU's fp32 peak (no TF32)
+    mem_gbs: float = 0  # memory bandwidth: each GPU's, or the VM's share of its host's
+    mem_source: str = ""
+    ram_gib: float = 0  # a CPU VM's memory
 
+
+# Per GPU, from NVIDIA's data sheets (dense, no sparsity): peak bf16/fp16 tensor and fp32 TFLOPS, memory GB/s
+_DATASHEET = "NVIDIA data sheet"
+A100_PCIE_80 = dict(gpu="A100 80GB", gpu_gib=80, tflops_half=312, tflops_fp32=19.5, mem_gbs=1935, mem_source=_DATASHEET)
+A100_SXM_80 = dict(gpu="A100 80GB", gpu_gib=80, tflops_half=312, tflops_fp32=19.5, mem_gbs=2039, mem_source=_DATASHEET)
+A100_SXM_40 = dict(gpu="A100 40GB", gpu_gib=40, tflops_half=312, tflops_fp32=19.5, mem_gbs=1555, mem_source=_DATASHEET)
+H100_NVL = dict(gpu="H100 NVL", gpu_gib=94, tflops_half=835, tflops_fp32=60, mem_gbs=3900, mem_source=_DATASHEET)
+H100_SXM = dict(gpu="H100 80GB", gpu_gib=80, tflops_half=989, tflops_fp32=67, mem_gbs=3350, mem_source=_DATASHEET)
+V100 = dict(
+    gpu="V100 16GB", gpu_gib=16, bf16=False, tflops_half=112, tflops_fp32=14, mem_gbs=900, mem_source=_DATASHEET
+)
+T4 = dict(gpu="T4", gpu_gib=16, bf16=False, tflops_half=65, tflops_fp32=8.1, mem_gbs=320, mem_source=_DATASHEET)
+# Azure publishes no memory bandwidth for its CPU VMs: a share of the host's, assumed at 5 GB/s per vCPU
+_CPU_SHARE = "assumed: 5 GB/s per vCPU, Azure publishes none"
 
 SKUS = {
-    "Standard_NC24ads_A100_v4": Sku(3.67, 1, "A100 80GB", 80),
-    "Standard_NC48ads_A100_v4": Sku(7.35, 2, "A100 80GB", 80),
-    "Standard_NC96ads_A100_v4": Sku(14.69, 4, "A100 80GB", 80),
-    "Standard_ND96asr_v4": Sku(27.20, 8, "A100 40GB", 40),
-    "Standard_ND96amsr_A100_v4": Sku(32.77, 8, "A100 80GB", 80),
-    "Standard_NC40ads_H100_v5": Sku(6.98, 1, "H100 NVL", 94),
-    "Standard_NC80adis_H100_v5": Sku(13.96, 2, "H100 NVL", 94),
-    "Standard_ND96isr_H100_v5": Sku(98.32, 8, "H100 80GB", 80),
-    "Standard_NC6s_v3": Sku(3.06, 1, "V100 16GB", 16, bf16=False),
-    "Standard_NC12s_v3": Sku(6.12, 2, "V100 16GB", 16, bf16=False),
-    "Standard_NC24s_v3": Sku(12.24, 4, "V100 16GB", 16, bf16=False),
-    "Standard_NC4as_T4_v3": Sku(0.53, 1, "T4", 16, bf16=False),
-    "Standard_NC8as_T4_v3": Sku(0.75, 1, "T4", 16, bf16=False),
-    "Standard_NC16as_T4_v3": Sku(1.20, 1, "T4", 16, bf16=False),
-    "Standard_NC64as_T4_v3": Sku(4.35, 4, "T4", 16, bf16=False),
-    "Standard_E16s_v3": Sku(1.01),  # 16 vCPU, 128 GiB
-    "Standard_E4s_v3": Sku(0.25),  # 4 vCPU, 32 GiB: the serving VM
+    "Standard_NC24ads_A100_v4": Sku(3.67, 1, **A100_PCIE_80),
+    "Standard_NC48ads_A100_v4": Sku(7.35, 2, **A100_PCIE_80),
+    "Standard_NC96ads_A100_v4": Sku(14.69, 4, **A100_PCIE_80),
+    "Standard_ND96asr_v4": Sku(27.20, 8, **A100_SXM_40),
+    "Standard_ND96amsr_A100_v4": Sku(32.77, 8, **A100_SXM_80),
+    "Standard_NC40ads_H100_v5": Sku(6.98, 1, **H100_NVL),
+    "Standard_NC80adis_H100_v5": Sku(13.96, 2, **H100_NVL),
+    "Standard_ND96isr_H100_v5": Sku(98.32, 8, **H100_SXM),
+    "Standard_NC6s_v3": Sku(3.06, 1, **V100),
+    "Standard_NC12s_v3": Sku(6.12, 2, **V100),
+    "Standard_NC24s_v3": Sku(12.24, 4, **V100),
+    "Standard_NC4as_T4_v3": Sku(0.53, 1, **T4),
+    "Standard_NC8as_T4_v3": Sku(0.75, 1, **T4),
+    "Standard_NC16as_T4_v3": Sku(1.20, 1, **T4),
+    "Standard_NC64as_T4_v3": Sku(4.35, 4, **T4),
+    "Standard_E16s_v3": Sku(1.01, mem_gbs=80, mem_source=_CPU_SHARE, ram_gib=128),  # 16 vCPU
+    "Standard_E4s_v3": Sku(0.25, mem_gbs=20, mem_source=_CPU_SHARE, ram_gib=32),  # 4 vCPU: the serving VM
 }
 APPROX_USD_PER_HOUR = {size: sku.usd_per_hour for size, sku in SKUS.items()}
 

@@ -208,6 +208,17 @@ def cluster_size(spec):
         )
 
 
+def deployment_holds_the_model(spec):
+    """An Azure deployment whose VM cannot hold the model's weights and KV cache (runner/spec/estimates.py)."""
+    if spec["compute"]["kind"] != "azureml" or "deploy" not in spec["stages"]:
+        return
+    from .estimates import serving_lines
+
+    refusal = serving_lines(spec)[1]
+    if refusal:
+        yield "deploy.instance_type", refusal
+
+
 RULES = [
     bf16_needs_a_gpu,
     one_slice,
@@ -225,4 +236,5 @@ RULES = [
     gpu_computes_in_bf16,
     processes_per_gpu,
     fsdp_needs_processes,
+    deployment_holds_the_model,
 ]

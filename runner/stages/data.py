@@ -195,6 +195,8 @@ def run(spec, ctx):
         "test_file": str(out_dir / "test.jsonl"),
         "train_rows": len(train),
         "test_rows": len(test),
+        "train_chars": sum(len(m.get("content") or "") for r in train for m in r["messages"]),  # the job's estimate
+        "train_messages": sum(len(r["messages"]) for r in train),
         "skipped_rows": skipped,
         "source": source,
         "sha256": sha,
