@@ -17,7 +17,7 @@ from .manifest import Manifest
 from .redact import command_shown, redacted
 from .registry import module_for, selected
 from .rundir import OneWriter, in_use, remove_created
-from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, estimates, get_path, memory_fit, to_spec
+from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, rules, to_spec
 from .spec.settle import settle
 from .spec.validate import validate
 
@@ -148,7 +148,7 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, c
             validate(spec)
     except UserError as exc:
         return _refuse(exc, run_dir, fresh_dir)
-    for warning in memory_fit.warnings(spec) + estimates.warnings(spec):
+    for warning in rules.warnings(spec):
         print(f"warning: {warning}", file=sys.stderr)
     run_dir.mkdir(parents=True, exist_ok=True)
     busy = in_use(run_dir)

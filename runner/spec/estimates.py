@@ -74,7 +74,7 @@ def job(spec: dict, data: dict | None = None) -> dict | None:
     c = spec["compute"]
     sku = hardware.gpu(c["instance_type"])
     shape = shape_of(spec["model"])
-    if sku is None or shape is None or c["kind"] != "azureml":
+    if sku is None or shape is None:
         return None
     tokens, counted = train_tokens(spec, data or {})
     if not tokens:
@@ -215,11 +215,3 @@ def serving_lines(spec: dict) -> tuple[list[str], str | None, str | None]:
             f"{gpu_override(spec)}"
         )
     return [line, speed], refusal, warning
-
-
-def warnings(spec: dict) -> list[str]:
-    """An Azure deployment that would answer slower than people read."""
-    if spec["compute"]["kind"] != "azureml" or "deploy" not in spec["stages"]:
-        return []
-    warning = serving_lines(spec)[2]
-    return [f"deploy: {warning}"] if warning else []

@@ -208,15 +208,27 @@ def cluster_size(spec):
         )
 
 
+def _deploys_on_azure(spec) -> bool:
+    return spec["compute"]["kind"] == "azureml" and "deploy" in spec["stages"]
+
+
 def deployment_holds_the_model(spec):
     """An Azure deployment whose VM cannot hold the model's weights and KV cache (runner/spec/estimates.py)."""
-    if spec["compute"]["kind"] != "azureml" or "deploy" not in spec["stages"]:
-        return
     from .estimates import serving_lines
 
-    refusal = serving_lines(spec)[1]
+    refusal = _deploys_on_azure(spec) and serving_lines(spec)[1]
     if refusal:
         yield "deploy.instance_type", refusal
+
+
+def warnings(spec) -> list[str]:
+    """What is allowed but likely to go wrong: a run near its GPU's memory, an Azure deployment slower than people
+    read."""
+    from . import memory_fit
+    from .estimates import serving_lines
+
+    slow = _deploys_on_azure(spec) and serving_lines(spec)[2]
+    return memory_fit.warnings(spec) + ([f"deploy: {slow}"] if slow else [])
 
 
 RULES = [
