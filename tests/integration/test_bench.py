@@ -107,3 +107,22 @@ def test_the_precision_benchmark_shows_which_updates_land_and_reruns_to_the_same
     for name in ("fp32", "bf16"):
         assert again[name]["eval_after"] == got[name]["eval_after"]
         assert again[name]["weights_changed"] == got[name]["weights_changed"]
+
+
+def test_the_decode_benchmark_measures_the_endpoint_against_the_plans_bound(tmp_path):
+    """bench/serve_decode.py on a one-layer model of Phi-3-mini's width, 8 tokens an answer: it serves the model as
+    the deploy stage does and prints the measured tokens/s, the bound and their ratio (figures, not a target)."""
+    r = subprocess.run(
+        [sys.executable, "bench/serve_decode.py", "1", "8"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = {line.split(":")[0]: line for line in r.stdout.splitlines() if line.startswith("[decode]")}
+    bound = float(r.stdout.split("bound: ")[1].split(" tokens/s")[0])
+    single = float(r.stdout.split("one stream: ")[1].split(" tokens/s")[0])
+    assert bound > 0 and single > 0 and "% of the bound" in r.stdout and len(lines) >= 1
+    # one layer of Phi-3-mini (113M weights) and a 600-token head, 4 bytes each
+    assert "weights read per token: 0.43 GiB (fp32)" in r.stdout
