@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import Detached, StageFailed
 from ..redact import scrub
 from ..spec import hardware
-from ..spec.memory_fit import memory_line, sharding_line
+from ..spec.memory_fit import attention_line, memory_line, sharding_line
 from ..stages import template_audit
 from . import resources
 from .client import azure_errors, client, get_or_none, load, rel, summary
@@ -270,6 +270,7 @@ def plan(spec, ctx) -> list[str]:
         *expected(spec, ctx),
         sharding_line(spec),
         memory_line(spec),
+        attention_line(spec),
         *template_audit.plan_lines(spec, ctx),
         f"by hand: az ml job create -f {resources.folder(ctx) / 'job.yml'} ({after})",
     ]

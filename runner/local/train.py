@@ -10,7 +10,7 @@ from pathlib import Path
 from .. import REPO_ROOT
 from ..errors import StageFailed, UserError
 from ..spec import hardware
-from ..spec.memory_fit import memory_line, sharding_line
+from ..spec.memory_fit import attention_line, memory_line, sharding_line
 from ..stages import template_audit
 
 KEEP = (
@@ -203,5 +203,6 @@ def plan(spec, ctx):
         f"mlflow: {store_uri(spec)}, experiment {spec['run']['experiment_name']} (MLFLOW_TRACKING_URI wins)",
         sharding_line(spec),
         memory_line(spec),
+        attention_line(spec),
         *template_audit.plan_lines(spec, ctx),
     ]

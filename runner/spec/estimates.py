@@ -136,8 +136,9 @@ def serving(spec: dict) -> dict | None:
     dtype, width = ("bf16" if sku.bf16 else "fp16", 2) if on_gpu else ("fp32", 4)
     weights = shape.parameters() * width
     # a model trained in bf16 is saved in bf16; a CPU VM loads that and converts it to float32, both held at once
+    # (a GPU VM converts in its own RAM and moves only the half-precision weights to the GPU)
     saved = 2 if spec["compute"]["precision"] in ("bf16", "fp16") else 4
-    loading = shape.parameters() * (saved + width) if saved != width else weights
+    loading = shape.parameters() * (saved + width) if saved != width and not on_gpu else weights
     kv_per_token = 2 * shape.num_hidden_layers * shape.kv_dim * width
     context = spec["train"]["max_length"] + d["max_new_tokens_limit"]
     concurrent = d["max_concurrent_requests_per_instance"]

@@ -72,6 +72,17 @@ def memory_line(spec) -> str:
     return f"memory: {est.line()} per process (no GPU memory to compare with)"
 
 
+def attention_line(spec) -> str:
+    """The plan's line: which attention kernel trains (and serves) the model."""
+    attn = spec["model"]["attn_implementation"]
+    why = {
+        "eager": "keeps every attention score for backward: the most activation memory",
+        "sdpa": "PyTorch's scaled_dot_product_attention, the sliding window and packed rows masked as eager masks them",
+        "flash_attention_2": "the flash-attn kernels (CUDA only)",
+    }[attn]
+    return f"attention: {attn} (model.attn_implementation; {why})"
+
+
 def fits_gpu_memory(spec):
     m = _memory(spec)
     if not m or m[0].total <= m[1]:

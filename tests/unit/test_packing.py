@@ -100,3 +100,45 @@ def test_the_trainer_trains_packed_rows_without_a_kv_cache(compose_spec, tmp_pat
         lambda *_: None,
     )
     assert job.trainer.padding_free and job.trainer.model.config.use_cache is False
+
+
+@pytest.mark.parametrize("window", [2047, 262144])  # Phi-3-mini-4k's config; Phi-3.5-mini's and Phi-4-mini's
+def test_sdpa_attends_as_eager_does_at_the_real_configs_sliding_window_packed_or_not(window):
+    """The default attention (SDPA) at the attention settings of the real models' config.json: a sequence longer than
+    Phi-3-mini-4k's 2,047-token window scores the same under SDPA as under eager attention (both mask the window),
+    and so do two packed chats of 1,100 tokens whose positions restart (each sees only itself)."""
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    torch.manual_seed(0)
+    config = Phi3Config(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        intermediate_size=128,
+        vocab_size=500,
+        max_position_embeddings=4096,
+        original_max_position_embeddings=4096,
+        sliding_window=window,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    weights = Phi3ForCausalLM(config).state_dict()
+    models = {}
+    for attn in ("eager", "sdpa"):
+        models[attn] = Phi3ForCausalLM(Phi3Config(**config.to_dict(), attn_implementation=attn)).eval()
+        models[attn].load_state_dict(weights)
+    ids = torch.randint(3, 500, (1, 2300))
+    long = {attn: token_losses(m, ids) for attn, m in models.items()}
+    assert torch.allclose(long["sdpa"], long["eager"], atol=1e-4), (long["sdpa"] - long["eager"]).abs().max()
+    rows = [ids[0, :1100].tolist(), ids[0, 1100:2200].tolist()]
+    packed = torch.tensor([rows[0] + rows[1]])
+    positions = torch.tensor([list(range(1100)) * 2])
+    got = token_losses(models["sdpa"], packed, positions)[1100:]
+    alone = token_losses(models["sdpa"], torch.tensor([rows[1]]))
+    assert torch.allclose(got, alone, atol=1e-4), (got - alone).abs().max()
+    if window == 2047:  # the window does mask: without it, the last tokens would see all 2,300
+        no_window = Phi3ForCausalLM(Phi3Config(**{**config.to_dict(), "sliding_window": None})).eval()
+        no_window.load_state_dict(weights)
+        assert not torch.allclose(token_losses(no_window, ids)[-10:], long["sdpa"][-10:], atol=1e-4)
