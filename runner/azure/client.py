@@ -38,7 +38,7 @@ def client(spec):
 
     missing = [k for k in resources.WORKSPACE if not a.get(k)]
     if missing:
-        raise UserError(f"azure.{', azure.'.join(missing)} not set: export the AZURE_* variables (README 'Azure')")
+        raise UserError(f"azure.{', azure.'.join(missing)} not set: export the AZURE_* variables (README 'Azure ML')")
     credential = DefaultAzureCredential()
     try:
         credential.get_token("https://management.azure.com/.default")

@@ -2,7 +2,7 @@
 the model and how fast it can answer. Pure arithmetic over the spec and runner/spec/hardware.py's sourced figures;
 every assumption is said where the figure is printed.
 
-Job time: tokens to train (the data stage's count once it has run, else the slice's rows x an assumed mean chat
+Job time: tokens to train (from the data stage's JSONL once it has run, else the slice's rows x an assumed mean chat
 length) x FLOPs per token (6N for a full fine-tune, 4N with LoRA, +2N recomputed under activation checkpointing,
 plus causal attention) / (the GPUs' peak x an assumed MFU), plus the held-out evaluations (2N per token).
 
@@ -27,8 +27,9 @@ MFU_SOURCE = "an assumption until bench/train_recipes.py measures it on a GPU"
 # Mean tokens of one ultrachat_200k chat before the max_length cut, assumed when the data stage has not run yet
 # (its train_sft chats have 3-4 exchanges of long answers; the data stage's count replaces this once it has run)
 ASSUMED_TOKENS_PER_CHAT = 1400
-CHARS_PER_TOKEN = 4.0  # English text under Phi's 32k and 200k vocabularies (a rule of thumb, not a count)
-TEMPLATE_TOKENS = 3  # each message's role marker and end-of-turn token
+# English text is about 4 characters a token under Phi's 32k and 200k vocabularies (a rule of thumb, not a count);
+# a chat's JSONL line adds about one byte in ten of keys and quotes, and its template about as many tokens
+BYTES_PER_TOKEN = 4.0
 HUB_ROWS = {("HuggingFaceH4/ultrachat_200k", "train_sft"): 207_865}  # rows of the splits the shipped options slice
 START_UP_H = 0.25  # node start-up, image pull and the base model's download before the first step (assumed)
 READABLE_TOKENS_PER_S = 5.0  # below this an answer arrives slower than people read
@@ -50,12 +51,12 @@ def flops_per_token(spec: dict, shape) -> float:
 def train_tokens(spec: dict, data: dict) -> tuple[int, str]:
     """(tokens of one epoch, how they were counted): the data stage's count once it has run, else an estimate."""
     cap = spec["train"]["max_length"]
-    if data.get("train_chars") and data.get("train_rows"):
+    if data.get("train_bytes") and data.get("train_rows"):
         rows = data["train_rows"]
-        per = min(cap, (data["train_chars"] / CHARS_PER_TOKEN + TEMPLATE_TOKENS * data["train_messages"]) / rows)
+        per = min(cap, data["train_bytes"] / BYTES_PER_TOKEN / rows)
         return round(rows * per), (
-            f"{rows} chats of the data stage, {per:.0f} tokens each on average (their characters / "
-            f"{CHARS_PER_TOKEN:g}, plus the template's)"
+            f"{rows} chats of the data stage, {per:.0f} tokens each on average (their JSONL's bytes / "
+            f"{BYTES_PER_TOKEN:g}, capped at max_length)"
         )
     d = spec["data"]
     if d["source"] == "hub":

@@ -161,7 +161,7 @@ def azure_workspace_set(spec):
             (
                 "an Azure compute needs these environment variables: "
                 + ", ".join(missing)
-                + " (export them in your shell; see README 'Azure')"
+                + " (export them in your shell; see README 'Azure ML')"
             ),
         )
 

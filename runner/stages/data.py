@@ -6,7 +6,6 @@ import math
 from pathlib import Path
 
 from common.chats import problem_of, read_jsonl  # one reader and one definition of a chat, shared with the trainer
-from common.files import write_atomic
 
 from ..errors import UserError
 from ..spec import resolve_path
@@ -43,13 +42,15 @@ def read_rows(path: Path) -> list[tuple[str, object]]:
     return [(f"line {lineno}", value) for lineno, value in read_jsonl(path.read_bytes())]
 
 
-def take_slice(rows: list, d) -> list:
-    if d["rows"] is not None:
-        return rows[: d["rows"]]
-    return rows[: int(round(len(rows) * d["percent"] / 100))]
+def take_slice(rows, d):
+    """The first data.rows rows, or data.percent of them: of a list, or of an Arrow dataset (an index selection)."""
+    n = d["rows"] if d["rows"] is not None else int(round(len(rows) * d["percent"] / 100))
+    return rows[:n] if isinstance(rows, list) else rows.select(range(min(n, len(rows))))
 
 
-def load_hub_rows(d, split: str) -> list:
+def load_hub(d, split: str):
+    """The split of the hub dataset (or a local folder laid out like one) as an Arrow dataset: memory-mapped, not
+    read into Python objects."""
     from trainer.hub import go_offline_unless_reachable
 
     online = go_offline_unless_reachable()
@@ -68,7 +69,7 @@ def load_hub_rows(d, split: str) -> list:
             "(the cache under ~/.cache/huggingface is reused), or export the chats to JSONL and use "
             "data.source=file data.path=/path/to/chats.jsonl"
         ) from None
-    return ds.to_list()
+    return ds
 
 
 def check_rows(rows, source, on_bad_row):
@@ -80,22 +81,83 @@ def check_rows(rows, source, on_bad_row):
             bad.append((where, problem))
         else:
             good.append(value)
+    refuse_bad(bad, len(good), source, on_bad_row)
+    return good, len(bad)
+
+
+def check_table(ds, source, on_bad_row):
+    """check_rows over an Arrow dataset, each row named 'row N' (its index in the split): the usable rows as an Arrow
+    selection of it, and how many were bad. The checks run on the Arrow columns at once (passes_in_arrow); only
+    the rows they flag are read into Python, where problem_of says exactly what is wrong (and has the last word)."""
+    import numpy as np
+
+    chats = ds.select_columns(["messages"]) if "messages" in ds.column_names else ds
+    passed = passes_in_arrow(ds)
+    if passed is None:  # not the list<struct<role, content>> column of a chat dataset: every row in Python
+        suspects = range(len(ds))
+    else:
+        suspects = np.flatnonzero(~passed).tolist()
+    bad = [(f"row {i}", p) for i in suspects if (p := problem_of(chats[int(i)]))]
+    refuse_bad(bad, len(ds) - len(bad), source, on_bad_row)
+    if not bad:
+        return ds, 0
+    out = {int(where.split()[1]) for where, _ in bad}
+    return ds.select([i for i in range(len(ds)) if i not in out]), len(bad)
+
+
+def passes_in_arrow(ds):
+    """For each row, whether it passes row_problem's checks, computed on the Arrow column: a non-empty message list,
+    each message with a role of system/user/assistant and a content (Arrow strings are valid UTF-8: no lone
+    surrogates), and an assistant turn. None when the messages column is not a list of {role, content} structs."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from common.chats import ROLES
+
+    if "messages" not in ds.column_names:
+        return None
+    col = ds.with_format("arrow")[:]["messages"]
+    t = col.type
+    if not (pa.types.is_list(t) or pa.types.is_large_list(t)) or not pa.types.is_struct(t.value_type):
+        return None
+    fields = {t.value_type.field(i).name: t.value_type.field(i).type for i in range(t.value_type.num_fields)}
+    if not all(
+        pa.types.is_string(fields.get(k)) or pa.types.is_large_string(fields.get(k)) for k in ("role", "content")
+    ):
+        return None
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    n = len(col)
+    nonempty = pc.fill_null(pc.greater(pc.list_value_length(col), 0), False).to_numpy(zero_copy_only=False)
+    flat, parents = pc.list_flatten(col), pc.list_parent_indices(col).to_numpy(zero_copy_only=False)
+    role, content = pc.struct_field(flat, "role"), pc.struct_field(flat, "content")
+    good_message = pc.and_(
+        pc.fill_null(pc.is_in(role, value_set=pa.array(sorted(ROLES))), False), pc.is_valid(content)
+    ).to_numpy(zero_copy_only=False)
+    assistant = pc.fill_null(pc.equal(role, "assistant"), False).to_numpy(zero_copy_only=False)
+    bad_messages = np.bincount(parents[~good_message], minlength=n)
+    assistants = np.bincount(parents[assistant], minlength=n)
+    return nonempty & (bad_messages == 0) & (assistants > 0)
+
+
+def refuse_bad(bad: list, n_good: int, source: str, on_bad_row: str):
+    """With data.on_bad_row=error, any bad row refuses the run, naming the first few and how to go on."""
     if bad and on_bad_row == "error":
         shown = [f"  {source}: {where}: {problem}" for where, problem in bad[:MAX_REPORTED]]
         more = [f"  ... and {len(bad) - MAX_REPORTED} more"] if len(bad) > MAX_REPORTED else []
         raise UserError(
             [
                 f"{len(bad)} bad row(s) in {source}: fix them, or add data.on_bad_row=skip to train on the "
-                f"other {len(good)}:",
+                f"other {n_good}:",
                 *shown,
                 *more,
             ]
         )
-    return good, len(bad)
 
 
 def split_rows(rows, test_size, seed):
-    """A seeded shuffle into train and test; test_size is a fraction, or a row count when an int."""
+    """A seeded shuffle into train and test (Arrow datasets); test_size is a fraction, or a row count when an int.
+    rows: a list, or an Arrow dataset (split where it is: no Python copy of its rows)."""
     n_test = test_size if isinstance(test_size, int) else math.ceil(len(rows) * test_size)
     if n_test < 1 or len(rows) - n_test < 1:
         what = f"eval_rows={test_size}" if isinstance(test_size, int) else f"test_size={test_size}"
@@ -105,13 +167,30 @@ def split_rows(rows, test_size, seed):
         )
     import datasets
 
-    parts = datasets.Dataset.from_list(rows).train_test_split(test_size=test_size, seed=seed)
-    return parts["train"].to_list(), parts["test"].to_list()
+    table = rows if isinstance(rows, datasets.Dataset) else datasets.Dataset.from_list(rows)
+    parts = table.train_test_split(test_size=test_size, seed=seed)
+    return parts["train"], parts["test"]
 
 
-def _jsonl(rows) -> str:
-    # the chat alone: other columns (ultrachat's prompt, prompt_id) are not trained on
-    return "".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in rows)
+def write_jsonl(path: Path, rows) -> dict:
+    """The chats (the messages alone: other columns, ultrachat's prompt and prompt_id, are not trained on) as JSONL,
+    through a temp file renamed into place: an Arrow dataset by datasets' own JSON writer, a list (a file's rows)
+    line by line. Returns the file's sha256, rows and bytes."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    if isinstance(rows, list):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps({"messages": r["messages"]}, ensure_ascii=False) + "\n" for r in rows))
+    else:
+        rows.select_columns(["messages"]).to_json(str(tmp), lines=True, force_ascii=False)
+    digest = hashlib.sha256()
+    with open(tmp, "rb") as fh:
+        while block := fh.read(1 << 22):
+            digest.update(block)
+    size = tmp.stat().st_size
+    os.replace(tmp, path)
+    return {"sha256": digest.hexdigest(), "rows": len(rows), "bytes": size}
 
 
 def source_rows(d, whole: bool = False):
@@ -121,16 +200,20 @@ def source_rows(d, whole: bool = False):
         rows = read_rows(path)
         return str(path), (rows if whole else take_slice(rows, d)), file_sha256(path)
     split = split_string(d, d["split"] if whole else None)
-    return (f"{d['dataset']}:{split}", [(f"row {i}", v) for i, v in enumerate(load_hub_rows(d, split))], None)
+    return f"{d['dataset']}:{split}", load_hub(d, split), None
+
+
+def checked(rows, source, on_bad_row):
+    """check_rows for a file's (where, value) pairs, check_table for a hub split's Arrow dataset."""
+    return check_rows(rows, source, on_bad_row) if isinstance(rows, list) else check_table(rows, source, on_bad_row)
 
 
 def hub_eval_rows(d, on_bad_row, warn):
     where = f"{d['dataset']}:{eval_split_string(d)}"
-    rows = [(f"row {i}", v) for i, v in enumerate(load_hub_rows(d, eval_split_string(d)))]
-    good, skipped = check_rows(rows, where, on_bad_row)
+    good, skipped = check_table(load_hub(d, eval_split_string(d)), where, on_bad_row)
     if skipped:
         warn(f"skipped {skipped} bad row(s) of {where}")
-    if not good:
+    if not len(good):
         raise UserError(f"{where} has no usable rows to evaluate on; check data.eval_split and data.eval_rows")
     return where, good
 
@@ -143,19 +226,19 @@ def make_split(d, ctx):
     pool = None
     if mode == "fixed" and d["source"] == "hub" and d["eval_split"]:
         source, rows, source_sha = source_rows(d)
-        train, skipped = check_rows(rows, source, d["on_bad_row"])
+        train, skipped = checked(rows, source, d["on_bad_row"])
         where, test = hub_eval_rows(d, d["on_bad_row"], ctx.warn)
         how = f"{where}, the same whatever the slice"
         pool = test  # the eval split: the same for every slice
-        if not train:
+        if not len(train):
             raise UserError(f"{source} has no usable rows to train on; use more data (data.rows / data.percent)")
     elif mode == "fixed":
         # held out of the whole source before the slice: the same rows whatever data.percent / data.rows say
         source, rows, source_sha = source_rows(d, whole=True)
-        good, skipped = check_rows(rows, source, d["on_bad_row"])
+        good, skipped = checked(rows, source, d["on_bad_row"])
         pool, test = split_rows(good, d["eval_rows"] or d["test_size"], d["seed"])  # pool: all a slice can take
         train = take_slice(pool, d)
-        if not train:
+        if not len(train):
             raise UserError(
                 f"data.{'rows' if d['rows'] else 'percent'} leaves no training rows of the {len(pool)} "
                 f"not held out; raise it"
@@ -163,7 +246,7 @@ def make_split(d, ctx):
         how = f"{len(test)} rows held out of {source} (seed {d['seed']}) before the slice"
     else:
         source, rows, source_sha = source_rows(d)
-        good, skipped = check_rows(rows, source, d["on_bad_row"])
+        good, skipped = checked(rows, source, d["on_bad_row"])
         train, test = split_rows(good, d["test_size"], d["seed"])
         how = f"test_size={d['test_size']} of the slice (seed {d['seed']})"
     if skipped:
@@ -176,14 +259,13 @@ def run(spec, ctx):
     source, source_sha, train, test, skipped, mode, how, pool = make_split(d, ctx)
     out_dir = ctx.run_dir / "data"
     out_dir.mkdir(parents=True, exist_ok=True)
-    texts = {"train.jsonl": _jsonl(train), "test.jsonl": _jsonl(test)}
+    parts = {"train.jsonl": train, "test.jsonl": test}
     if pool is not None:  # the tiny model's tokenizer corpus, the same in every point
-        texts["pool.jsonl"] = _jsonl(pool)
+        parts["pool.jsonl"] = pool
     else:
         (out_dir / "pool.jsonl").unlink(missing_ok=True)
-    for name, text in texts.items():
-        write_atomic(out_dir / name, text)
-    sha = {n: hashlib.sha256(t.encode()).hexdigest() for n, t in texts.items()}
+    written = {name: write_jsonl(out_dir / name, rows) for name, rows in parts.items()}
+    sha = {name: w["sha256"] for name, w in written.items()}
     ctx.log(
         f"[data] {source}: {len(train)} train / {len(test)} test rows"
         + (f", {skipped} skipped" if skipped else "")
@@ -195,8 +277,7 @@ def run(spec, ctx):
         "test_file": str(out_dir / "test.jsonl"),
         "train_rows": len(train),
         "test_rows": len(test),
-        "train_chars": sum(len(m.get("content") or "") for r in train for m in r["messages"]),  # the job's estimate
-        "train_messages": sum(len(r["messages"]) for r in train),
+        "train_bytes": written["train.jsonl"]["bytes"],  # for the Azure job's expected time
         "skipped_rows": skipped,
         "source": source,
         "sha256": sha,

@@ -126,3 +126,19 @@ def test_the_decode_benchmark_measures_the_endpoint_against_the_plans_bound(tmp_
     assert bound > 0 and single > 0 and "% of the bound" in r.stdout and len(lines) >= 1
     # one layer of Phi-3-mini (113M weights) and a 600-token head, 4 bytes each
     assert "weights read per token: 0.43 GiB (fp32)" in r.stdout
+
+
+def test_the_data_stage_benchmark_runs_the_stage_and_datasets_alone_on_an_ultrachat_shaped_folder(tmp_path):
+    """bench/data_stage.py on 2,000 synthetic chats laid out as the hub lays out ultrachat_200k: both sides run and
+    their times, peaks and ratios are printed (figures, not a target: the 200,000-chat run is the README's)."""
+    r = subprocess.run(
+        [sys.executable, "bench/data_stage.py", "2000", "100"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "[data] 2,000 chats" in r.stdout and "datasets alone" in r.stdout and "the data stage" in r.stdout
+    ratios = r.stdout.split("[data] time ")[1]
+    assert float(ratios.split("x")[0]) > 0 and "memory " in ratios and "target <= 2.0x" in ratios

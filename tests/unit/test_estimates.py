@@ -12,13 +12,13 @@ PLAN = ["compute=a100", "model=phi35", "data=1pct", "plan=true"]
 
 
 def test_the_jobs_expected_time_and_cost_by_hand(compose_spec):
-    """1,000 chats of 4,000 characters and 4 messages: 1,012 tokens each; 3 epochs at 8N (checkpointing) plus
-    attention per token, 4 evaluations of the 250 held-out chats at 2N, on one A100 at 35 % of 312 TFLOPS."""
+    """1,000 chats in 4,048,000 bytes of JSONL: 1,012 tokens each; 3 epochs at 8N (checkpointing) plus attention per
+    token, 4 evaluations of the 250 held-out chats at 2N, on one A100 at 35 % of 312 TFLOPS."""
     spec = compose_spec("compute=a100", "model=phi35", "data=1pct", "plan=true")
-    data = {"train_rows": 1000, "train_chars": 4_000_000, "train_messages": 4000}
+    data = {"train_rows": 1000, "train_bytes": 4_048_000}
     n, layers, width, seq = memory.PHI3_MINI.parameters(), 32, 3072, spec["train"]["max_length"]
     per_token = 8 * n + 6 * layers * width * seq
-    tokens = 1000 * (4_000_000 / 4 + 3 * 4000) / 1000
+    tokens = 4_048_000 / 4
     rate = 312e12 * 0.35
     seconds = tokens * 3 * per_token / rate + 4 * (tokens * 0.2 / 0.8) * 2 * n / rate
     e = estimates.job(spec, data)
