@@ -344,6 +344,20 @@ def test_a_rejected_deployment_leaves_nothing_to_delete(azure_ctx):
     assert "created no deployment blue, nothing bills" in str(err.value)
 
 
+def test_a_gpu_deployment_rolls_out_on_the_gpu_image_and_a_size_azure_refuses_is_said(azure_ctx):
+    """deploy.instance_type=Standard_NC4as_T4_v3: the deployment Azure receives runs the GPU inference image with
+    PyTorch's CUDA build; a VM size managed online endpoints do not take is refused as Azure refuses it."""
+    spec, ctx, fake, _ = azure_ctx
+    spec["deploy"]["instance_type"] = "Standard_NC4as_T4_v3"
+    deploy_once(spec, ctx, "1")
+    sent = fake.details("online_deployments.begin_create_or_update")[0]["deployment"]
+    assert sent.instance_type == "Standard_NC4as_T4_v3" and sent.environment.image.endswith("-gpu-inference:latest")
+    assert "+cu" in (resources.folder(ctx) / "conda-inference.yml").read_text()
+    spec["deploy"]["instance_type"] = "Standard_B2s"
+    with pytest.raises(StageFailed, match="not supported for managed online endpoints"):
+        deploy_once(spec, ctx, "2")
+
+
 def test_a_rollout_beside_a_deployment_in_progress_is_refused(azure_ctx):
     """Another machine is rolling out to the same endpoint: its deployment is Updating. Nothing is touched."""
     spec, ctx, fake, _ = azure_ctx

@@ -51,6 +51,20 @@ def studio_url(job_name: str) -> str:
     )
 
 
+# The VM sizes managed online endpoints accept (Azure ML docs, "Managed online endpoints SKU list"): a deployment on
+# any other is refused with 400, as Azure refuses it
+ONLINE_SKUS = (
+    {f"Standard_DS{n}_v2" for n in (1, 2, 3, 4, 5)}
+    | {f"Standard_F{n}s_v2" for n in (2, 4, 8, 16, 32, 48, 64, 72)}
+    | {f"Standard_E{n}s_v3" for n in (2, 4, 8, 16, 32, 48, 64)}
+    | {"Standard_NC6s_v3", "Standard_NC12s_v3", "Standard_NC24s_v3", "Standard_NC24rs_v3"}
+    | {"Standard_NC4as_T4_v3", "Standard_NC8as_T4_v3", "Standard_NC16as_T4_v3", "Standard_NC64as_T4_v3"}
+    | {"Standard_NC24ads_A100_v4", "Standard_NC48ads_A100_v4", "Standard_NC96ads_A100_v4"}
+    | {"Standard_ND96asr_v4", "Standard_ND96amsr_A100_v4", "Standard_ND40rs_v2"}
+    | {"Standard_NC40ads_H100_v5", "Standard_NC80adis_H100_v5", "Standard_ND96isr_H100_v5"}
+)
+
+
 def http_error(status, message="boom"):
     exc = HttpResponseError(message=message)
     exc.status_code = status
@@ -296,6 +310,12 @@ class FakeML:
             deployment=deployment,
             traffic_share=(endpoint.traffic or {}).get(deployment.name, 0),
         )
+        if deployment.instance_type not in ONLINE_SKUS:
+            raise http_error(
+                400,
+                f"BadArgument: the VM size {deployment.instance_type} is not supported for managed online "
+                "endpoints; see the managed online endpoints SKU list",
+            )
         old = self.deployments.get(deployment.name)
         if old is not None and old.provisioning_state in BUSY:  # Azure: 409, another operation is in progress
             raise http_error(409, f"Conflict: deployment {deployment.name} is {old.provisioning_state}")
