@@ -13,6 +13,9 @@ PARAMS = {
     "top_p": ((int, float), "double", 1.0),
 }
 DEFAULTS = {name: default for name, (_, _, default) in PARAMS.items()}
+# Below this temperature an answer is greedy: sampling at it already picks the likeliest token, and logits divided
+# by a tinier one (1e-300 is a valid OpenAI value) overflow float32 to inf, which sampling cannot draw from
+GREEDY_BELOW = 1e-5
 
 
 def eos_ids(eos) -> list[int]:

@@ -19,6 +19,12 @@ def log(msg: str):
     print(f"{time.strftime('%d/%b/%Y %H:%M:%S')} {msg}", flush=True)
 
 
+def printable(text: str) -> str:
+    """text with control characters (a decoded %0a, an escape sequence) written as escapes: a request path can
+    neither add a line to the log nor reach the terminal of whoever tails it."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class AccessLog:
     """One line per request: method, path, status, seconds. Headers (and so the key) never reach the log."""
 
@@ -39,4 +45,4 @@ class AccessLog:
             await self.app(scope, receive, send_noting)
         finally:
             client = (scope.get("client") or ("-",))[0]
-            log(f'{client} "{scope["method"]} {scope["path"]}" {status[0]} {time.time() - t0:.2f}s')
+            log(f'{client} "{scope["method"]} {printable(scope["path"])}" {status[0]} {time.time() - t0:.2f}s')

@@ -97,7 +97,7 @@ class ChatRequest(BaseModel):
         tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
         settings = {"max_new_tokens": tokens, "temperature": self.temperature, "top_p": self.top_p}
         params = Params(**{k: v for k, v in settings.items() if v is not None})
-        if self.temperature is not None:
+        if self.temperature is not None:  # below GREEDY_BELOW the answer is greedy (serving/scoring.py)
             params.do_sample = self.temperature > 0
         return params.checked(limit, tokens_name)
 
@@ -131,7 +131,12 @@ def refuse_unsupported(body: dict, served_model: str):
         raise NotFound(f"model {model!r} is not served here; this endpoint serves {served_model!r} (GET /v1/models)")
     if body.get("n") not in (None, 1):
         raise BadRequest(f"n={body['n']!r}: this endpoint returns one choice per request; send n=1 or leave it out")
-    for name, off in (("tools", (None, [])), ("functions", (None, [])), ("logprobs", (None, False))):
+    for name, off in (
+        ("tools", (None, [])),
+        ("functions", (None, [])),
+        ("logprobs", (None, False)),
+        ("logit_bias", (None, {})),  # refused rather than ignored: an answer must not look biased when it is not
+    ):
         if body.get(name, None) not in off:
             raise BadRequest(f"{name} is not supported by this endpoint; leave it out")
     fmt = body.get("response_format")

@@ -25,7 +25,7 @@ from pathlib import Path
 if not __package__:  # loaded by file path (azmlinfsrv --entry_script serving/scoring.py)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common.files import find_mlflow_model  # noqa: E402
-from common.generation import eos_ids  # noqa: E402
+from common.generation import GREEDY_BELOW, eos_ids  # noqa: E402
 from serving.contract import DEFAULT_LIMIT, BadRequest, parse_request  # noqa: E402
 from serving.detokenize import Incremental  # noqa: E402
 
@@ -96,7 +96,8 @@ class Scorer:
         """The generated token ids (a 1-D tensor) for one encoded prompt; the model is held for the duration."""
         import torch
 
-        sample = p["do_sample"] and p["temperature"] > 0  # temperature 0 means greedy, whatever do_sample says
+        # temperature 0 means greedy, whatever do_sample says; so does one too small to divide the logits by
+        sample = p["do_sample"] and p["temperature"] >= GREEDY_BELOW
         kwargs = (
             dict(do_sample=True, temperature=float(p["temperature"]), top_p=float(p["top_p"]))
             if sample

@@ -139,3 +139,27 @@ def test_the_chat_page_answers_only_its_own_page(tmp_path):
     assert status == 502 and "cannot reach the endpoint" in reply["error"]["message"]
     status, reply, _ = call(app, "POST", "/v1/chat/completions", {"messages": []}, key=None)  # checked before sending
     assert status == 400 and "messages must be a non-empty list" in reply["error"]["message"]
+
+
+def test_what_openai_clients_may_send_at_the_edges(endpoint, capsys):
+    """A temperature too small to divide the logits by answers greedily on every route (not a 500); stream: null
+    means no stream; logit_bias, which the endpoint cannot honour, is refused rather than ignored; a control
+    character in a request path is written as an escape in the access log, never as a line of its own."""
+    app, manifest = endpoint
+    question, answer = ep.single_turn_pairs(manifest, 1)[0]
+    messages = [{"role": "user", "content": question}]
+    for temperature in (1e-300, 1e-6):
+        status, body, _ = call(app, "POST", "/v1/chat/completions", {"messages": messages, "temperature": temperature})
+        assert status == 200 and body["choices"][0]["message"]["content"] == answer, body
+    params = {"temperature": 1e-300, "do_sample": True, "max_new_tokens": 96}
+    status, body, _ = call(app, "POST", "/score", {"input_data": [question], "params": params})
+    assert status == 200 and body == [answer]
+    status, body, _ = call(app, "POST", "/v1/chat/completions", {"messages": messages, "stream": None})
+    assert status == 200 and body["object"] == "chat.completion"
+    status, body, _ = call(app, "POST", "/v1/chat/completions", {"messages": messages, "logit_bias": {"50": 100}})
+    assert status == 400 and "logit_bias is not supported" in body["error"]["message"]
+    capsys.readouterr()
+    call(app, "GET", '/x%0a127.0.0.1 "POST /score" 200 0.01s%1b[2J', key=None)
+    logged = capsys.readouterr().out
+    assert logged.count("\n") == 1 and '\\n127.0.0.1 "POST /score"' in logged and "\\x1b[2J" in logged
+    assert "\x1b" not in logged
