@@ -30,6 +30,34 @@ def first_url(proc, lines: list, marker: str, timeout: float, pick):
     return None
 
 
+def start_page(root, *overrides, timeout: float = 120):
+    """`python -m runner <overrides> chat.ui=true` started in root, as a person starts the page: (the process, the
+    page's URL as printed or None, its output so far)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "runner", *overrides, "chat.ui=true"],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    url = first_url(proc, lines, "chat page: http://", timeout, lambda line: line.split("chat page: ")[1].split()[0])
+    return proc, url, lines
+
+
+def stop_page(proc, lines: list | None = None):
+    """Ctrl-C, as a person stops the page; killed if it has not ended in 30 s. Its last output goes into lines."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=30)
+        if lines is not None:
+            lines.append(out)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 async def two_turns(url: str, q1: str, q2: str, screenshot: Path | None = None) -> dict:
     """Open the page, ask q1 then q2 as a person would (type, Enter, wait for the answer); what the page showed
     and what the browser sent."""
@@ -60,26 +88,12 @@ def page(trained_run, tmp_path_factory):
     for f in ("manifest.json", "spec.yaml"):
         shutil.copy(trained_run[1] / f, run_dir / f)
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "stages=[register,deploy,chat]", "chat.ui=true"],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines = []
-    url = first_url(proc, lines, "chat page: http://", 240, lambda line: line.split("chat page: ")[1].split()[0])
+    proc, url, lines = start_page(root, "stages=[register,deploy,chat]", timeout=240)
     try:
         assert url, "".join(lines)[-3000:]
         yield url, run_dir, lines
     finally:
-        proc.send_signal(signal.SIGINT)  # Ctrl-C
-        try:
-            out, _ = proc.communicate(timeout=30)
-            lines.append(out)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_page(proc, lines)
         subprocess.run(
             [sys.executable, "-m", "runner", "stages=[teardown]"], cwd=root, env=env, capture_output=True, timeout=120
         )

@@ -4,19 +4,13 @@ Prompt flow (the chat stage, /score), the OpenAI chat completions (the openai cl
 page's API."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from runner import REPO_ROOT
-
 from ..support import _endpoint as ep  # before promptflow: points its home at a temporary folder
 from ..support.helpers import runner_cli
-from .test_chat_page import first_url
+from .test_chat_page import start_page, stop_page
 
 pytestmark = pytest.mark.slow
 MODEL = "model=tiny_phi4mini"
@@ -75,23 +69,11 @@ def test_every_chat_route_answers_the_training_questions(deployed):
     streamed = client.chat.completions.create(model=served[0], messages=messages, stream=True)
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == answer
     # the chat page's API, which the page's script calls
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", MODEL, "stages=[chat]", "chat.ui=true"],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    proc, url, lines = start_page(root, MODEL, "stages=[chat]")
     try:
-        lines = []
-        url = first_url(proc, lines, "chat page: http://", 120, lambda line: line.split("chat page: ")[1].split()[0])
         assert url, "".join(lines)[-3000:]
         status, body = ep.post(url + "v1/chat/completions", {"messages": messages}, None)
         assert status == 200 and body["choices"][0]["message"]["content"] == answer, body
         assert body["model"] == "phi4-chat-tiny-phi4mini:1"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        stop_page(proc)

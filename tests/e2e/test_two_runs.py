@@ -5,7 +5,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -17,7 +16,7 @@ from runner import REPO_ROOT
 
 from ..support import _endpoint as ep  # before promptflow: points its home at a temporary folder
 from ..support.helpers import runner_cli
-from .test_chat_page import first_url
+from .test_chat_page import start_page, stop_page
 
 pytestmark = pytest.mark.slow
 RUNS = ("alpha", "beta")
@@ -108,29 +107,11 @@ def test_pf_flow_test_with_each_connection_reaches_its_own_endpoint(two, trained
 def test_each_runs_chat_page_talks_to_its_own_model(two, trained_run):
     root, out = two
     question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
     pages = {}
     try:
         for name in RUNS:  # both pages open at once
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "runner",
-                    f"run.name={name}",
-                    f"register.model_name=phi3-chat-{name}",
-                    "stages=[chat]",
-                    "chat.ui=true",
-                ],
-                cwd=root,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            lines = []
-            url = first_url(
-                proc, lines, "chat page: http://", 120, lambda line: line.split("chat page: ")[1].split()[0]
+            proc, url, lines = start_page(
+                root, f"run.name={name}", f"register.model_name=phi3-chat-{name}", "stages=[chat]"
             )
             pages[name] = (proc, url)
             assert url, "".join(lines)[-3000:]
@@ -149,11 +130,7 @@ def test_each_runs_chat_page_talks_to_its_own_model(two, trained_run):
             assert completions(run_dir, before + 1) == before + 1 and completions(other) == other_before
     finally:
         for proc, _ in pages.values():
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            stop_page(proc)
 
 
 def test_tearing_one_run_down_leaves_the_other_answering(two):
