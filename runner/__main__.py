@@ -23,12 +23,14 @@ def make_task():
         from hydra.types import RunMode
 
         from . import app
+        from .hints import Again
 
         task.started = True
         hc = HydraConfig.get()
         if sweep is None and hc.mode == RunMode.MULTIRUN:  # another launcher than ours: only its overrides
             sweep = {"overrides": list(hc.overrides.task), "point": {}}
-        code = app.main(cfg, hc.runtime.output_dir, sweep=sweep)
+        again = Again.from_argv(sys.argv[1:]) if sweep is None else Again.for_point(sweep["overrides"])
+        code = app.main(cfg, hc.runtime.output_dir, sweep=sweep, again=again)
         task.codes.append(code)
         return code
 

@@ -13,9 +13,10 @@ from common.files import write_atomic
 
 from .context import Context
 from .errors import INTERRUPTED, Detached, StageFailed, UserError
+from .hints import Again, closing_block
 from .manifest import Manifest
 from .redact import command_shown, redacted
-from .registry import module_for, selected
+from .registry import implementation, module_for, selected
 from .rundir import OneWriter, in_use, remove_created
 from .spec import azure_env_paths, digest, dump_yaml, env_sourced_paths, get_path, rules, to_spec
 from .spec.settle import settle
@@ -74,12 +75,13 @@ def plan(spec, run_dir: Path, spec_text: str | None, out=print) -> list[str]:
     return lines
 
 
-def execute(spec, run_dir: Path, out=print, point=None) -> dict:
+def execute(spec, run_dir: Path, out=print, point=None, again: Again | None = None) -> dict:
     """Run the selected stages in order, skipping those whose inputs are unchanged.
 
     point: set by the sweep launcher (its name, the sweep's MLflow parent run, whether Azure jobs detach).
+    again: the commands that select this run, for the hints stages print (python -m runner with no options if None).
     """
-    ctx = Context(Path(run_dir), Manifest(run_dir), log=out, point=point or {})
+    ctx = Context(Path(run_dir), Manifest(run_dir), log=out, point=point or {}, again=again or Again())
     for stage in selected(spec["stages"]):
         module = module_for(stage, spec)
         h = inputs_hash(stage, spec, ctx.manifest)
@@ -121,28 +123,29 @@ def write_spec(spec, run_dir: Path, env_paths=None) -> str:
     return text
 
 
-def main(cfg, run_dir, out=print, sweep: dict | None = None) -> int:
+def main(cfg, run_dir, out=print, sweep: dict | None = None, again: Again | None = None) -> int:
     """A composed config in, an exit status out: what `python -m runner` does once Hydra has composed.
 
     sweep: in a -m sweep, {"overrides": [...], "point": {...}, "spec": ...} (runner/sweep/launcher.py, whose points come
     with their spec already settled and validated); None for a single run.
+    again: what selects this run on a command line, for the commands it prints (runner/hints.py).
     """
     run_dir = Path(run_dir)
     fresh = not run_dir.exists() or not any(run_dir.iterdir())  # Hydra made it just now, or it was empty
     point = None if sweep is None else sweep.get("point")
     if sweep is not None and sweep.get("spec") is not None:
-        return run(sweep["spec"], run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out, point=point, checked=True)
+        return run(sweep["spec"], run_dir, env_sourced_paths(cfg), fresh, out, point, checked=True, again=again)
     try:
         spec = to_spec(cfg)
     except UserError as exc:
         return _refuse(exc, run_dir, fresh)
     spec = settle(spec, None if sweep is None else sweep["overrides"])
-    return run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out, point=point)
+    return run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out, point=point, again=again)
 
 
-def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, checked=False) -> int:
+def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, checked=False, again=None) -> int:
     """Validate (unless checked already), then plan or execute. Returns the exit status."""
-    run_dir = Path(run_dir)
+    run_dir, again = Path(run_dir), again or Again()
     try:
         if not checked:
             validate(spec)
@@ -159,7 +162,7 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, c
             scratch.mkdir()
             if (run_dir / "manifest.json").exists():
                 shutil.copy(run_dir / "manifest.json", scratch)
-            return run(spec, scratch, env_paths, out=out, point=point, checked=True)
+            return run(spec, scratch, env_paths, out=out, point=point, checked=True, again=again)
     beside = bool(busy) and spec["stages"] == ["teardown"]  # stopping what runs is never kept out
     if beside:
         out(f"note: {run_dir} is in use by {busy}; tearing down beside it (its spec.yaml left as it is)")
@@ -169,7 +172,7 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, c
             if spec["plan"]:
                 plan(spec, run_dir, None if (point or {}).get("name") else spec_text, out)
             else:
-                execute(spec, run_dir, out, point)
+                execute(spec, run_dir, out, point, again)
     except (UserError, StageFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -180,18 +183,26 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, c
         traceback.print_exc()
         print("error: a stage crashed (traceback above); the manifest marks it failed", file=sys.stderr)
         return 1
-    if not spec["plan"] and spec["chat"]["ui"] and "chat" in spec["stages"] and point is None:
-        return chat_page(spec, run_dir, out)
+    return 0 if spec["plan"] or point is not None else finish(spec, run_dir, out, again)
+
+
+def finish(spec, run_dir: Path, out, again: Again) -> int:
+    """After a single run's stages: what next (what still runs, how to chat, how to stop it), then the chat page
+    when chat.ui=true asked for it."""
+    for line in closing_block(spec, Manifest(run_dir), again, implementation("deploy", spec)):
+        out(line)
+    if spec["chat"]["ui"] and "chat" in spec["stages"]:
+        return chat_page(spec, run_dir, out, again)
     return 0
 
 
-def chat_page(spec, run_dir: Path, out=print) -> int:
+def chat_page(spec, run_dir: Path, out=print, again: Again | None = None) -> int:
     """chat.ui=true: the page is served once the stages are done, outside the run's lock (it only reads what
     deploy recorded, and follows a redeploy), so other commands on the run go on while it is open."""
     from .stages import chat
 
     try:
-        return chat.serve(spec, run_dir, out)
+        return chat.serve(spec, run_dir, out, again)
     except (UserError, StageFailed) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

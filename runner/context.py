@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
+from .hints import Again
 from .manifest import Manifest
 
 
@@ -21,13 +22,18 @@ class Context:
     previous: dict = field(default_factory=dict)  # the stage's manifest entry before this attempt
     stage: str = ""  # the stage being run
     point: dict = field(default_factory=dict)  # in a -m sweep: name, parent MLflow run, whether to detach
+    again: Again = field(default_factory=Again)  # the commands that select this run again, for hints to paste
 
     def upstream(self, stage: str) -> dict:
         entry = self.manifest.entry(stage)
+        if entry.get("status") == "stopped":
+            raise UserError(
+                f"the endpoint of {self.run_dir} was torn down ({entry.get('updated', 'earlier')}); "
+                f"bring it back with: {self.again.command(stage, 'chat')}"
+            )
         if entry.get("status") != "done":
             raise UserError(
-                f"the {stage} stage has not finished in {self.run_dir}: run it first, "
-                f"e.g. python -m runner stages=[{stage}] (same config overrides)"
+                f"the {stage} stage has not finished in {self.run_dir}: run it first: {self.again.command(stage)}"
             )
         return entry["outputs"]
 

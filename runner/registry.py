@@ -31,6 +31,9 @@ class DeployBackend(StageModule, Protocol):
     def endpoint_credentials(self, spec: dict, ctx) -> tuple[str, str]:
         """(scoring URL, key) of the endpoint deploy recorded; a StageFailed naming the fix when there is none."""
 
+    def running_lines(self, spec: dict, outputs: dict) -> list[str]:
+        """What a run's closing block says of the endpoint deploy recorded (outputs): where, what it bills, the key."""
+
 
 @dataclass(frozen=True)
 class Stage:

@@ -1,8 +1,9 @@
 """Run directories: taking one back after a refusal (only the folders this command created), and one writer each.
 
 Hydra creates the run directory (and any missing parents) before the runner can validate anything. A Hydra
-callback notes, before that, the deepest folder on the way that already existed; a refused run removes its run
-directory and the empty folders above it up to that one, never a folder it did not create.
+callback notes, before that, every folder on the way that did not exist, as the kernel will name it (a run name or
+directory with `..` in it creates folders outside run.output_root); a refused run removes those of them that are
+empty, never a folder it did not create.
 """
 
 import fcntl
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 
 from .errors import UserError
 
-_existed: Path | None = None  # the deepest folder of the run (or sweep) directory's path that existed before
+_missing: list[Path] | None = None  # the folders on the way to the run (or sweep) directory that did not exist
 
 
 def point_folder(override_dirname: str) -> str:
@@ -33,11 +34,17 @@ if not OmegaConf.has_resolver("point_folder"):
     OmegaConf.register_new_resolver("point_folder", point_folder)
 
 
-def deepest_existing(path: Path) -> Path:
+def missing_on_the_way(path: Path) -> list[Path]:
+    """The folders mkdir(parents=True) would create for path, normalized (`a/../b` is b), deepest first."""
     path = Path(path).absolute()
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
+    missing = []
+    for step in (path, *path.parents):
+        if step.exists():
+            break
+        folder = Path(os.path.normpath(step))
+        if not folder.exists() and folder not in missing:
+            missing.append(folder)
+    return sorted(missing, key=lambda p: len(p.parts), reverse=True)
 
 
 class NoteExistingFolders(Callback):
@@ -51,31 +58,30 @@ class NoteExistingFolders(Callback):
 
     @staticmethod
     def _note(config, key):
-        global _existed
+        global _missing
         from hydra.core.hydra_config import HydraConfig
 
         try:
             HydraConfig.instance().set_config(config)  # Hydra sets it only later; the run dir reads ${hydra:...}
-            _existed = deepest_existing(Path(str(OmegaConf.select(config, key))))
+            _missing = missing_on_the_way(Path(str(OmegaConf.select(config, key))))
         except Exception:  # unresolvable here: remove_created falls back to the run directory alone
-            _existed = None
+            _missing = None
 
 
 def remove_created(run_dir: Path, also: tuple[str, ...] = ()):
-    """Remove run_dir if it is empty, and the empty folders above it that this command created.
+    """Remove run_dir if it is empty, and the empty folders on its way that this command created.
 
     also: files in run_dir this command wrote (Hydra's multirun.yaml) that go with it; kept if the folder was there.
     """
-    run_dir = Path(run_dir).absolute()
-    existed = _existed or run_dir.parent
-    if run_dir == existed or existed not in run_dir.parents:
+    run_dir = Path(os.path.normpath(Path(run_dir).absolute()))
+    created = _missing if _missing is not None else [run_dir]  # no note (called in-process): the folder alone
+    if run_dir not in created:
         return  # it was there before this command: not ours to remove
     for name in also:
         (run_dir / name).unlink(missing_ok=True)
-    path = run_dir
-    while path != existed and path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
-        path = path.parent
+    for folder in created:  # deepest first, so a parent is empty once its children are gone
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 # ---- one writer per run directory ---------------------------------------------------------------------------------

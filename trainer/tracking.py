@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 from pathlib import Path
 
 from common.generation import PARAMS
@@ -198,11 +199,30 @@ def log_model(model, tokenizer, local_copy: Path) -> str:
     return info.model_uri
 
 
+def eta(t0: float, step0: int, step: int, max_steps: int, now: float | None = None) -> str:
+    """', about 1m20s left' at the pace since t0 (when step0 was done); nothing before a step is done or after the
+    last one."""
+    done, left = step - step0, max_steps - step
+    if done <= 0 or left <= 0:
+        return ""
+    seconds = round(((now if now is not None else time.monotonic()) - t0) / done * left)
+    h, rest = divmod(seconds, 3600)
+    m, sec = divmod(rest, 60)
+    shown = f"{h}h{m:02d}m" if h else f"{m}m{sec:02d}s" if m else f"{sec}s"
+    return f", about {shown} left"
+
+
 def progress_callback():
     """A progress bar for training steps, with a short loss line at each logging step; metrics go to MLflow."""
     from transformers.trainer_callback import ProgressCallback
 
     class LossLines(ProgressCallback):
+        started: tuple = (0.0, 0)  # (time, step) when training began (or resumed)
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.started = (time.monotonic(), state.global_step)
+            return super().on_train_begin(args, state, control, **kw)
+
         def on_prediction_step(self, *a, **kw):
             pass  # no nested bar for each evaluation
 
@@ -213,6 +233,7 @@ def progress_callback():
                 line = f"[train] step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.1f}: " + ", ".join(
                     bits
                 )
+                line += eta(*self.started, state.global_step, state.max_steps)
                 (self.training_bar.write if self.training_bar is not None else print)(line)
             numbers = {k: v for k, v in logs.items() if isinstance(v, (int, float))}
             if numbers and state.is_world_process_zero:

@@ -165,7 +165,9 @@ def endpoint_credentials(spec, ctx) -> tuple[str, str]:
     ml, name = client(spec), resources.endpoint_name(spec)
     endpoint = get_or_none("look up the endpoint", ml.online_endpoints.get, name, ctx.log)
     if endpoint is None:
-        raise StageFailed(f"endpoint {name} does not exist: python -m runner stages=[deploy] force=true creates it")
+        raise StageFailed(
+            f"endpoint {name} does not exist: {ctx.again.command('deploy', extra=('force=true',))} creates it"
+        )
     if str(getattr(endpoint, "auth_mode", "key")).lower() != "key":
         raise UserError(
             f"endpoint {name} uses auth_mode {endpoint.auth_mode}, but the chat flow sends a key: set "
@@ -179,6 +181,19 @@ def endpoint_credentials(spec, ctx) -> tuple[str, str]:
             f"--name {name} shows what it has"
         )
     return endpoint.scoring_uri, keys.primary_key
+
+
+def running_lines(spec, outputs: dict) -> list[str]:
+    """What the closing block says of a deployed endpoint: where it answers, what it bills, how to get its key
+    (read from Azure by name; the workspace from the shell's environment, never printed)."""
+    d, name = spec["deploy"], outputs.get("endpoint_name")
+    return [
+        f"endpoint:    {name} at {outputs.get('scoring_uri')} ({outputs.get('model')})",
+        f"billing:     {d['instance_type']} x{d['instance_count']}, "
+        f"{hardware.hourly(d['instance_type'], d['instance_count'])} until it is torn down",
+        f"its key:     az ml online-endpoint get-credentials --name {name} "
+        '--resource-group "$AZURE_RESOURCE_GROUP" --workspace-name "$AZURE_ML_WORKSPACE_NAME"',
+    ]
 
 
 def is_current(outputs, spec, ctx) -> bool:

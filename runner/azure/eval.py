@@ -18,8 +18,7 @@ def run(spec, ctx) -> dict:
     if not fetched or not (ctx.run_dir / fetched / "metrics.json").is_file():
         raise UserError(
             f"job {job} left no eval figures (outputs/eval/metrics.json): run training again, which "
-            "evaluates at its end, e.g. python -m runner stages=[train,eval] force=true (same config "
-            "overrides)"
+            f"evaluates at its end: {ctx.again.command('train', 'eval', extra=('force=true',))}"
         )
     metrics = json.loads((ctx.run_dir / fetched / "metrics.json").read_text())
     wanted = spec["eval"]
@@ -28,8 +27,8 @@ def run(spec, ctx) -> dict:
     if changed:
         raise UserError(
             f"job {job} evaluated with other eval settings ({', '.join(f'eval.{k}' for k in changed)}); "
-            "on Azure ML the eval runs inside the training job: re-run both, e.g. python -m runner "
-            "stages=[train,eval] force=true (same config overrides), or set them back"
+            "on Azure ML the eval runs inside the training job: re-run both, "
+            f"{ctx.again.command('train', 'eval', extra=('force=true',))} (with the new settings), or set them back"
         )
     folder = ctx.run_dir / "eval"
     shutil.rmtree(folder, ignore_errors=True)

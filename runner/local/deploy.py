@@ -1,7 +1,7 @@
 """deploy (local): serve the registered model behind a scoring endpoint on this machine that wants a key.
 
 `python -m serving.serve` runs in the background (runner/local/server.py), so the endpoint outlives this
-command; `python -m runner stages=[teardown]` stops it. It listens on deploy.host, on a port picked at start
+command; `./dev run stages=[teardown]` (with the run's options) stops it. It listens on deploy.host, on a port picked at start
 unless deploy.port is set.
 
 The key: each deployment gets a fresh random key, kept in exactly one file, <run_dir>/secrets/endpoint.key
@@ -119,10 +119,17 @@ def endpoint_credentials(spec, ctx) -> tuple[str, str]:
     out = ctx.upstream("deploy")
     if not is_current(out, spec, ctx):
         raise StageFailed(
-            f"the local endpoint (pid {out.get('pid')}) is not running; "
-            "python -m runner stages=[deploy,chat] starts it again"
+            f"the local endpoint (pid {out.get('pid')}) is not running; {ctx.again.redeploy()} starts it again"
         )
     return out["url"], Path(out["key_file"]).read_text().strip()
+
+
+def running_lines(spec, outputs: dict) -> list[str]:
+    """What the closing block says of a running local endpoint: where it answers and where its key is."""
+    return [
+        f"endpoint:    {outputs.get('url')} runs on after this command (pid {outputs.get('pid')})",
+        f"OpenAI API:  base URL {outputs.get('openai_base_url')}, key in {outputs.get('key_file')}",
+    ]
 
 
 def plan(spec, ctx):

@@ -9,6 +9,7 @@ from common.generation import PARAMS
 
 from ..context import Context
 from ..errors import StageFailed
+from ..hints import Again
 from ..manifest import Manifest
 from ..registry import implementation
 from .prompt_flow import FLOW_DIR, commands, connection_name, keep_promptflow_local, quiet_logs, save_connection
@@ -39,7 +40,7 @@ def run(spec, ctx):
         pf = PFClient()
         save_connection(pf, name, url, key)
         ctx.log(
-            f"[chat] Prompt flow connection {name} -> {url}; from the repository root:\n"
+            f"[chat] Prompt flow connection {name} -> {url}; to chat through it:\n"
             + "\n".join(f"[chat]   {c}" for c in commands(name))
         )
         if spec["chat"]["ui"]:
@@ -52,12 +53,12 @@ def run(spec, ctx):
     return {"answers": answers, "connection": name, "endpoint_url": url, "flow": str(FLOW_DIR)}
 
 
-def upstream(spec, run_dir):
+def upstream(spec, run_dir, again=None):
     """What the chat page forwards to, read afresh from the manifest and the deploy backend (a redeploy moves a
     local endpoint): the endpoint's OpenAI routes when deploy recorded them, else its /score."""
     from serving.chat_page import Upstream
 
-    ctx = Context(Path(run_dir), Manifest(run_dir), log=lambda *_: None)
+    ctx = Context(Path(run_dir), Manifest(run_dir), log=lambda *_: None, again=again or Again())
     url, key = implementation("deploy", spec).endpoint_credentials(spec, ctx)
     out, reg = ctx.upstream("deploy"), ctx.manifest.outputs("register")
     model = (
@@ -71,13 +72,13 @@ def upstream(spec, run_dir):
     return Upstream("score", url, key, model, limit, f"endpoint {host} (/score)")
 
 
-def serve(spec, run_dir, out=print) -> int:
+def serve(spec, run_dir, out=print, again=None) -> int:
     """chat.ui=true: the chat page in the foreground (python -m runner stages=[chat] chat.ui=true)."""
     from serving import chat_page
 
-    first = upstream(spec, run_dir)  # fails now, with the reason, when there is no endpoint to talk to
+    first = upstream(spec, run_dir, again)  # fails now, with the reason, when there is no endpoint to talk to
     try:
-        return chat_page.serve(lambda: upstream(spec, run_dir), "127.0.0.1", spec["chat"]["ui_port"], out, first)
+        return chat_page.serve(lambda: upstream(spec, run_dir, again), "127.0.0.1", spec["chat"]["ui_port"], out, first)
     except OSError as exc:
         raise StageFailed(
             f"cannot serve the chat page on 127.0.0.1:{spec['chat']['ui_port']} ({exc.strerror}): "

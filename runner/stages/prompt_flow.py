@@ -12,12 +12,12 @@ import logging
 import os
 import re
 import shlex
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 
 from .. import REPO_ROOT
 from ..errors import StageFailed
+from ..hints import pf_program
 
 FLOW_DIR = REPO_ROOT / "flow"
 CONNECTION_ENV = "PHI3_CONNECTION"  # flow/chat_tool.py reads the connection's name here when no input names it
@@ -89,24 +89,15 @@ def save_connection(pf, name: str, url: str, key: str):
         ) from None
 
 
-def pf_program() -> str:
-    """Prompt flow's CLI as a person pastes it from the repository root: the one installed next to this Python
-    (.venv/bin/pf under ./dev), so the command works with no virtualenv activated."""
-    pf = Path(sys.executable).parent / "pf"
-    if not pf.exists():
-        return "pf"
-    try:
-        return str(pf.relative_to(REPO_ROOT))  # not resolved: .venv/bin/python is a link to the system's Python
-    except ValueError:
-        return shlex.quote(str(pf))
-
-
 def commands(name: str) -> list[str]:
-    """The commands that chat through this run's connection, from the repository root."""
+    """The commands that chat through this run's connection, as pasted where the runner ran (./dev pf runs in the
+    repository root; another pf is given the flow's full path unless this is the repository root)."""
     pf = pf_program()
+    here_is_root = Path.cwd().resolve() == REPO_ROOT.resolve()
+    flow = "flow" if pf.endswith("dev pf") or here_is_root else shlex.quote(str(FLOW_DIR))
     return [
-        f'{pf} flow test --flow flow --inputs connection={name} question="..."',
-        f"{pf} flow test --flow flow --ui --environment-variables {CONNECTION_ENV}={name}",
+        f'{pf} flow test --flow {flow} --inputs connection={name} question="..."',
+        f"{pf} flow test --flow {flow} --ui --environment-variables {CONNECTION_ENV}={name}",
     ]
 
 

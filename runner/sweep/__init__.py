@@ -7,16 +7,13 @@ composes and validates every point before the first one runs, runs each through 
 
 import json
 import os
-import shlex
 from pathlib import Path
 
 from common.files import write_atomic
 
+from ..hints import Again
 from ..redact import shown
 from ..spec.settle import key_of
-
-NOT_IN_POINT_COMMANDS = ("stages", "plan", "force", "sweep.deploy")  # dropped from a point's override list
-
 
 # ---- the sweep's own rules ------------------------------------------------------------------------
 
@@ -33,8 +30,7 @@ def varying(points) -> list[list[str]]:
 
 def point_command(overrides, stages: str) -> str:
     """The command that runs these stages in a sweep point's own folder: -m with one point keeps the folder."""
-    kept = [o for o in shown(overrides) if key_of(o) not in NOT_IN_POINT_COMMANDS]
-    return " ".join(["python -m runner -m", *map(shlex.quote, kept), f"stages=[{stages}]"])
+    return Again.for_point(overrides).command(*stages.split(","))
 
 
 def deploy_stages(registered: bool) -> str:

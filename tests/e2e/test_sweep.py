@@ -11,6 +11,7 @@ import time
 import pytest
 
 from runner import REPO_ROOT
+from runner.hints import program
 
 from ..support.helpers import runner_cli
 
@@ -60,7 +61,7 @@ def test_a_fraction_sweep_evaluates_every_point_on_the_same_rows_and_summarises(
     assert (root / "sweep.csv").read_text().splitlines()[0].startswith("point,status,train rows,eval rows")
     assert (root / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = min(after, key=after.get)
-    assert f"Deploy it: python -m runner -m data.percent={best} stages=[register,deploy,chat]" in table
+    assert f"Deploy it: {program(tmp_path)} -m data.percent={best} 'stages=[register,deploy,chat]'" in table
 
     # MLflow: one parent run for the sweep, a child per point named after its run directory
     client, found = mlflow_runs(tmp_path)

@@ -112,7 +112,7 @@ def test_a_sweep_that_would_deploy_every_point_over_one_endpoint_is_refused(tmp_
     r = runner_cli("-m", "data.percent=50,100", "stages=[data,train,register,deploy]", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "2 of the 2 points would deploy, each over the same endpoint" in r.stderr
-    assert "python -m runner -m data.percent=50 stages=[deploy,chat]" in r.stderr  # the command that deploys once
+    assert "-m runner -m data.percent=50 'stages=[deploy,chat]'" in r.stderr  # the command that deploys once
     assert not (tmp_path / "outputs").exists()
 
 
@@ -144,6 +144,10 @@ def test_a_refused_run_removes_only_the_folders_it_created(tmp_path):
     assert r.returncode == 2 and (tmp_path / "mine").is_dir()
     r = runner_cli("data.test_size=5", cwd=tmp_path)
     assert r.returncode == 2 and not (tmp_path / "outputs").exists()  # all of outputs/ was this command's
+    # a run name that climbs out of run.output_root: Hydra made folders on both sides, all taken back
+    r = runner_cli("run.output_root=out/here", "run.name=../../../away/z", "data.test_size=5", cwd=tmp_path)
+    assert r.returncode == 2 and "run.name" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
 def test_bases_are_not_options(tmp_path):

@@ -15,6 +15,7 @@ from runner.azure import register as az_register
 from runner.azure import retry
 from runner.azure import sweep as az_sweep
 from runner.azure import train as az_train
+from runner.hints import program
 from runner.spec import azure_env
 
 from ..support.azure_standin import AZURE, FakeML
@@ -132,7 +133,7 @@ def test_every_job_is_submitted_before_any_is_waited_on(cloud, monkeypatch, tmp_
         "| data.percent=100 | register done | 76 | 20 | 2.3 | 1.6 | 2.3 | 1.7 | 0 % | 100 % | 1800 | 5000 | 1.83 |"
         in table
     )
-    assert "Deploy it: python -m runner -m compute=a100 model=phi35 data.percent=100 stages=[deploy,chat]" in table
+    assert f"Deploy it: {program()} -m compute=a100 model=phi35 data.percent=100 'stages=[deploy,chat]'" in table
     assert (tmp_path / "outputs/default/sweep.png").is_file()
 
     # the same command again: every point is finished, nothing is submitted
@@ -169,7 +170,7 @@ def test_a_failed_job_fails_its_point_only(cloud, monkeypatch, tmp_path, capsys)
     assert capsys.readouterr().err.count("CUDA out of memory") == 1  # said once
     text = (tmp_path / "outputs/default/sweep.md").read_text()
     assert "| data.percent=50 | train failed |" in text
-    assert "Deploy it: python -m runner -m compute=a100 model=phi35 data.percent=100 stages=[deploy,chat]" in text
+    assert f"Deploy it: {program()} -m compute=a100 model=phi35 data.percent=100 'stages=[deploy,chat]'" in text
 
     # the same command again: the failed point alone gets a new job (the finished ones are skipped)
     cloud.job_status = "Completed"

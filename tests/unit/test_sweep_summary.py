@@ -4,6 +4,7 @@ Each point's manifest is written as its stages write it (runner/manifest.py); su
 """
 
 from runner import sweep
+from runner.hints import program
 from runner.manifest import Manifest
 from runner.sweep import summary as sweep_summary
 
@@ -58,7 +59,7 @@ def test_a_loss_measured_before_the_points_data_changed_is_left_out(tmp_path):
     text = (tmp_path / "sweep.md").read_text()
     assert "| data.percent=50 | train out of date (its data changed) | 20 | 5 |  |  |" in text
     assert "| data.percent=100 | train failed | 40 | 5 |  |  |" in text
-    assert "Deploy it: python -m runner -m data.percent=25 stages=[register,deploy,chat]" in text
+    assert f"Deploy it: {program()} -m data.percent=25 'stages=[register,deploy,chat]'" in text
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
 
 
