@@ -95,11 +95,17 @@ class ChatRequest(BaseModel):
         """The settings as /score's params (serving/contract.Params), max_tokens held to the limit."""
         tokens_name = "max_completion_tokens" if self.max_completion_tokens is not None else "max_tokens"
         tokens = self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
-        settings = {"max_new_tokens": tokens, "temperature": self.temperature, "top_p": self.top_p}
-        params = Params(**{k: v for k, v in settings.items() if v is not None})
-        if self.temperature is not None:  # below GREEDY_BELOW the answer is greedy (serving/scoring.py)
-            params.do_sample = self.temperature > 0
-        return params.checked(limit, tokens_name)
+        return generation_params(limit, tokens_name, tokens, self.temperature, self.top_p)
+
+
+def generation_params(limit: int, tokens_name: str, tokens, temperature, top_p) -> dict:
+    """An OpenAI route's settings as /score's params (serving/contract.Params): None is the endpoint's default, the
+    new-token setting (called tokens_name in the refusal) is held to the limit, temperature 0 is greedy."""
+    settings = {"max_new_tokens": tokens, "temperature": temperature, "top_p": top_p}
+    params = Params(**{k: v for k, v in settings.items() if v is not None})
+    if temperature is not None:  # below GREEDY_BELOW the answer is greedy (serving/scoring.py)
+        params.do_sample = temperature > 0
+    return params.checked(limit, tokens_name)
 
 
 OPENAI_SAID = {
@@ -123,12 +129,17 @@ def _explain(error: dict) -> str:
     return explain(error, OPENAI_SAID)
 
 
-def refuse_unsupported(body: dict, served_model: str):
-    """BadRequest / NotFound for what this endpoint does not do: another model, several choices, tools, logprobs,
-    a structured response format."""
+def check_model(body: dict, served_model: str):
+    """NotFound when the body names a model other than the served one (left out or empty: the served one)."""
     model = body.get("model")
     if model not in (None, "", served_model):
         raise NotFound(f"model {model!r} is not served here; this endpoint serves {served_model!r} (GET /v1/models)")
+
+
+def refuse_unsupported(body: dict, served_model: str):
+    """BadRequest / NotFound for what this endpoint does not do: another model, several choices, tools, logprobs,
+    a structured response format."""
+    check_model(body, served_model)
     if body.get("n") not in (None, 1):
         raise BadRequest(f"n={body['n']!r}: this endpoint returns one choice per request; send n=1 or leave it out")
     for name, off in (

@@ -4,9 +4,10 @@ The local endpoint: the fine-tuned model behind the routes an Azure ML online en
 clients speak, on Starlette under uvicorn (one process, one model, requests queue for it):
   POST /score                 Azure ML's contract (serving/contract.py) -> 200 JSON list of answers
   POST /v1/chat/completions   OpenAI's chat completions (serving/openai_api.py); "stream": true -> SSE
+  POST /v1/responses          OpenAI's Responses API (serving/responses_api.py); "stream": true -> SSE events
   GET  /v1/models             the one model served, as OpenAI lists models
   GET  /health                200 {"status": "ok"} (the server listens only once the model is loaded)
-Every route but /health wants `Authorization: Bearer <key>`; both generation routes share one new-token limit,
+Every route but /health wants `Authorization: Bearer <key>`; the generation routes share one new-token limit,
 one request timeout (504) and the same greedy answers. A stream whose client leaves stops at the next token.
 
 The key is read from a file only readable by its owner, never from the command line, and never logged.
@@ -15,6 +16,7 @@ With --port 0 the system picks a free port; --ready-file then tells the caller w
 
 import argparse
 import asyncio
+import contextlib
 import hmac
 import json
 import os
@@ -31,8 +33,9 @@ from .http_log import AccessLog, log, read_key
 
 MAX_BODY_BYTES = 1 << 20
 KEEPALIVE_S = 2.0  # an SSE comment this often while a stream waits for the model: a page that left is noticed
-KEYED = ("/score", "/v1/models", "/v1/chat/completions")  # every route but /health wants the key
-ROUTES_HINT = "POST /score, POST /v1/chat/completions, GET /v1/models or GET /health"
+KEYED = ("/score", "/v1/models", "/v1/chat/completions", "/v1/responses")  # every route but /health wants the key
+ROUTES_HINT = "POST /score, POST /v1/chat/completions, POST /v1/responses, GET /v1/models or GET /health"
+KEEPALIVE = b": waiting for the model\n\n"  # an SSE comment: clients skip it; writing it to a gone client fails
 FAILED = "the model failed on this request; see the server log"
 
 
@@ -128,20 +131,27 @@ async def list_models(request):
     return JSONResponse(oa.models(request.app.state.model_id, request.app.state.created))
 
 
+async def encode(scorer, messages, params, what: str, tokens_name: str):
+    """The prompt's token ids, or BadRequest (in the route's words) when prompt and answer would not fit."""
+    from .contract import BadRequest
+    from .scoring import TooLong
+
+    try:
+        _, enc = await asyncio.to_thread(scorer.encode, messages, params)
+    except TooLong as exc:
+        raise BadRequest(exc.said(what, tokens_name)) from None
+    return enc
+
+
 async def chat_completions(request):
     from starlette.responses import JSONResponse, StreamingResponse
 
     from . import openai_api as oa
-    from .contract import BadRequest
-    from .scoring import TooLong
 
     state = request.app.state
     scorer = state.scorer
     messages, params, opts = oa.parse_chat_request(await read_body(request), scorer.limit, state.model_id)
-    try:
-        _, enc = await asyncio.to_thread(scorer.encode, messages, params)
-    except TooLong as exc:
-        raise BadRequest(exc.said("messages", "max_tokens")) from None
+    enc = await encode(scorer, messages, params, "messages", "max_tokens")
     cid = oa.new_id()
     if opts["stream"]:
         return StreamingResponse(
@@ -158,16 +168,22 @@ async def chat_completions(request):
     )
 
 
+def _failure(exc: BaseException) -> tuple[str, int]:
+    """(message, status) of a generation that failed midway; a failure other than the timeout is logged."""
+    from .scoring import TimedOut
+
+    if isinstance(exc, TimedOut):
+        return str(exc), 504
+    traceback.print_exception(exc, file=sys.stdout)
+    return FAILED, 500
+
+
 def _final_events(cid: str, item, opts: dict, t0: float):
     """The events after the last piece: an error event, or the finish chunk (and the usage chunk when asked)."""
     from . import openai_api as oa
-    from .scoring import TimedOut
 
     if isinstance(item, BaseException):
-        if isinstance(item, TimedOut):
-            return [oa.sse(oa.error(str(item), 504))]
-        traceback.print_exception(item, file=sys.stdout)
-        return [oa.sse(oa.error(FAILED, 500))]
+        return [oa.sse(oa.error(*_failure(item)))]
     events = [oa.sse(oa.chunk(cid, opts["model"], {}, item["finish_reason"]))]
     if opts["include_usage"]:
         usage = oa.usage(item["prompt_tokens"], item["completion_tokens"])
@@ -176,11 +192,11 @@ def _final_events(cid: str, item, opts: dict, t0: float):
     return events
 
 
-async def stream(scorer, cid, enc, params, opts):
-    """The SSE events of one streamed completion: generation runs in a worker thread and hands its pieces over a
-    queue; a client that goes away sets `cancel`, which stops generation at the next token."""
-    from . import openai_api as oa
-
+async def generated(scorer, enc, params, stops, what: str):
+    """One streamed generation: yields each piece of text (str), None while the model is still busy (every
+    KEEPALIVE_S, for a keepalive comment), and last the result (Scorer.complete's dict, or the exception it
+    raised). Generation runs in a worker thread and hands its pieces over a queue; a consumer that stops before
+    the result (a client that went away) sets `cancel`, which stops generation at the next token."""
     loop = asyncio.get_running_loop()
     pieces: asyncio.Queue = asyncio.Queue()
     cancel = threading.Event()
@@ -189,7 +205,7 @@ async def stream(scorer, cid, enc, params, opts):
     def work():
         try:
             result = scorer.complete(
-                enc, params, opts["stop"], lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece), cancel
+                enc, params, stops, lambda piece: loop.call_soon_threadsafe(pieces.put_nowait, piece), cancel
             )
         except BaseException as exc:  # handed to the stream, which reports it as an error event
             result = exc
@@ -199,21 +215,16 @@ async def stream(scorer, cid, enc, params, opts):
     worker = loop.run_in_executor(None, work)
     finished = False  # the final item was read (the executor's future may not say done yet)
     try:
-        yield oa.sse(oa.chunk(cid, opts["model"], {"role": "assistant", "content": ""}))
         while True:
             try:
                 item = await asyncio.wait_for(pieces.get(), KEEPALIVE_S)
             except asyncio.TimeoutError:
-                yield b": waiting for the model\n\n"  # a comment: clients skip it; a gone client fails here
+                yield None
                 continue
-            if isinstance(item, str):
-                yield oa.sse(oa.chunk(cid, opts["model"], {"content": item}))
-                continue
-            finished = True
-            for event in _final_events(cid, item, opts, t0):
-                yield event
-            yield oa.sse("[DONE]")
-            return
+            finished = not isinstance(item, str)
+            yield item
+            if finished:
+                return
     finally:
         if not finished:  # the client went away mid-answer: stop generating at the next token
             cancel.set()
@@ -222,11 +233,74 @@ async def stream(scorer, cid, enc, params, opts):
                 result = None if done.cancelled() else done.result()
                 made = result.get("completion_tokens", "?") if isinstance(result, dict) else "?"
                 log(
-                    f"chat completion (stream): the client went away; generation stopped after {made} of "
+                    f"{what}: the client went away; generation stopped after {made} of "
                     f"{params['max_new_tokens']} token(s), {time.time() - t0:.2f}s"
                 )
 
             worker.add_done_callback(note)
+
+
+async def stream(scorer, cid, enc, params, opts):
+    """The SSE events of one streamed chat completion, ending in `data: [DONE]`."""
+    from . import openai_api as oa
+
+    t0 = time.time()
+    async with contextlib.aclosing(generated(scorer, enc, params, opts["stop"], "chat completion (stream)")) as items:
+        yield oa.sse(oa.chunk(cid, opts["model"], {"role": "assistant", "content": ""}))
+        async for item in items:
+            if item is None:
+                yield KEEPALIVE
+            elif isinstance(item, str):
+                yield oa.sse(oa.chunk(cid, opts["model"], {"content": item}))
+            else:
+                for event in _final_events(cid, item, opts, t0):
+                    yield event
+                yield oa.sse("[DONE]")
+
+
+async def responses(request):
+    """POST /v1/responses: the chat-completions route's generation, said in the Responses API's shapes."""
+    from starlette.responses import JSONResponse, StreamingResponse
+
+    from . import openai_api as oa
+    from . import responses_api as ra
+
+    state = request.app.state
+    scorer = state.scorer
+    messages, params, opts = ra.parse_responses_request(await read_body(request), scorer.limit, state.model_id)
+    enc = await encode(scorer, messages, params, "input", ra.TOKENS)
+    rid = ra.new_id()
+    if opts["stream"]:
+        return StreamingResponse(
+            response_events(scorer, rid, enc, params, opts), media_type="text/event-stream", headers=oa.SSE_HEADERS
+        )
+    t0 = time.time()
+    done = await asyncio.to_thread(scorer.complete, enc, params, opts["stop"])
+    log(f"response: {done['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
+    return JSONResponse(ra.response_json(rid, opts, done))
+
+
+async def response_events(scorer, rid, enc, params, opts):
+    """The SSE events of one streamed Response (serving/responses_api.Events), from response.created to
+    response.completed, response.incomplete or response.failed."""
+    from . import responses_api as ra
+
+    events, t0 = ra.Events(rid, opts), time.time()
+    async with contextlib.aclosing(generated(scorer, enc, params, opts["stop"], "response (stream)")) as items:
+        for event in events.opening():
+            yield event
+        async for item in items:
+            if item is None:
+                yield KEEPALIVE
+            elif isinstance(item, str):
+                yield events.delta(item)
+            elif isinstance(item, BaseException):
+                for event in events.failed(_failure(item)[0]):
+                    yield event
+            else:
+                for event in events.closing(item):
+                    yield event
+                log(f"response (stream): {item['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
 
 
 def make_app(scorer, key: str, model_id: str):
@@ -239,6 +313,7 @@ def make_app(scorer, key: str, model_id: str):
         Route("/score", score, methods=["POST"]),
         Route("/v1/models", list_models),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+        Route("/v1/responses", responses, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers=exception_handlers())
     app.state.scorer, app.state.model_id, app.state.created = scorer, model_id, int(time.time())
@@ -300,7 +375,7 @@ def main(argv=None) -> int:
             write_atomic(args.ready_file, json.dumps({"pid": os.getpid(), "host": args.host, "port": port}))
         print(
             f"listening on http://{args.host}:{port} (POST /score, POST /v1/chat/completions, "
-            "GET /v1/models, GET /health)",
+            "POST /v1/responses, GET /v1/models, GET /health)",
             flush=True,
         )
 
