@@ -189,7 +189,9 @@ def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, c
 def finish(spec, run_dir: Path, out, again: Again) -> int:
     """After a single run's stages: what next (what still runs, how to chat, how to stop it), then the chat page
     when chat.ui=true asked for it."""
-    for line in closing_block(spec, Manifest(run_dir), again, implementation("deploy", spec)):
+    from .stages.prompt_flow import commands
+
+    for line in closing_block(spec, Manifest(run_dir), again, implementation("deploy", spec), commands):
         out(line)
     if spec["chat"]["ui"] and "chat" in spec["stages"]:
         return chat_page(spec, run_dir, out, again)

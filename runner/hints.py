@@ -98,9 +98,9 @@ def pf_program(cwd: Path | None = None) -> str:
     return shlex.quote(str(pf)) if pf.exists() else "pf"
 
 
-def closing_block(spec, manifest, again: Again, deploy_module) -> list[str]:
+def closing_block(spec, manifest, again: Again, deploy_module, flow_commands=None) -> list[str]:
     """What a run that leaves something behind says last: what runs, where, how to chat, how to stop it.
-    Nothing when no endpoint of this run is up."""
+    Nothing when no endpoint of this run is up. flow_commands(connection) -> the Prompt flow commands to show."""
     entry = manifest.entry("deploy")
     if entry.get("status") == "stopped":
         return [
@@ -115,10 +115,8 @@ def closing_block(spec, manifest, again: Again, deploy_module) -> list[str]:
     lines += [f"  {x}" for x in deploy_module.running_lines(spec, out)]
     lines.append(f"  chat page:   {again.chat_page()}")
     connection = manifest.outputs("chat").get("connection")
-    if connection:
-        from .stages.prompt_flow import commands
-
-        lines.append(f"  Prompt flow: {commands(connection)[0]}")
+    if connection and flow_commands:
+        lines.append(f"  Prompt flow: {flow_commands(connection)[0]}")
     report = manifest.outputs("eval").get("report")
     if report:
         lines.append(f"  eval report: {report}")
