@@ -145,6 +145,21 @@ class Browser:
                 raise AssertionError(f"timed out waiting for {expression!r}; the page shows:\n{text}")
             await asyncio.sleep(0.2)
 
+    async def reload(self):
+        """Load the page's current URL again, as a person pressing F5."""
+        await self.goto(await self.js("location.href"))
+
+    async def cookies(self) -> list[dict]:
+        """The browser's cookies for the page, with their flags (httpOnly, sameSite, ...)."""
+        return (await self.send("Network.getCookies"))["cookies"]
+
+    async def allow_clipboard(self, origin: str):
+        """Let the page write and read the clipboard, as a person who allowed it (headless asks no one)."""
+        await self.send(
+            "Browser.grantPermissions", permissions=["clipboardReadWrite", "clipboardSanitizedWrite"], origin=origin
+        )
+        await self.send("Emulation.setFocusEmulationEnabled", enabled=True)
+
     async def click(self, selector: str):
         await self.js(f"document.querySelector({json.dumps(selector)}).click()")
 
