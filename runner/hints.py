@@ -111,7 +111,7 @@ def closing_block(spec, manifest, again: Again, deploy_module, flow_commands=Non
     if entry.get("status") != "done":
         return []
     out = entry.get("outputs", {})
-    lines = ["what next (each line pastes as printed, here):"]
+    lines = ["what next (commands paste as printed, from this directory):"]
     lines += [f"  {x}" for x in deploy_module.running_lines(spec, out)]
     lines.append(f"  chat page:   {again.chat_page()}")
     connection = manifest.outputs("chat").get("connection")
