@@ -276,7 +276,9 @@ async def responses(request):
         )
     t0 = time.time()
     done = await asyncio.to_thread(scorer.complete, enc, params, opts["stop"])
-    log(f"response: {done['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
+    log(
+        f"response: {done['completion_tokens']} token(s) after a {done['prompt_tokens']}-token prompt in {time.time() - t0:.2f}s"
+    )
     return JSONResponse(ra.response_json(rid, opts, done))
 
 
@@ -300,7 +302,8 @@ async def response_events(scorer, rid, enc, params, opts):
             else:
                 for event in events.closing(item):
                     yield event
-                log(f"response (stream): {item['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
+                made, prompt = item["completion_tokens"], item["prompt_tokens"]
+                log(f"response (stream): {made} token(s) after a {prompt}-token prompt in {time.time() - t0:.2f}s")
 
 
 def make_app(scorer, key: str, model_id: str):

@@ -198,6 +198,8 @@ def test_the_readme_agent_framework_example_answers_with_the_fine_tuned_answers(
     OpenAIChatCompletionClient, each answering as the endpoint's own routes do."""
     python = agent_venv.python()
     (question, answer), (follow_up, _) = ep.single_turn_pairs(trained_run[2], 2)
+    routes = ('"POST /v1/responses" 200', '"POST /v1/chat/completions" 200')
+    before = [server.log.read_text().count(marker) for marker in (*routes, "response (stream): ")]
     run = subprocess.run(
         [str(python), str(agent_venv.EXAMPLE), f"{server.base}/v1", server.key, question, follow_up],
         capture_output=True,
@@ -207,16 +209,20 @@ def test_the_readme_agent_framework_example_answers_with_the_fine_tuned_answers(
     )
     assert run.returncode == 0, run.stderr[-3000:]
     said = json.loads(run.stdout.splitlines()[-1])
+    # get_response and both agent turns went through /v1/responses, OpenAIChatCompletionClient through chat
+    assert ep.count_lines(server.log, routes[0], before[0] + 3) == before[0] + 3
+    assert ep.count_lines(server.log, routes[1], before[1] + 1) == before[1] + 1
     assert said["get_response"] == said["agent_run"] == said["chat_completions"] == answer
     conversation = [
         {"role": "user", "content": question},
         {"role": "assistant", "content": answer},
         {"role": "user", "content": follow_up},
     ]
-    assert said["agent_follow_up"] == chat_answer(client, conversation)[0]  # the session sent the whole conversation
+    follow_up_answer, used = chat_answer(client, conversation)
+    assert said["agent_follow_up"] == follow_up_answer
+    streamed = ep.wait_for_line(server.log, "response (stream): ", skip=before[2])
+    assert f"after a {used.prompt_tokens}-token prompt" in streamed  # the session sent the whole conversation
     assert said["streamed_updates"] > 2
-    requests = server.log.read_text().count('"POST /v1/responses" 200')
-    assert requests >= 3  # get_response and both agent turns went through /v1/responses
 
 
 # ---- the shapes, in process, against the openai package's types -----------------------------------------
@@ -252,10 +258,15 @@ def sse_events(text: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def endpoint(model_dir):
+def scorer(model_dir):
     from serving.scoring import Scorer
 
-    return serve.make_app(Scorer(model_dir, max_new_tokens_limit=128), KEY, MODEL)
+    return Scorer(model_dir, max_new_tokens_limit=128)
+
+
+@pytest.fixture(scope="module")
+def endpoint(scorer):
+    return serve.make_app(scorer, KEY, MODEL)
 
 
 def test_responses_and_events_are_what_the_openai_package_reads(endpoint, trained_run):
@@ -280,6 +291,25 @@ def test_responses_and_events_are_what_the_openai_package_reads(endpoint, traine
         e.item.id for e in events if e.type.startswith("response.output_item")
     }
     assert len(item_ids) == 1  # every event speaks of the one message item
+
+
+def test_the_request_timeout_is_a_504_or_a_failed_stream(endpoint, scorer):
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    body = {"input": "hi", "max_output_tokens": 8}
+    scorer.timeout_s = 1e-9  # as --request-timeout-ms sets it: any generation runs past it
+    try:
+        status, reply = call(endpoint, "/v1/responses", body)
+        assert status == 504 and "request timeout" in reply["error"]["message"]
+        status, text = call(endpoint, "/v1/responses", {**body, "stream": True})
+    finally:
+        scorer.timeout_s = None
+    events = [TypeAdapter(ResponseStreamEvent).validate_python(e, strict=True) for e in sse_events(text)]
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]  # a token may come before it
+    assert status == 200 and [e.type for e in events] == ORDER[:4] + [ORDER[4]] * len(deltas) + ["response.failed"]
+    assert events[-1].response.status == "failed" and "request timeout" in events[-1].response.error.message
+    assert events[-1].response.output[0].content[0].text == "".join(deltas)  # what was said before it stopped
 
 
 def test_the_route_wants_the_key_and_names_itself_in_the_routes_hint(endpoint):
