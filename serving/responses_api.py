@@ -177,7 +177,7 @@ def parse_responses(body, limit: int, served_model: str) -> tuple[list[dict], di
     """A decoded Responses body -> (messages, generation params, options), or BadRequest / NotFound.
 
     options: stream (bool), stop ([]: the Responses API has none), model (the served model's id), and what the
-    Response echoes: instructions, metadata.
+    Response echoes: instructions, metadata, params (the settings used: max_output_tokens, temperature, top_p).
     """
     if not isinstance(body, dict):
         raise BadRequest('the body must be a JSON object with "input"')
