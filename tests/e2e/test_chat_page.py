@@ -598,7 +598,7 @@ def test_an_answer_is_markdown_with_a_copy_button_and_none_of_its_html_runs(fake
                 await b.goto(base + "?token=" + token)
                 await b.allow_clipboard(base.rstrip("/"))
                 await ask(b, "show me", 0)
-                await b.js("document.querySelectorAll('#log a').forEach(a => a.click())")
+                await b.js("document.querySelectorAll('#log a:not([href^=http])').forEach(a => a.click())")
                 await b.click(".msg.assistant pre button.copy")
                 await b.wait_for("document.querySelector('button.copy').textContent === 'Copied'")
                 return await b.js(
@@ -636,7 +636,7 @@ def test_regenerate_edit_and_resend_reload_new_chat_system_prompt_and_an_empty_a
                     "document.getElementById('model').textContent && document.getElementById('header').innerText"
                 )
                 await b.js("document.getElementById('system').value = 'Answer briefly.'")
-                await b.js("document.getElementById('system').dispatchEvent(new Event('change'))")
+                await b.js("document.getElementById('system').dispatchEvent(new Event('input'))")
                 await ask(b, "first question", 0)
                 stats = await b.js("document.querySelector('.turn.assistant .stats').textContent")
                 await b.click(".regenerate")

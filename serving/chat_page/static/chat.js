@@ -69,7 +69,7 @@ function loadSettings() {
   try { s = JSON.parse(localStorage.getItem(SETTINGS)) || {}; } catch (e) { /* defaults */ }
   for (const id of ["system", "max_tokens", "temperature"]) {
     if (typeof s[id] === "string") $(id).value = s[id];
-    $(id).addEventListener("change", saveSettings);
+    $(id).addEventListener("input", saveSettings);  // as it is typed: a reload keeps it even unsent
   }
 }
 function saveSettings() {
