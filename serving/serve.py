@@ -160,7 +160,9 @@ async def chat_completions(request):
             headers=oa.SSE_HEADERS,
         )
     t0 = time.time()
-    done = await asyncio.to_thread(scorer.complete, enc, params, opts["stop"])
+    done = await answered(request, scorer, enc, params, opts["stop"], "chat completion")
+    if done is None:
+        return client_gone()
     log(f"chat completion: {done['completion_tokens']} token(s) in {time.time() - t0:.2f}s")
     text, finish = done["text"], done["finish_reason"]
     return JSONResponse(
@@ -240,6 +242,28 @@ async def generated(scorer, enc, params, stops, what: str):
             worker.add_done_callback(note)
 
 
+async def answered(request, scorer, enc, params, stops, what: str) -> dict | None:
+    """Scorer.complete's result for a request answered in one piece, or None when its client hung up first: the
+    generation is then stopped at the next token (as a stream's is) instead of running to its end for nobody. A
+    failure midway (the request timeout) is raised, for the route's error mapping."""
+    async with contextlib.aclosing(generated(scorer, enc, params, stops, what)) as items:
+        async for item in items:
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, dict):
+                return item
+            if await request.is_disconnected():  # checked at each piece, and every KEEPALIVE_S while none comes
+                return None
+    return None
+
+
+def client_gone():
+    """The response to a request whose client left: nobody reads it; the access log says 499 (client closed)."""
+    from starlette.responses import Response
+
+    return Response(status_code=499)
+
+
 async def stream(scorer, cid, enc, params, opts):
     """The SSE events of one streamed chat completion, ending in `data: [DONE]`."""
     from . import openai_api as oa
@@ -275,7 +299,9 @@ async def responses(request):
             response_events(scorer, rid, enc, params, opts), media_type="text/event-stream", headers=oa.SSE_HEADERS
         )
     t0 = time.time()
-    done = await asyncio.to_thread(scorer.complete, enc, params, opts["stop"])
+    done = await answered(request, scorer, enc, params, opts["stop"], "response")
+    if done is None:
+        return client_gone()
     log(
         f"response: {done['completion_tokens']} token(s) after a {done['prompt_tokens']}-token prompt in {time.time() - t0:.2f}s"
     )

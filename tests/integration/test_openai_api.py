@@ -202,6 +202,19 @@ def test_a_cancelled_completion_frees_the_model_at_the_next_token(model_dir):
     s.lock.release()
 
 
+def test_a_whole_answer_the_client_hangs_up_on_stops_generating_on_both_routes(server):
+    noise = [{"role": "user", "content": "zq xv"}]
+    for path, body in (
+        ("/v1/chat/completions", {"messages": noise, "max_tokens": 480, "temperature": 2.0}),
+        ("/v1/responses", {"input": noise, "max_output_tokens": 480, "temperature": 2.0}),
+    ):
+        made = ep.abandoned_whole(f"{server.base}{path}", body, server.log, server.key)
+        assert made < 240, path  # of 480: stopped at the hang-up, not at the end
+        assert f'"POST {path}" 499' in server.log.read_text()  # the access log says the client closed it
+    status, _ = ep.post(f"{server.base}/v1/chat/completions", {"messages": noise, "max_tokens": 4}, server.key)
+    assert status == 200  # the model is free for the next request
+
+
 def test_a_stream_the_client_abandons_stops_generating_and_frees_the_model(server):
     made = ep.abandoned(f"{server.base}/v1/chat/completions", server.key, server.log, 480)
     assert made < 100  # of 480: stopped at the hang-up, not at the end

@@ -101,6 +101,27 @@ def abandon_stream(url: str, body: dict, key: str | None, pieces: int = 3, timeo
     return got
 
 
+def abandon_request(url: str, body: dict, key: str | None, after_s: float = 0.02) -> bytes:
+    """POST a request answered in one piece, and hang up after after_s (as a client that timed out or was closed
+    does). Returns what came back before the hang-up: b"" when the answer was still being generated."""
+    import socket
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    data = json.dumps(body).encode()
+    head = (
+        f"POST {u.path} HTTP/1.1\r\nHost: {u.hostname}:{u.port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(data)}\r\n" + (f"Authorization: Bearer {key}\r\n" if key else "") + "\r\n"
+    )
+    with socket.create_connection((u.hostname, u.port), timeout=30) as sock:
+        sock.sendall(head.encode() + data)
+        sock.settimeout(after_s)
+        try:
+            return sock.recv(65536)
+        except TimeoutError:
+            return b""  # nothing yet: hang up now
+
+
 def wait_for_line(path: Path, marker: str, skip: int = 0, timeout: float = 30) -> str | None:
     """The first line of the file containing marker, past the first `skip` such lines; None after timeout."""
     import time
@@ -126,6 +147,19 @@ def count_lines(path: Path, marker: str, at_least: int = 0, timeout: float = 10)
 
 
 WENT_AWAY = "the client went away; generation stopped after "
+
+
+def abandoned_whole(url, body: dict, log, key, tries=5) -> int:
+    """Tokens generated for a request answered in one piece that was hung up on mid-generation (an answer that
+    came back before the hang-up is tried again)."""
+    for _ in range(tries):
+        seen = Path(log).read_text().count(WENT_AWAY)
+        if abandon_request(url, body, key):
+            continue  # answered already
+        line = wait_for_line(log, WENT_AWAY, skip=seen)
+        assert line, Path(log).read_text()[-2000:]
+        return int(line.split(WENT_AWAY)[1].split()[0])
+    raise AssertionError(f"every answer came back within the wait, in {tries} tries")
 
 
 def abandoned(url, key, log, max_tokens: int, tries=5) -> int:
