@@ -34,6 +34,12 @@ if not OmegaConf.has_resolver("point_folder"):
     OmegaConf.register_new_resolver("point_folder", point_folder)
 
 
+def run_name(spec, run_dir: Path) -> str:
+    """What the run is: its run directory under run.output_root, e.g. default/local_tiny_sample/data.percent=25."""
+    run_dir, root = Path(run_dir).resolve(), Path(spec["run"]["output_root"]).resolve()
+    return str(run_dir.relative_to(root)) if root in run_dir.parents else run_dir.name
+
+
 def missing_on_the_way(path: Path) -> list[Path]:
     """The folders mkdir(parents=True) would create for path, normalized (`a/../b` is b), deepest first."""
     path = Path(path).absolute()

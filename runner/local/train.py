@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import REPO_ROOT
 from ..errors import StageFailed, UserError
+from ..rundir import run_name
 from ..spec import hardware
 from ..spec.memory_fit import attention_line, memory_line, sharding_line
 from ..stages import template_audit
@@ -167,12 +168,6 @@ def launch(spec, ctx, processes: int, data: dict, out: Path, root: Path) -> dict
     summary = json.loads((out / "summary.json").read_text())
     ctx.log(f"[train] {processes} processes trained ({summary.get('sharding')}); rank 0 recorded the model")
     return summary
-
-
-def run_name(spec, run_dir: Path) -> str:
-    """What the run is: its run directory under run.output_root, e.g. default/local_tiny_sample/data.percent=25."""
-    run_dir, root = Path(run_dir).resolve(), output_root(spec)
-    return str(run_dir.relative_to(root)) if root in run_dir.parents else run_dir.name
 
 
 def mlflow_run(spec, ctx) -> dict:

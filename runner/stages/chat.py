@@ -12,6 +12,7 @@ from ..errors import StageFailed
 from ..hints import Again
 from ..manifest import Manifest
 from ..registry import implementation
+from ..rundir import run_name
 from .prompt_flow import FLOW_DIR, commands, connection_name, keep_promptflow_local, quiet_logs, save_connection
 
 
@@ -66,10 +67,13 @@ def upstream(spec, run_dir, again=None):
         or f"{reg.get('model_name', spec['register']['model_name'])}:{reg.get('model_version', '?')}"
     )
     limit = spec["deploy"]["max_new_tokens_limit"]
+    # what the page's header names, and the command it shows once the endpoint is gone
+    names = {"run_name": run_name(spec, run_dir), "bring_back": ctx.again.redeploy()}
     if out.get("openai_base_url"):
-        return Upstream("openai", out["openai_base_url"], key, model, limit, f"local endpoint {out['openai_base_url']}")
+        where = f"local endpoint {out['openai_base_url']}"
+        return Upstream("openai", out["openai_base_url"], key, model, limit, where, **names)
     host = url.split("//", 1)[-1].split("/", 1)[0]
-    return Upstream("score", url, key, model, limit, f"endpoint {host} (/score)")
+    return Upstream("score", url, key, model, limit, f"endpoint {host} (/score)", **names)
 
 
 def serve(spec, run_dir, out=print, again=None) -> int:

@@ -3,7 +3,8 @@
 - an endpoint that speaks OpenAI's API itself (the local one): chat completions and Responses API requests, and
   their streams, are passed through;
 - one that speaks only `/score` (a cloud deployment under its vendor's inference server): a chat request is sent
-  there and the answer comes back as one chunk, as that server does not stream; the Responses API is refused.
+  there and the answer comes back in one piece (one chunk, or a Response's events at once), as that server does not
+  stream.
 A body is read only up to MAX_BODY_BYTES, and must be one JSON object, before anything is sent on. The endpoint is
 looked up again when it stops answering or refuses the key (a redeploy moves a local endpoint to a new port and
 key); when that fails too (torn down), the page is told why and how to bring it back.
@@ -18,10 +19,6 @@ from serving.contract import BadRequest, Refused, decode
 from serving.serve import MAX_BODY_BYTES  # the endpoint's own limit: a bigger body would be refused there anyway
 
 UPSTREAM_TIMEOUT_S = DEFAULT_TIMEOUT_S  # above the endpoint's own request timeout, so its 504 reaches the page
-NO_RESPONSES_API = (
-    "the Responses API (POST /v1/responses) needs an endpoint with OpenAI-compatible routes; this one speaks only "
-    "/score: use POST /v1/chat/completions"
-)
 
 
 @dataclass
@@ -106,9 +103,9 @@ class ChatPage:
     async def responses(self, request):
         raw = await read_body(request)
         body = json_object(raw)
-        if self.up.kind != "openai":
-            raise BadRequest(NO_RESPONSES_API)
-        return await self.through("/responses", raw, bool(body.get("stream")))
+        if self.up.kind == "openai":
+            return await self.through("/responses", raw, bool(body.get("stream")))
+        return await self.responses_via_score(body, self.up)
 
     async def send(self, method: str, path: str, body=None, stream=False):
         """The upstream response, or Refused (502); the endpoint is looked up again once if it cannot be reached
@@ -197,24 +194,49 @@ class ChatPage:
         finally:  # the page went away (or the answer ended): close upstream, which stops the generation
             await resp.aclose()
 
+    async def ask_score(self, messages: list, params: dict, up: Upstream) -> str:
+        """The answer of a /score endpoint to one conversation, or Refused with what it said."""
+        from common import score_client
+
+        resp = await self.send("POST", "", json.dumps(score_client.payload(messages, params)).encode())
+        try:
+            if resp.status_code != 200:
+                raise score_client.refusal(resp.status_code, resp.content, up.url.split("?")[0], "the endpoint's")
+            return score_client.answers_of(resp.content)[0]
+        except score_client.ScoreError as exc:
+            raise Refused(exc.status or 502, str(exc)) from None
+
+    async def responses_via_score(self, body: dict, up: Upstream):
+        """The Responses API over a /score endpoint: the request checked here (the endpoint's own rules and limit),
+        the conversation sent as /score's body, the answer said as a Response (its events at once when streamed:
+        /score does not stream). /score says no token counts: usage is null."""
+        from starlette.responses import JSONResponse, StreamingResponse
+
+        from serving import openai_api as oa
+        from serving import responses_api as ra
+
+        messages, params, opts = ra.parse_responses(body, up.limit, up.model)
+        done = {"text": await self.ask_score(messages, params, up), "finish_reason": "stop"}
+        rid = ra.new_id()
+        if not opts["stream"]:
+            return JSONResponse(ra.response_json(rid, opts, done))
+
+        async def events():
+            for event in ra.Events(rid, opts).whole(done):
+                yield event
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=oa.SSE_HEADERS)
+
     async def via_score(self, body: dict, up: Upstream):
         """A /score endpoint: the chat request checked here, sent as /score's body, the answer sent back as a chat
         completion (one chunk when streamed: /score does not stream)."""
         from starlette.responses import JSONResponse, StreamingResponse
 
-        from common import score_client
         from serving import openai_api as oa
         from serving.detokenize import cut_at_stops
 
         messages, params, opts = oa.parse_chat(body, up.limit, up.model)
-        resp = await self.send("POST", "", json.dumps(score_client.payload(messages, params)).encode())
-        try:
-            if resp.status_code != 200:
-                raise score_client.refusal(resp.status_code, resp.content, up.url.split("?")[0], "the endpoint's")
-            answer = score_client.answers_of(resp.content)[0]
-        except score_client.ScoreError as exc:
-            raise Refused(exc.status or 502, str(exc)) from None
-        text, _ = cut_at_stops(answer, opts["stop"])
+        text, _ = cut_at_stops(await self.ask_score(messages, params, up), opts["stop"])
         cid = oa.new_id()
         if not opts["stream"]:
             return JSONResponse(oa.completion(cid, up.model, text, "stop", 0, 0))

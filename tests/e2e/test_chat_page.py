@@ -436,8 +436,8 @@ def test_an_open_page_says_its_endpoint_is_gone_and_follows_it_to_a_redeploy(pag
 
 class FakeEndpoint:
     """A real HTTP server on 127.0.0.1 speaking the endpoint's OpenAI routes (/v1/models, /v1/chat/completions
-    streamed or not, /v1/responses) with the answers the test queues; it records every body it was sent, and
-    wants its own key, as the endpoint does."""
+    streamed or not, /v1/responses) and Azure's /score, with the answers the test queues; it records every body
+    it was sent, and wants its own key, as the endpoint does."""
 
     KEY = "fake-endpoint-key-" + "k" * 20
 
@@ -485,7 +485,11 @@ class FakeEndpoint:
                 return StreamingResponse(response_events(), media_type="text/event-stream")
             return JSONResponse({"id": "resp_1", "object": "response", "output_text": "from /v1/responses"})
 
+        async def score(request):  # Azure ML's contract: a list of answers, no streaming, no token counts
+            return await keyed(request) or JSONResponse([self.answers.pop(0)])
+
         routes = [
+            Route("/score", score, methods=["POST"]),
             Route("/v1/models", models),
             Route("/v1/chat/completions", chat, methods=["POST"]),
             Route("/v1/responses", responses, methods=["POST"]),
@@ -702,13 +706,24 @@ def test_the_responses_api_is_passed_through_with_the_endpoints_key(fake):
     assert [s["body"] for s in fake.seen] == [body, body | {"stream": True}]  # only these reached the endpoint
     assert nested.status_code == 400 and big.status_code == 413 and refused.status_code == 401
 
-    with page_over(lambda: upstream_of(fake, "score"), token) as base:
-        answer = httpx.post(base + "v1/responses", json=body, headers=auth, timeout=30)
-    assert (
-        answer.status_code == 400
-        and "needs an endpoint with OpenAI-compatible routes" in answer.json()["error"]["message"]
-    )
-    assert len(fake.seen) == 2
+    # a /score-only endpoint (Azure's inference server): the page checks the request, asks /score, says a Response
+    from openai.types.responses import Response, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    fake.answers += ["scored once", "scored twice"]
+    instructed = body | {"instructions": "Be brief."}
+    with page_over(lambda: upstream_of(fake, "score"), token) as base, httpx.Client(base_url=base, timeout=30) as c:
+        whole = c.post("/v1/responses", json=instructed, headers=auth)
+        with c.stream("POST", "/v1/responses", json=body | {"stream": True}, headers=auth) as streamed:
+            events = [json.loads(line[6:]) for line in streamed.iter_lines() if line.startswith("data: ")]
+        too_long = c.post("/v1/responses", json=body | {"max_output_tokens": 65}, headers=auth)
+    assert whole.status_code == 200 and Response.model_validate(whole.json()).output_text == "scored once"
+    scored = [s["body"] for s in fake.seen[2:]]
+    assert scored[0]["input_data"][0][0] == {"role": "system", "content": "Be brief."}  # instructions first
+    parsed = [TypeAdapter(ResponseStreamEvent).validate_python(e) for e in events]
+    assert parsed[-1].type == "response.completed" and parsed[-1].response.output_text == "scored twice"
+    assert too_long.status_code == 400 and "max_output_tokens" in too_long.json()["error"]["message"]
+    assert len(fake.seen) == 4  # the refused one never reached the endpoint
 
 
 def test_the_page_chats_with_an_azure_endpoint_and_the_browser_never_sees_its_key(

@@ -10,7 +10,7 @@ import pytest
 
 from ..support import _endpoint as ep  # before promptflow: points its home at a temporary folder
 from ..support.helpers import runner_cli
-from .test_chat_page import start_page, stop_page
+from .test_chat_page import split_url, start_page, stop_page
 
 pytestmark = pytest.mark.slow
 MODEL = "model=tiny_phi4mini"
@@ -72,7 +72,8 @@ def test_every_chat_route_answers_the_training_questions(deployed):
     proc, url, lines = start_page(root, MODEL, "stages=[chat]")
     try:
         assert url, "".join(lines)[-3000:]
-        status, body = ep.post(url + "v1/chat/completions", {"messages": messages}, None)
+        base, token = split_url(url)
+        status, body = ep.post(base + "v1/chat/completions", {"messages": messages}, token)
         assert status == 200 and body["choices"][0]["message"]["content"] == answer, body
         assert body["model"] == "phi4-chat-tiny-phi4mini:1"
     finally:

@@ -16,7 +16,7 @@ from runner import REPO_ROOT
 
 from ..support import _endpoint as ep  # before promptflow: points its home at a temporary folder
 from ..support.helpers import runner_cli
-from .test_chat_page import start_page, stop_page
+from .test_chat_page import split_url, start_page, stop_page
 
 pytestmark = pytest.mark.slow
 RUNS = ("alpha", "beta")
@@ -89,7 +89,7 @@ def test_pf_flow_test_with_each_connection_reaches_its_own_endpoint(two, trained
         run_dir, stdout = out[name]
         other = out[RUNS[1 - RUNS.index(name)]][0]
         printed = next(line.split("[chat]   ", 1)[1] for line in stdout.splitlines() if "--inputs connection=" in line)
-        assert printed.split()[0].endswith("/pf"), printed  # a path to Prompt flow's CLI: no venv to activate
+        assert printed.split()[:2] == [str(REPO_ROOT / "dev"), "pf"], printed  # ./dev pf by path: no venv needed
         before, other_before = scored(run_dir), scored(other)
         r = subprocess.run(
             ["bash", "-c", printed.replace('question="..."', f"question={shlex.quote(question)}")],
@@ -117,13 +117,15 @@ def test_each_runs_chat_page_talks_to_its_own_model(two, trained_run):
             assert url, "".join(lines)[-3000:]
         for name in RUNS:
             proc, url = pages[name]
+            base, token = split_url(url)
             run_dir, other = out[name][0], out[RUNS[1 - RUNS.index(name)]][0]
-            with urllib.request.urlopen(url + "v1/models", timeout=30) as resp:
+            listed = urllib.request.Request(base + "v1/models", headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(listed, timeout=30) as resp:
                 models = [m["id"] for m in json.loads(resp.read())["data"]]
             assert models == [f"phi3-chat-{name}:1"]
             before, other_before = completions(run_dir), completions(other)
             status, body = ep.post(
-                url + "v1/chat/completions", {"messages": [{"role": "user", "content": question}]}, None
+                base + "v1/chat/completions", {"messages": [{"role": "user", "content": question}]}, token
             )
             assert status == 200 and body["choices"][0]["message"]["content"] == answer
             assert body["model"] == f"phi3-chat-{name}:1"

@@ -127,17 +127,17 @@ def test_the_chat_page_answers_only_its_own_page(tmp_path):
     """No model needed: the Host/Origin rule runs before any route (DNS rebinding, another tab's page)."""
     nowhere = Upstream("score", f"http://127.0.0.1:{free_port()}/score", "k" * 32, "m:1", 64, "nowhere")
     logged = []
-    app = chat_page.make_app(lambda: nowhere, logged.append, nowhere)
+    app = chat_page.make_app(lambda: nowhere, logged.append, nowhere, token=KEY)
     body = {"messages": [{"role": "user", "content": "hi"}]}
     for headers in ({"Host": "evil.example:8000"}, {"Origin": "http://evil.example"}):
         status, reply, _ = call(app, "POST", "/v1/chat/completions", body, key=None, headers=headers)
         assert status == 403 and "only its own page" in reply["error"]["message"]
     assert len(logged) == 2 and "evil.example" in logged[0]
-    status, page, headers = call(app, "GET", "/", key=None)
-    assert status == 200 and "<html" in page.lower() and "default-src 'self'" in headers["content-security-policy"]
-    status, reply, _ = call(app, "POST", "/v1/chat/completions", body, key=None)  # its own page: sent on, no one there
+    status, page, headers = call(app, "GET", "/")  # with the page's token (KEY here) as its Bearer key
+    assert status == 200 and "<html" in page.lower() and "frame-ancestors 'none'" in headers["content-security-policy"]
+    status, reply, _ = call(app, "POST", "/v1/chat/completions", body)  # its own page: sent on, no one there
     assert status == 502 and "cannot reach the endpoint" in reply["error"]["message"]
-    status, reply, _ = call(app, "POST", "/v1/chat/completions", {"messages": []}, key=None)  # checked before sending
+    status, reply, _ = call(app, "POST", "/v1/chat/completions", {"messages": []})  # checked before sending
     assert status == 400 and "messages must be a non-empty list" in reply["error"]["message"]
 
 
