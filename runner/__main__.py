@@ -1,5 +1,6 @@
 """python -m runner [group=option ...] [key=value ...]: Hydra composes, runner.app.main does the rest."""
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -40,14 +41,20 @@ def make_task():
 
 def options(group: str) -> str:
     """--help's list of a group's options, its default first: conf/<group>/*.yaml (bases live in conf/_base/),
-    and those of a --config-dir, which Hydra searches too."""
-    import yaml
-
+    and those of a --config-dir, which Hydra searches too. Hydra resolves the help page at every composition (a
+    sweep composes each point twice): the list is made once per group and command line."""
     dirs = [CONF_DIR] + [
         a.split("=", 1)[1] if "=" in a else sys.argv[i + 2]
         for i, a in enumerate(sys.argv[1:])
         if a.split("=")[0] in ("--config-dir", "-cd")
     ]
+    return _options(group, tuple(map(str, dirs)))
+
+
+@functools.lru_cache(maxsize=64)
+def _options(group: str, dirs: tuple) -> str:
+    import yaml
+
     defaults = yaml.safe_load((CONF_DIR / "config.yaml").read_text())["defaults"]
     default = next((d[group] for d in defaults if isinstance(d, dict) and group in d), None)
     names = sorted({p.stem for d in dirs for p in Path(d, group).glob("*.yaml")} - {default})
@@ -55,6 +62,7 @@ def options(group: str) -> str:
 
 
 def main():
+    _options.cache_clear()  # a list per invocation: options added since the last one in this process are listed
     OmegaConf.register_new_resolver("runner_options", options, replace=True)
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
     from .spec.validate import renamed_override
