@@ -24,11 +24,16 @@ class Point:
 
 def compose_point(launcher, idx, overrides) -> Point:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import HydraException
 
     from ..spec import to_spec
     from ..spec.settle import settle
 
-    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    try:
+        config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    except HydraException as exc:  # an option that does not exist, a key that is not in the config: said with the rest
+        said = " ".join(str(exc).split("Config search path:")[0].split()).replace("\t", " ")
+        return Point(idx, overrides, None, launcher.config.hydra.sweep.dir, error=said)
     with open_dict(config):
         config.hydra.job.id = idx
         config.hydra.job.num = idx
@@ -65,7 +70,8 @@ def sweep_problems(points) -> list[str]:
         lines.append(f"  - {msg}" + (f"  [{where}]" if len(points) > 1 else ""))
     by_dir = {}
     for p in points:
-        by_dir.setdefault(p.run_dir.resolve(), []).append(p.name)
+        if p.config is not None:  # a point that did not compose has no folder of its own
+            by_dir.setdefault(p.run_dir.resolve(), []).append(p.name)
     for run_dir, names in by_dir.items():
         if len(names) > 1:
             lines.append(

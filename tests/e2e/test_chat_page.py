@@ -28,6 +28,8 @@ from runner import REPO_ROOT
 from ..support import _endpoint as ep  # before promptflow: points its home at a temporary folder
 from ..support.browser import Browser, chromium_path, run
 
+pytestmark = pytest.mark.slow  # a browser, the page's process and an endpoint (real or a stand-in) each time
+
 NESTED = b"[" * 100_000 + b"]" * 100_000  # json.loads gives up on it with RecursionError
 HUNDRED_MB = 100 << 20
 

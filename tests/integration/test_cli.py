@@ -7,7 +7,7 @@ import yaml
 
 from runner import CONF_DIR
 
-from ..support.helpers import HEAVY, imported_by, runner_cli
+from ..support.helpers import HEAVY, imported_by, runner_cli, runner_in_process
 
 
 def files_under(path):
@@ -15,7 +15,7 @@ def files_under(path):
 
 
 def test_plan_prints_spec_and_stages_and_writes_only_spec_and_plan(tmp_path):
-    r = runner_cli("compute=local", "plan=true", cwd=tmp_path)
+    r = runner_in_process("compute=local", "plan=true", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "model:" in r.stdout and "stages:" in r.stdout
     for stage in ("data", "train", "eval", "register", "deploy", "chat"):
@@ -59,7 +59,7 @@ def test_hydra_cfg_job_print(tmp_path):
 
 
 def test_multirun_sweep_gives_each_point_its_own_run_directory(tmp_path):
-    r = runner_cli("-m", "data=1pct", "data.percent=1,2,5", "plan=true", cwd=tmp_path)
+    r = runner_in_process("-m", "data=1pct", "data.percent=1,2,5", "plan=true", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     base = tmp_path / "outputs/default/local_tiny_1pct"
     specs = sorted(base.glob("*/spec.yaml"))
@@ -68,24 +68,24 @@ def test_multirun_sweep_gives_each_point_its_own_run_directory(tmp_path):
 
 
 def test_data_stage_runs_then_is_skipped_then_forced(tmp_path):
-    r = runner_cli("stages=[data]", cwd=tmp_path)
+    r = runner_in_process("stages=[data]", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run_dir = tmp_path / "outputs/default/local_tiny_sample"
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"]["data"]["status"] == "done"
     assert set(manifest["stages"]) == {"data"}
-    r = runner_cli("stages=[data]", cwd=tmp_path)
+    r = runner_in_process("stages=[data]", cwd=tmp_path)
     assert "[data] skipped: inputs unchanged" in r.stdout
-    r = runner_cli("stages=[data]", "force=true", cwd=tmp_path)
+    r = runner_in_process("stages=[data]", "force=true", cwd=tmp_path)
     assert "[data] done" in r.stdout
-    r = runner_cli("stages=[data]", "data.seed=1", cwd=tmp_path)  # changed input: runs again
+    r = runner_in_process("stages=[data]", "data.seed=1", cwd=tmp_path)  # changed input: runs again
     assert "[data] done" in r.stdout
-    r = runner_cli("stages=[data]", "data.seed=1", "plan=true", cwd=tmp_path)
+    r = runner_in_process("stages=[data]", "data.seed=1", "plan=true", cwd=tmp_path)
     assert "data: would be skipped (inputs unchanged)" in r.stdout
 
 
 def test_hydra_run_dir_override(tmp_path):
-    r = runner_cli("stages=[data]", "hydra.run.dir=elsewhere", cwd=tmp_path)
+    r = runner_in_process("stages=[data]", "hydra.run.dir=elsewhere", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "elsewhere/data/train.jsonl").is_file()
 
@@ -101,15 +101,21 @@ def test_compose_validate_and_plan_import_no_heavy_library(tmp_path):
 
 
 def test_a_bad_sweep_point_refuses_the_sweep_before_any_point_runs(tmp_path):
-    r = runner_cli("-m", "data.test_size=0.2,5,0.3", "plan=true", cwd=tmp_path)
+    r = runner_in_process("-m", "data.test_size=0.2,5,0.3", "plan=true", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "the sweep is invalid (3 points; nothing ran)" in r.stderr
     assert "data.test_size: 5 is outside (0, 1)" in r.stderr and "[data.test_size=5]" in r.stderr
     assert not (tmp_path / "outputs").exists()  # not even Hydra's multirun.yaml
+    r = runner_in_process("-m", "compute=a10,local", "plan=true", cwd=tmp_path)  # an option that does not exist
+    assert r.returncode == 2 and "the sweep is invalid (2 points; nothing ran)" in r.stderr
+    assert (
+        "Could not find 'compute/a10' Available options in 'compute': a100" in r.stderr and "[compute=a10]" in r.stderr
+    )
+    assert not (tmp_path / "outputs").exists()
 
 
 def test_a_sweep_that_would_deploy_every_point_over_one_endpoint_is_refused(tmp_path):
-    r = runner_cli("-m", "data.percent=50,100", "stages=[data,train,register,deploy]", cwd=tmp_path)
+    r = runner_in_process("-m", "data.percent=50,100", "stages=[data,train,register,deploy]", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "2 of the 2 points would deploy, each over the same endpoint" in r.stderr
     assert "-m runner -m data.percent=50 'stages=[deploy,chat]'" in r.stderr  # the command that deploys once
@@ -118,10 +124,12 @@ def test_a_sweep_that_would_deploy_every_point_over_one_endpoint_is_refused(tmp_
 
 def test_points_that_would_share_a_run_directory_are_refused(tmp_path):
     # azure.* values never name folders (a subscription id stays out of paths): these two points are one folder
-    r = runner_cli("-m", "azure.resource_group=rg-a,rg-b", "stages=[data]", cwd=tmp_path)
+    r = runner_in_process("-m", "azure.resource_group=rg-a,rg-b", "stages=[data]", cwd=tmp_path)
     assert r.returncode == 2 and "would share one run directory" in r.stderr and "rg-a" not in r.stderr
     # the train recipe names its folder: two recipes are two points
-    r = runner_cli("-m", "train=quick,seed_recipe", "train.max_length=512", "stages=[data]", "plan=true", cwd=tmp_path)
+    r = runner_in_process(
+        "-m", "train=quick,seed_recipe", "train.max_length=512", "stages=[data]", "plan=true", cwd=tmp_path
+    )
     assert r.returncode == 0, r.stderr
     assert "local_tiny_sample/train.max_length=512,train=quick/spec.yaml" in r.stdout
     assert "local_tiny_sample/train.max_length=512,train=seed_recipe/spec.yaml" in r.stdout
@@ -137,15 +145,15 @@ def test_a_corrupt_manifest_is_a_clear_error(tmp_path):
 
 def test_a_refused_run_removes_only_the_folders_it_created(tmp_path):
     (tmp_path / "mine").mkdir()  # an empty folder of the user's, there before the command
-    r = runner_cli("hydra.run.dir=mine/a/b", "data.test_size=5", cwd=tmp_path)
+    r = runner_in_process("hydra.run.dir=mine/a/b", "data.test_size=5", cwd=tmp_path)
     assert r.returncode == 2 and "data.test_size" in r.stderr
     assert (tmp_path / "mine").is_dir() and not any((tmp_path / "mine").iterdir())
-    r = runner_cli("hydra.run.dir=mine", "data.test_size=5", cwd=tmp_path)
+    r = runner_in_process("hydra.run.dir=mine", "data.test_size=5", cwd=tmp_path)
     assert r.returncode == 2 and (tmp_path / "mine").is_dir()
-    r = runner_cli("data.test_size=5", cwd=tmp_path)
+    r = runner_in_process("data.test_size=5", cwd=tmp_path)
     assert r.returncode == 2 and not (tmp_path / "outputs").exists()  # all of outputs/ was this command's
     # a run name that climbs out of run.output_root: Hydra made folders on both sides, all taken back
-    r = runner_cli("run.output_root=out/here", "run.name=../../../away/z", "data.test_size=5", cwd=tmp_path)
+    r = runner_in_process("run.output_root=out/here", "run.name=../../../away/z", "data.test_size=5", cwd=tmp_path)
     assert r.returncode == 2 and "run.name" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 

@@ -12,8 +12,7 @@ from runner import REPO_ROOT
 from ..support import _endpoint as ep  # before promptflow: points its home at a temporary folder
 from ..support.helpers import free_port
 
-sys.path.insert(0, str(REPO_ROOT / "flow"))
-from chat_tool import to_messages  # noqa: E402
+sys.path.insert(0, str(REPO_ROOT / "flow"))  # the flow's tool, chat_tool.py, imported where used (promptflow is slow)
 
 FLOW = REPO_ROOT / "flow"
 CONNECTION = "phi3_tests_0000abcd"  # named as the chat stage names a run's connection
@@ -88,6 +87,8 @@ def test_generation_settings_are_passed_through(pf, trained_run):
 
 
 def test_to_messages_turns_promptflow_history_into_chat_messages():
+    from chat_tool import to_messages
+
     history = [{"inputs": {"question": "q1"}, "outputs": {"answer": "a1"}}]
     assert to_messages(history, "q2") == [
         {"role": "user", "content": "q1"},

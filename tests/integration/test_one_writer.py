@@ -12,7 +12,7 @@ import pytest
 
 from runner import REPO_ROOT
 
-from ..support.helpers import runner_cli
+from ..support.helpers import runner_cli, runner_in_process
 
 RUN = "outputs/default/local_tiny_sample"
 SECRET = "00000000-feed-beef-0000-000000000000"
@@ -39,7 +39,7 @@ def hold(run_dir, *argv):
 
 
 def test_a_second_invocation_is_refused_naming_the_holder_until_the_holder_dies(tmp_path):
-    first = runner_cli("stages=[data]", cwd=tmp_path)
+    first = runner_in_process("stages=[data]", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     run_dir = tmp_path / RUN
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"}
@@ -53,18 +53,18 @@ def test_a_second_invocation_is_refused_naming_the_holder_until_the_holder_dies(
         # nothing of the refused run was written
         assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"} == before
 
-        plan = runner_cli("stages=[data]", "plan=true", "data.seed=7", cwd=tmp_path)  # a different spec
+        plan = runner_in_process("stages=[data]", "plan=true", "data.seed=7", cwd=tmp_path)  # a different spec
         assert plan.returncode == 0 and f"is in use by pid {holder.pid}" in plan.stdout, plan.stderr
         assert "data: would run (inputs changed or outputs missing)" in plan.stdout  # read from the real manifest
         assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file() and p.name != ".lock"} == before
 
-        down = runner_cli("stages=[teardown]", cwd=tmp_path)
+        down = runner_in_process("stages=[teardown]", cwd=tmp_path)
         assert down.returncode == 0 and "tearing down beside it" in down.stdout, down.stderr
         assert (run_dir / "spec.yaml").read_bytes() == before["spec.yaml"]  # the running command's spec stays
     finally:
         holder.send_signal(signal.SIGKILL)  # as a lost terminal or the OOM killer would
         holder.wait()
-    r = runner_cli("stages=[data]", "force=true", cwd=tmp_path)  # the kernel released the lock
+    r = runner_in_process("stages=[data]", "force=true", cwd=tmp_path)  # the kernel released the lock
     assert r.returncode == 0, r.stderr
 
 

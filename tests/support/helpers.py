@@ -42,6 +42,37 @@ def runner_cli(*args, cwd, env=None, timeout=300):
     )
 
 
+def runner_in_process(*args, cwd) -> subprocess.CompletedProcess:
+    """What runner_cli returns, from `python -m runner *args` run in this process (its argv and working directory
+    set for the call, its output captured): for tests of what the runner does with a command line, where a new
+    interpreter's start-up (a second each) is not the point. Exit statuses, tracebacks and what reaches a terminal
+    are checked through runner_cli."""
+    import contextlib
+    import io
+
+    from hydra.core.global_hydra import GlobalHydra
+
+    import runner.__main__ as entry
+
+    out, err = io.StringIO(), io.StringIO()
+    argv, here = sys.argv, os.getcwd()
+    sys.argv = ["runner", *map(str, args)]
+    os.chdir(cwd)
+    GlobalHydra.instance().clear()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                entry.main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess(["python", "-m", "runner", *args], code, out.getvalue(), err.getvalue())
+
+
 def imported_by(code: str, *argv, cwd=REPO_ROOT, timeout=120) -> set[str]:
     """Run code in a fresh interpreter; the top-level packages it left imported. Fails if the code fails."""
     probe = code + "\nimport json, sys\nprint(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n"
