@@ -2,8 +2,9 @@
 
 The review composes all compute x model x data combinations in the working tree, then at the base ref only those
 that read a file the change touched, and diffs them; it runs on every push, so it must stay cheap. Two cases, each
-against one plan=true, all as fresh processes taken in turn: a push that changes nothing under conf/ (63
-compositions), and the worst case, a change to conf/config.yaml, which every combination reads (126). It prints the
+against one plan=true, all as fresh processes taken in turn: a push that changes nothing under conf/ (one
+composition per combination), and the worst case, a change to conf/config.yaml, which every combination reads (two
+per combination). It prints the
 number of combinations (counted from conf/, as the review counts them) and the seconds per composed combination
 beside the ratio: the ratio grows with every option added, the seconds per combination should not.
 Usage: .venv/bin/python bench/review_overhead.py [repeats]

@@ -249,7 +249,7 @@ def test_every_answer_says_no_framing_no_sniffing_and_scripts_from_this_server_o
     assert "<style>" not in page_html  # styles come from a file too: no inline style needs allowing
 
 
-def test_an_openai_client_given_the_token_as_its_key_chats_through_the_page(page, trained_run):
+def test_an_openai_client_given_the_token_as_its_key_chats_through_the_page_both_apis(page, trained_run):
     from openai import AuthenticationError, OpenAI
 
     (question, answer), _ = training_pairs(trained_run, 2)
@@ -265,6 +265,11 @@ def test_an_openai_client_given_the_token_as_its_key_chats_through_the_page(page
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
     assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens
+    said = client.responses.create(model=model, input=question, max_output_tokens=128)  # the Responses API too
+    assert said.output_text == answer and said.usage.output_tokens == reply.usage.completion_tokens
+    events = list(client.responses.create(model=model, input=question, max_output_tokens=128, stream=True))
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == answer
+    assert events[-1].type == "response.completed" and events[-1].response.output_text == answer
     with pytest.raises(AuthenticationError):
         OpenAI(base_url=page["base"] + "v1", api_key="not-the-token", max_retries=0).models.list()
 
