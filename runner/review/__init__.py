@@ -89,7 +89,11 @@ def compose_all(
                 try:  # plan=true: a review needs no workspace, as plan mode needs none
                     cfg = compose("config", overrides=[*choices, "plan=true", *(HYDRA_UNUSED if fast else [])])
                     spec = to_spec(cfg)
-                    out[name] = {"spec": redacted(spec, env_sourced_paths(cfg)), "problems": problems(spec, validator)}
+                    checked = in_tree(spec, Path(conf_dir).resolve().parent)
+                    out[name] = {
+                        "spec": redacted(spec, env_sourced_paths(cfg)),
+                        "problems": problems(checked, validator),
+                    }
                     if reads is not None and fast:
                         reads[name] = set(read)
                 except Exception as exc:  # a file that no longer composes is a finding, not a crash
@@ -97,6 +101,15 @@ def compose_all(
     finally:
         GlobalHydra.instance().clear()
     return out
+
+
+def in_tree(spec: dict, root: Path) -> dict:
+    """The spec as validated: a relative model.chat_template (conf/templates/...) is the reviewed tree's file, found
+    from its root whatever the directory the review runs in (the spec compared keeps the path as written)."""
+    template = spec["model"].get("chat_template")
+    if not template or Path(template).is_absolute():
+        return spec
+    return {**spec, "model": {**spec["model"], "chat_template": str(root / template)}}
 
 
 def _chunk(conf_dir: Path, schema: dict, names: list[str]) -> tuple[dict, dict]:

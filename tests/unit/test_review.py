@@ -54,11 +54,11 @@ PHI = OPTIONS["compute"] * len(HUB) * OPTIONS["data"]  # the combinations of tho
 PER_COMPUTE = OPTIONS["model"] * OPTIONS["data"]  # those of one compute option
 
 
-def review(repo, *args):
+def review(repo, *args, cwd=None):
     env = {"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin", "AZURE_SUBSCRIPTION_ID": SECRET}
     r = subprocess.run(
         [sys.executable, "-m", "runner.review", "--repo", str(repo), *args],
-        cwd=repo,
+        cwd=cwd or repo,
         capture_output=True,
         text=True,
         timeout=300,
@@ -68,11 +68,11 @@ def review(repo, *args):
     return r.returncode, r.stdout, r.stderr
 
 
-def both(repo):
+def both(repo, cwd=None):
     """One review as JSON (the CLI), and the Markdown the CLI prints for that result (the same report function)."""
     from runner.review.report import markdown
 
-    code, raw, err = review(repo, "--format", "json")  # base: the merge base with main, here HEAD
+    code, raw, err = review(repo, "--format", "json", cwd=cwd)  # base: the merge base with main, here HEAD
     assert "Traceback" not in err, err
     result = json.loads(raw)
     return code, markdown(result), result
@@ -96,11 +96,13 @@ def review_after_edit(repo, conf_file, old, new, status):
 
 
 def test_no_change_is_one_line(tmp_path):
-    """On the project's whole conf/: every combination composes, validates and is unchanged."""
+    """On the project's whole conf/: every combination composes, validates and is unchanged, also when the review
+    runs in another directory (a shipped chat template, conf/templates/..., is the reviewed tree's file)."""
     from runner.review import combinations
 
     every = len(combinations(CONF_DIR))
-    code, text, result = both(make_repo(tmp_path))
+    (tmp_path / "repo").mkdir()
+    code, text, result = both(make_repo(tmp_path / "repo"), cwd=tmp_path)
     assert (
         code == 0 and f"**0 of {every} combinations change**" in text and f"{every} combination(s) unchanged." in text
     )
