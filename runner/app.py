@@ -23,6 +23,12 @@ from .spec.settle import settle
 from .spec.validate import validate
 
 
+def say(line: str):
+    """What the runner prints for a person, flushed line by line: its output may be a pipe (| tee, a test, a log
+    collector), and a line like the chat page's URL must not wait in a buffer while the page serves."""
+    print(line, flush=True)
+
+
 def inputs_hash(stage, spec, manifest) -> str:
     parts = {p: get_path(spec, p) for p in stage.depends_on}
     parts["upstream"] = {u: manifest.outputs(u) for u in stage.upstream}
@@ -41,7 +47,7 @@ def stage_is_current(stage, module, spec, ctx, h) -> bool:
     return check(entry["outputs"], spec, ctx) if check else True
 
 
-def plan(spec, run_dir: Path, spec_text: str | None, out=print) -> list[str]:
+def plan(spec, run_dir: Path, spec_text: str | None, out=say) -> list[str]:
     """Print the spec (spec_text, as spec.yaml holds it) and what each selected stage would do; write plan.txt.
 
     spec_text=None (a sweep's points): the spec stays in the point's spec.yaml, the plan names it.
@@ -75,7 +81,7 @@ def plan(spec, run_dir: Path, spec_text: str | None, out=print) -> list[str]:
     return lines
 
 
-def execute(spec, run_dir: Path, out=print, point=None, again: Again | None = None) -> dict:
+def execute(spec, run_dir: Path, out=say, point=None, again: Again | None = None) -> dict:
     """Run the selected stages in order, skipping those whose inputs are unchanged.
 
     point: set by the sweep launcher (its name, the sweep's MLflow parent run, whether Azure jobs detach).
@@ -123,7 +129,7 @@ def write_spec(spec, run_dir: Path, env_paths=None) -> str:
     return text
 
 
-def main(cfg, run_dir, out=print, sweep: dict | None = None, again: Again | None = None) -> int:
+def main(cfg, run_dir, out=say, sweep: dict | None = None, again: Again | None = None) -> int:
     """A composed config in, an exit status out: what `python -m runner` does once Hydra has composed.
 
     sweep: in a -m sweep, {"overrides": [...], "point": {...}, "spec": ...} (runner/sweep/launcher.py, whose points come
@@ -143,7 +149,7 @@ def main(cfg, run_dir, out=print, sweep: dict | None = None, again: Again | None
     return run(spec, run_dir, env_sourced_paths(cfg), fresh_dir=fresh, out=out, point=point, again=again)
 
 
-def run(spec, run_dir, env_paths=None, fresh_dir=False, out=print, point=None, checked=False, again=None) -> int:
+def run(spec, run_dir, env_paths=None, fresh_dir=False, out=say, point=None, checked=False, again=None) -> int:
     """Validate (unless checked already), then plan or execute. Returns the exit status."""
     run_dir, again = Path(run_dir), again or Again()
     try:
@@ -198,7 +204,7 @@ def finish(spec, run_dir: Path, out, again: Again) -> int:
     return 0
 
 
-def chat_page(spec, run_dir: Path, out=print, again: Again | None = None) -> int:
+def chat_page(spec, run_dir: Path, out=say, again: Again | None = None) -> int:
     """chat.ui=true: the page is served once the stages are done, outside the run's lock (it only reads what
     deploy recorded, and follows a redeploy), so other commands on the run go on while it is open."""
     from .stages import chat

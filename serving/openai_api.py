@@ -57,8 +57,13 @@ class ChatMessage(BaseModel):
     ]
 
     def as_dict(self) -> dict:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        return chat_message(self.role, self.content)
+
+
+def chat_message(role: str, content) -> dict:
+    """The message the scorer takes: content's text parts joined; developer (newer clients' name) is system."""
+    text = content if isinstance(content, str) else "".join(p.text for p in content)
+    return {"role": "system" if role == "developer" else role, "content": text}
 
 
 def _stops(stop):

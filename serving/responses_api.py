@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError
 
 from serving.contract import SAID, BadRequest, decode, explain, text_only, where
-from serving.openai_api import check_model, generation_params
+from serving.openai_api import chat_message, check_model, generation_params
 
 INPUT_TEXT = '{"type": "input_text", "text": "..."}'
 INPUT = 'input must be a string or a non-empty list of {"role": "user|assistant|system|developer", "content": "..."}'
@@ -66,8 +66,7 @@ class InputMessage(BaseModel):
     ]
 
     def as_dict(self) -> dict:
-        text = self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        return chat_message(self.role, self.content)
 
 
 def _input_kind(value: Any) -> str | None:

@@ -76,7 +76,7 @@ def upstream(spec, run_dir, again=None):
     return Upstream("score", url, key, model, limit, f"endpoint {host} (/score)", **names)
 
 
-def serve(spec, run_dir, out=print, again=None) -> int:
+def serve(spec, run_dir, out=None, again=None) -> int:
     """chat.ui=true: the chat page in the foreground (python -m runner stages=[chat] chat.ui=true)."""
     from serving import chat_page
 

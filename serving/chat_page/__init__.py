@@ -88,11 +88,12 @@ def make_app(resolve, log=print, first: Upstream | None = None, token: str | Non
     return SecurityHeaders(OwnPageOnly(TokenGate(app, token or new_token()), log))
 
 
-def serve(resolve, host: str, port: int, out=print, first: Upstream | None = None) -> int:
+def serve(resolve, host: str, port: int, out=None, first: Upstream | None = None) -> int:
     """Serve the page in the foreground until Ctrl-C (or SIGTERM); prints its URL, with this launch's token, once
-    it listens. OSError when the port cannot be had."""
+    it listens, flushed (whoever started it may be reading a pipe). OSError when the port cannot be had."""
     from serving import asgi
 
+    out = out or (lambda line: print(line, flush=True))
     token = new_token()
     sock = asgi.bind(host, port)
     port = sock.getsockname()[1]

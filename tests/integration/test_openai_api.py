@@ -15,30 +15,6 @@ from serving.contract import BadRequest
 
 from ..support import _endpoint as ep
 
-
-@pytest.fixture(scope="module")
-def model_dir(trained_run):
-    return trained_run[2]["stages"]["train"]["outputs"]["mlflow_model_dir"]
-
-
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    s = ep.Server(model_dir, tmp_path_factory.mktemp("openai"), limit=480)
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    import openai
-
-    return openai.OpenAI(base_url=f"{server.base}/v1", api_key=server.key, max_retries=0, timeout=60)
-
-
-def model_id(client) -> str:
-    return client.models.list().data[0].id
-
-
 # ---- through the openai SDK ------------------------------------------------------------------------------
 
 
@@ -53,7 +29,7 @@ def test_greedy_answers_equal_the_score_routes(client, server, trained_run):
     pairs = ep.single_turn_pairs(trained_run[2], 3)
     for question, answer in pairs:
         messages = [{"role": "user", "content": question}]
-        done = client.chat.completions.create(model=model_id(client), messages=messages, max_tokens=96)
+        done = client.chat.completions.create(model=ep.model_id(client), messages=messages, max_tokens=96)
         status, scored = ep.post(server.url, {"input_data": [messages], "params": {"max_new_tokens": 96}}, server.key)
         assert status == 200 and done.choices[0].message.content == scored[0] == answer
         assert done.choices[0].finish_reason == "stop" and done.object == "chat.completion"
@@ -66,7 +42,7 @@ def test_greedy_answers_equal_the_score_routes(client, server, trained_run):
 def test_streamed_answers_add_up_to_the_same_answer(client, trained_run):
     for question, answer in ep.single_turn_pairs(trained_run[2], 3):
         stream = client.chat.completions.create(
-            model=model_id(client),
+            model=ep.model_id(client),
             max_tokens=96,
             stream=True,
             stream_options={"include_usage": True},
@@ -86,7 +62,7 @@ def test_a_conversation_so_far_reaches_the_model(client, server, trained_run):
         if [m["role"] for m in r["messages"]][:4] == ["user", "assistant", "user", "assistant"]
     ]
     messages = rows[0][:3]
-    done = client.chat.completions.create(messages=messages, model=model_id(client), max_tokens=96)
+    done = client.chat.completions.create(messages=messages, model=ep.model_id(client), max_tokens=96)
     assert (
         done.choices[0].message.content
         == ep.post(server.url, {"input_data": [messages], "params": {"max_new_tokens": 96}}, server.key)[1][0]
@@ -108,7 +84,7 @@ def test_an_over_long_prompt_is_a_bad_request_with_its_token_count(client):
 
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
-            model=model_id(client), max_tokens=64, messages=[{"role": "user", "content": "word " * 2000}]
+            model=ep.model_id(client), max_tokens=64, messages=[{"role": "user", "content": "word " * 2000}]
         )
     message = err.value.body["message"] if isinstance(err.value.body, dict) else str(err.value)
     assert "tokens" in message and "512 tokens this model attends to" in message and "max_tokens=64" in message
@@ -126,7 +102,7 @@ def test_refusals_name_the_setting(client):
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
     ):
         with pytest.raises(openai.BadRequestError, match=words.replace("[", r"\[").replace("]", r"\]")):
-            client.chat.completions.create(**{"model": model_id(client), "messages": user, **kwargs})
+            client.chat.completions.create(**{"model": ep.model_id(client), "messages": user, **kwargs})
     with pytest.raises(openai.NotFoundError, match="is not served here"):
         client.chat.completions.create(model="gpt-4o", messages=user)
 
@@ -136,12 +112,12 @@ def test_stop_strings_cut_the_answer_in_both_modes(client, trained_run):
     word = answer.split()[2]
     expected = answer[: answer.index(word)].rstrip()
     messages = [{"role": "user", "content": question}]
-    done = client.chat.completions.create(model=model_id(client), messages=messages, max_tokens=96, stop=[word])
+    done = client.chat.completions.create(model=ep.model_id(client), messages=messages, max_tokens=96, stop=[word])
     assert done.choices[0].message.content == expected and done.choices[0].finish_reason == "stop"
     streamed = "".join(
         c.choices[0].delta.content or ""
         for c in client.chat.completions.create(
-            model=model_id(client), messages=messages, max_tokens=96, stop=word, stream=True
+            model=ep.model_id(client), messages=messages, max_tokens=96, stop=word, stream=True
         )
         if c.choices
     )
@@ -151,7 +127,7 @@ def test_stop_strings_cut_the_answer_in_both_modes(client, trained_run):
 def test_a_short_max_tokens_finishes_for_length(client, trained_run):
     question, _ = ep.single_turn_pairs(trained_run[2], 1)[0]
     done = client.chat.completions.create(
-        model=model_id(client), max_tokens=3, messages=[{"role": "user", "content": question}]
+        model=ep.model_id(client), max_tokens=3, messages=[{"role": "user", "content": question}]
     )
     assert done.choices[0].finish_reason == "length" and done.usage.completion_tokens == 3
 

@@ -34,32 +34,9 @@ ORDER = [
 ]
 
 
-@pytest.fixture(scope="module")
-def model_dir(trained_run):
-    return trained_run[2]["stages"]["train"]["outputs"]["mlflow_model_dir"]
-
-
-@pytest.fixture(scope="module")
-def server(model_dir, tmp_path_factory):
-    s = ep.Server(model_dir, tmp_path_factory.mktemp("responses"), limit=480)
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    import openai
-
-    return openai.OpenAI(base_url=f"{server.base}/v1", api_key=server.key, max_retries=0, timeout=60)
-
-
-def model_id(client) -> str:
-    return client.models.list().data[0].id
-
-
 def chat_answer(client, messages, max_tokens=96) -> tuple[str, object]:
     """The chat-completions route's answer to the same conversation, and its usage."""
-    done = client.chat.completions.create(model=model_id(client), messages=messages, max_tokens=max_tokens)
+    done = client.chat.completions.create(model=ep.model_id(client), messages=messages, max_tokens=max_tokens)
     return done.choices[0].message.content, done.usage
 
 
@@ -68,11 +45,11 @@ def chat_answer(client, messages, max_tokens=96) -> tuple[str, object]:
 
 def test_answers_equal_the_chat_completions_answers(client, trained_run):
     for question, answer in ep.single_turn_pairs(trained_run[2], 3):
-        done = client.responses.create(model=model_id(client), input=question, max_output_tokens=96)
+        done = client.responses.create(model=ep.model_id(client), input=question, max_output_tokens=96)
         said, used = chat_answer(client, [{"role": "user", "content": question}])
         assert done.output_text == said == answer
         assert done.status == "completed" and done.incomplete_details is None and done.object == "response"
-        assert done.id.startswith("resp_") and done.model == model_id(client)
+        assert done.id.startswith("resp_") and done.model == ep.model_id(client)
         assert [(o.type, o.role, o.status) for o in done.output] == [("message", "assistant", "completed")]
         assert done.usage.input_tokens == used.prompt_tokens and done.usage.output_tokens == used.completion_tokens
         assert done.usage.total_tokens == done.usage.input_tokens + done.usage.output_tokens
@@ -94,12 +71,14 @@ def test_instructions_and_message_items_reach_the_template(client, trained_run):
         },
         {"type": "message", "role": "user", "content": second["content"]},
     ]
-    done = client.responses.create(model=model_id(client), input=items, instructions=instructions, max_output_tokens=96)
+    done = client.responses.create(
+        model=ep.model_id(client), input=items, instructions=instructions, max_output_tokens=96
+    )
     with_system = [{"role": "system", "content": instructions}, first, earlier, second]
     said, used = chat_answer(client, with_system)
     assert done.output_text == said and done.instructions == instructions
     assert done.usage.input_tokens == used.prompt_tokens  # the same prompt, the system message included
-    without = client.responses.create(model=model_id(client), input=items, max_output_tokens=96)
+    without = client.responses.create(model=ep.model_id(client), input=items, max_output_tokens=96)
     assert without.usage.input_tokens < done.usage.input_tokens  # the instructions reached the template
     assert without.output_text == chat_answer(client, [first, earlier, second])[0]
 
@@ -108,7 +87,7 @@ def test_a_streamed_response_adds_up_to_the_same_answer_in_openais_event_order(c
     from openai.types.responses import ResponseCompletedEvent, ResponseTextDeltaEvent
 
     question, answer = ep.single_turn_pairs(trained_run[2], 1)[0]
-    events = list(client.responses.create(model=model_id(client), input=question, max_output_tokens=96, stream=True))
+    events = list(client.responses.create(model=ep.model_id(client), input=question, max_output_tokens=96, stream=True))
     kinds = [e.type for e in events]
     deltas = [e for e in events if isinstance(e, ResponseTextDeltaEvent)]
     assert len(deltas) > 1 and "".join(d.delta for d in deltas) == answer  # it streamed, in more than one piece
@@ -117,7 +96,7 @@ def test_a_streamed_response_adds_up_to_the_same_answer_in_openais_event_order(c
     assert isinstance(events[-1], ResponseCompletedEvent) and events[-1].response.output_text == answer
     assert events[0].response.id == events[-1].response.id and events[0].response.status == "in_progress"
 
-    with client.responses.stream(model=model_id(client), input=question, max_output_tokens=96) as stream:
+    with client.responses.stream(model=ep.model_id(client), input=question, max_output_tokens=96) as stream:
         pieces = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
     assert "".join(pieces) == final.output_text == answer and final.status == "completed"
@@ -125,10 +104,10 @@ def test_a_streamed_response_adds_up_to_the_same_answer_in_openais_event_order(c
 
 def test_max_output_tokens_cuts_the_answer_as_incomplete(client, trained_run):
     question, _ = ep.single_turn_pairs(trained_run[2], 1)[0]
-    done = client.responses.create(model=model_id(client), input=question, max_output_tokens=3)
+    done = client.responses.create(model=ep.model_id(client), input=question, max_output_tokens=3)
     assert done.status == "incomplete" and done.incomplete_details.reason == "max_output_tokens"
     assert done.usage.output_tokens == 3 and done.output[0].status == "incomplete" and done.output_text
-    events = list(client.responses.create(model=model_id(client), input=question, max_output_tokens=3, stream=True))
+    events = list(client.responses.create(model=ep.model_id(client), input=question, max_output_tokens=3, stream=True))
     assert events[-1].type == "response.incomplete"  # as OpenAI ends a cut stream, not response.completed
     assert events[-1].response.incomplete_details.reason == "max_output_tokens"
     assert events[-1].response.output_text == done.output_text
@@ -147,12 +126,12 @@ def test_refusals_name_the_field_and_a_missing_key_is_an_authentication_error(cl
         ({"input": [{"role": "robot", "content": "x"}]}, r"input\[0\].role"),
     ):
         with pytest.raises(openai.BadRequestError, match=words):
-            client.responses.create(**{"model": model_id(client), "input": "hi", **kwargs})
+            client.responses.create(**{"model": ep.model_id(client), "input": "hi", **kwargs})
     with pytest.raises(openai.NotFoundError, match="is not served here"):
         client.responses.create(model="gpt-4o", input="hi")
     bad = openai.OpenAI(base_url=f"{server.base}/v1", api_key="not-the-key", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
-        bad.responses.create(model=model_id(client), input="hi")
+        bad.responses.create(model=ep.model_id(client), input="hi")
     status, body = ep.post(f"{server.base}/v1/responses", {"input": "hi"}, None)  # no Authorization at all
     assert status == 401 and body["error"]["code"] == "invalid_api_key"
 

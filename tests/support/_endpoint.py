@@ -75,6 +75,11 @@ class Server:
             self.proc.wait(timeout=20)
 
 
+def model_id(client) -> str:
+    """The id an endpoint serves its model under (GET /v1/models), through an openai client."""
+    return client.models.list().data[0].id
+
+
 def abandon_stream(url: str, body: dict, key: str | None, pieces: int = 3, timeout: float = 60) -> list[str]:
     """POST a streaming chat completion, read until `pieces` content deltas came, then hang up (as a closed tab
     does). Returns the deltas read; fewer when the answer ended first."""
@@ -149,28 +154,30 @@ def count_lines(path: Path, marker: str, at_least: int = 0, timeout: float = 10)
 WENT_AWAY = "the client went away; generation stopped after "
 
 
-def abandoned_whole(url, body: dict, log, key, tries=5) -> int:
-    """Tokens generated for a request answered in one piece that was hung up on mid-generation (an answer that
-    came back before the hang-up is tried again)."""
+ENDED = "token(s)"  # in every line that ends a generation: finished, or stopped because its client went away
+
+
+def stopped_early(log, hang_up, tries: int) -> int:
+    """Tokens generated for a request hung up on mid-generation: hang_up() sends one and hangs up, True when it did
+    so before the answer came. An answer that ended before the hang-up reached the server (the tiny model writes
+    hundreds of tokens a second) is tried again, up to tries times."""
     for _ in range(tries):
-        seen = Path(log).read_text().count(WENT_AWAY)
-        if abandon_request(url, body, key):
-            continue  # answered already
-        line = wait_for_line(log, WENT_AWAY, skip=seen)
+        seen = Path(log).read_text().count(ENDED)
+        if not hang_up():
+            continue
+        line = wait_for_line(log, ENDED, skip=seen)
         assert line, Path(log).read_text()[-2000:]
-        return int(line.split(WENT_AWAY)[1].split()[0])
-    raise AssertionError(f"every answer came back within the wait, in {tries} tries")
+        if WENT_AWAY in line:
+            return int(line.split(WENT_AWAY)[1].split()[0])
+    raise AssertionError(f"every answer ended before the hang-up reached the server, in {tries} tries")
+
+
+def abandoned_whole(url, body: dict, log, key, tries=5) -> int:
+    """Tokens generated for a request answered in one piece that was hung up on mid-generation."""
+    return stopped_early(log, lambda: not abandon_request(url, body, key), tries)
 
 
 def abandoned(url, key, log, max_tokens: int, tries=5) -> int:
-    """Tokens generated for a streamed answer hung up on after 3 pieces (sampled noise: it rarely ends early;
-    an answer that did end before the hang-up is tried again)."""
+    """Tokens generated for a streamed answer hung up on after 3 pieces (sampled noise at temperature 2)."""
     body = {"messages": [{"role": "user", "content": "zq xv"}], "max_tokens": max_tokens, "temperature": 2.0}
-    for _ in range(tries):
-        seen = Path(log).read_text().count(WENT_AWAY)
-        if len(abandon_stream(url, body, key)) < 3:
-            continue
-        line = wait_for_line(log, WENT_AWAY, skip=seen)
-        assert line, Path(log).read_text()[-2000:]
-        return int(line.split(WENT_AWAY)[1].split()[0])
-    raise AssertionError(f"every sampled answer ended within 3 pieces in {tries} tries")
+    return stopped_early(log, lambda: len(abandon_stream(url, body, key)) >= 3, tries)
