@@ -27,6 +27,7 @@ from runner import REPO_ROOT
 
 from ..support import _endpoint as ep  # before promptflow: points its home at a temporary folder
 from ..support.browser import Browser, chromium_path, run
+from ..support.helpers import runner_started
 
 pytestmark = pytest.mark.slow  # a browser, the page's process and an endpoint (real or a stand-in) each time
 
@@ -51,15 +52,7 @@ def start_page(root, *overrides, timeout: float = 120):
     """`python -m runner <overrides> chat.ui=true` started in root, as a person starts the page: (the process, the
     page's URL as printed, `http://127.0.0.1:PORT/?token=...`, or None, its output so far). split_url gives the
     base and the token an API client needs."""
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", *overrides, "chat.ui=true"],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    proc = runner_started(*overrides, "chat.ui=true", cwd=root)
     lines = []
     url = first_url(proc, lines, "chat page: http://", timeout, lambda line: line.split("chat page: ")[1].split()[0])
     return proc, url, lines

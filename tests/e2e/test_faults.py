@@ -5,17 +5,14 @@ half-written, and MLflow holds no run left RUNNING for it."""
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from runner import REPO_ROOT
 from runner.local.server import Paths, command_line, ours
 
-from ..support.helpers import runner_cli
+from ..support.helpers import runner_cli, runner_started
 
 pytestmark = pytest.mark.slow
 RUN = "outputs/default/local_tiny_sample"
@@ -41,16 +38,7 @@ MOMENTS = {
 
 
 def kill_at(tmp_path, line, ready):
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runner", "force=true"],
-        cwd=tmp_path,
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = runner_started("force=true", cwd=tmp_path, new_session=True)
     seen = []
     for out in proc.stdout:
         seen.append(out)

@@ -1,4 +1,4 @@
-"""bench/train_recipes.py --smoke: the real-size recipe comparison, scaled down to run on the CPU."""
+"""The benchmarks in bench/, each run as a person runs it, scaled down to run on the CPU in under a minute."""
 
 import json
 import subprocess
@@ -11,13 +11,18 @@ from runner import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 
+def bench(script: str, *args) -> subprocess.CompletedProcess:
+    """bench/<script> *args from the repository root, as the README runs it; it must exit 0."""
+    r = subprocess.run(
+        [sys.executable, f"bench/{script}", *map(str, args)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
 def recipes_smoke(tmp_path, names, *extra):
     """bench/train_recipes.py --smoke for these recipes; its stdout and JSON."""
-    cmd = [sys.executable, "bench/train_recipes.py", "--smoke", "--work", str(tmp_path), *extra]
-    r = subprocess.run(
-        cmd + [a for n in names for a in ("--recipe", n)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = bench("train_recipes.py", "--smoke", "--work", tmp_path, *extra, *[a for n in names for a in ("--recipe", n)])
     result = json.loads((REPO_ROOT / "bench" / "out" / "train_recipes-smoke.json").read_text())
     assert [x["recipe"] for x in result["recipes"]] == names
     assert (REPO_ROOT / "bench" / "out" / "train_recipes-smoke.png").read_bytes()[:4] == b"\x89PNG"
@@ -58,9 +63,8 @@ def test_the_precision_benchmark_shows_which_updates_land_and_reruns_to_the_same
     from trainer import memory
 
     out = tmp_path / "out"
-    cmd = [sys.executable, "bench/precision.py", "--smoke", "--work", str(tmp_path / "work"), "--out", str(out)]
-    r = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    smoke = ("--smoke", "--work", tmp_path / "work")
+    bench("precision.py", *smoke, "--out", out)
     results = json.loads((out / "precision-smoke.json").read_text())
     keys = {
         "recipe",
@@ -95,14 +99,7 @@ def test_the_precision_benchmark_shows_which_updates_land_and_reruns_to_the_same
     )
     assert got["8bit-sr"]["weights_changed"] > 2 * got["bf16"]["weights_changed"]
     # a rerun: the same numbers
-    r = subprocess.run(
-        cmd[:-2] + ["--out", str(tmp_path / "again"), "--recipes", "bf16"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    bench("precision.py", *smoke, "--out", tmp_path / "again", "--recipes", "bf16")
     again = {x["recipe"]: x for x in json.loads((tmp_path / "again" / "precision-smoke.json").read_text())}
     for name in ("fp32", "bf16"):
         assert again[name]["eval_after"] == got[name]["eval_after"]
@@ -112,14 +109,7 @@ def test_the_precision_benchmark_shows_which_updates_land_and_reruns_to_the_same
 def test_the_decode_benchmark_measures_the_endpoint_against_the_plans_bound(tmp_path):
     """bench/serve_decode.py on a one-layer model of Phi-3-mini's width, 8 tokens an answer: it serves the model as
     the deploy stage does and prints the measured tokens/s, the bound and their ratio (figures, not a target)."""
-    r = subprocess.run(
-        [sys.executable, "bench/serve_decode.py", "1", "8"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr[-3000:]
+    r = bench("serve_decode.py", 1, 8)
     lines = {line.split(":")[0]: line for line in r.stdout.splitlines() if line.startswith("[decode]")}
     bound = float(r.stdout.split("bound: ")[1].split(" tokens/s")[0])
     single = float(r.stdout.split("one stream: ")[1].split(" tokens/s")[0])
@@ -131,14 +121,7 @@ def test_the_decode_benchmark_measures_the_endpoint_against_the_plans_bound(tmp_
 def test_the_data_stage_benchmark_runs_the_stage_and_datasets_alone_on_an_ultrachat_shaped_folder(tmp_path):
     """bench/data_stage.py on 2,000 synthetic chats laid out as the hub lays out ultrachat_200k: both sides run and
     their times, peaks and ratios are printed (figures, not a target: the 200,000-chat run is the README's)."""
-    r = subprocess.run(
-        [sys.executable, "bench/data_stage.py", "2000", "100"],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = bench("data_stage.py", 2000, 100)
     assert "[data] 2,000 chats" in r.stdout and "datasets alone" in r.stdout and "the data stage" in r.stdout
     ratios = r.stdout.split("[data] time ")[1]
     assert float(ratios.split("x")[0]) > 0 and "memory " in ratios and "target <= 2.0x" in ratios

@@ -42,6 +42,21 @@ def runner_cli(*args, cwd, env=None, timeout=300):
     )
 
 
+def runner_started(*args, cwd, new_session: bool = False) -> subprocess.Popen:
+    """`python -m runner *args` started in cwd as a person starts it, its output (stdout and stderr, line by line,
+    unbuffered) to read as it comes; new_session: its own process group, to be killed as a whole."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=new_session,
+    )
+
+
 def runner_in_process(*args, cwd) -> subprocess.CompletedProcess:
     """What runner_cli returns, from `python -m runner *args` run in this process (its argv and working directory
     set for the call, its output captured): for tests of what the runner does with a command line, where a new
